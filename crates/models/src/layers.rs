@@ -1,0 +1,126 @@
+//! Building blocks shared by the model families: projections, norms, rotary embeddings, attention.
+
+use burn::tensor::{activation, backend::Backend, Bool, Int, Tensor, TensorData};
+
+/// `x @ w (+ b)` for `x: [batch, seq, d_in]` and `w: [d_in, d_out]`.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 3>,
+    w: &Tensor<B, 2>,
+    b: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let [bs, s, d] = x.dims();
+    let d_out = w.dims()[1];
+    let y = x.reshape([bs * s, d]).matmul(w.clone());
+    let y = match b {
+        Some(b) => y + b.clone().unsqueeze_dim(0),
+        None => y,
+    };
+    y.reshape([bs, s, d_out])
+}
+
+/// Llama's RMSNorm, computed as transformers does: `w * x / sqrt(mean(x²) + eps)`.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let var = x.clone().square().mean_dim(2);
+    let x = x * (var + eps).sqrt().recip();
+    x * w.clone().unsqueeze_dims::<3>(&[0, 1])
+}
+
+/// cos and sin tables `[seq, head_dim]` for positions `0..seq` in transformers' "rotate half"
+/// layout (the two halves of a head hold the same frequencies).
+pub fn rotary_tables<B: Backend>(
+    seq: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = head_dim / 2;
+    // transformers computes inv_freq and the angles in f32; do the same so that long positions
+    // round the same way.
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(seq * head_dim);
+    let mut sin = Vec::with_capacity(seq * head_dim);
+    for p in 0..seq {
+        for rep in 0..2 {
+            let _ = rep;
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [seq, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [seq, head_dim]), device),
+    )
+}
+
+/// Apply rotary embeddings to `x: [batch, heads, seq, head_dim]`.
+pub fn apply_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let cos = cos
+        .clone()
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([b, h, s, d]);
+    let sin = sin
+        .clone()
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([b, h, s, d]);
+    x * cos + rotated * sin
+}
+
+/// Causal mask `[rows, seq]` (true = masked) for `groups` query heads stacked per key head.
+pub fn causal_mask<B: Backend>(
+    seq: usize,
+    groups: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let mut m = Vec::with_capacity(groups * seq * seq);
+    for _ in 0..groups {
+        for i in 0..seq {
+            m.extend((0..seq).map(|j| j > i));
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [groups * seq, seq]), device)
+}
+
+/// Scaled dot-product attention with grouped keys: `q: [b, kv_heads, groups*seq, hd]`,
+/// `k, v: [b, kv_heads, seq, hd]`. Query heads that share a key head are stacked along the row
+/// axis so the keys are never copied.
+pub fn grouped_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 2, Bool>,
+) -> Tensor<B, 4> {
+    let [b, kvh, rows, hd] = q.dims();
+    let seq = k.dims()[2];
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+    let mask = mask
+        .clone()
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([b, kvh, rows, seq]);
+    let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+    activation::softmax(scores, 3).matmul(v)
+}
+
+/// Token ids of a right-padded batch.
+pub fn batch_ids<B: Backend>(seqs: &[Vec<u32>], pad: u32, device: &B::Device) -> Tensor<B, 2, Int> {
+    let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(seqs.len() * len);
+    for s in seqs {
+        ids.extend(s.iter().map(|&t| t as i64));
+        ids.extend(std::iter::repeat_n(pad as i64, len - s.len()));
+    }
+    Tensor::from_data(TensorData::new(ids, [seqs.len(), len]), device)
+}

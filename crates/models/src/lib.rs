@@ -1,0 +1,274 @@
+//! kedit-models: the language model under edit.
+//!
+//! Families live one per file (`llama.rs`); they share `layers.rs` and expose one editing surface,
+//! [`CausalLm`]. [`LanguageModel`] pairs a model with its tokenizer and offers `score` and
+//! `generate`. All model code is generic over a Burn backend `B`.
+
+pub mod config;
+pub mod fetch;
+pub mod layers;
+pub mod llama;
+pub mod load;
+pub mod surface;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+
+pub use config::{Family, ModelConfig};
+pub use llama::Llama;
+pub use surface::{Action, Forward, Intervention, Interventions, Site};
+
+/// The CPU backend kedit uses by default.
+pub type Cpu = burn::backend::NdArray<f32>;
+#[cfg(feature = "cuda")]
+pub type Gpu = burn::backend::Cuda<f32, i32>;
+
+/// The surface every model family offers to editing methods. Matrices are seen as
+/// `[d_in, d_out]` (keys to values) whatever layout the family stores.
+pub trait CausalLm<B: Backend> {
+    fn config(&self) -> &ModelConfig;
+    fn device(&self) -> B::Device;
+    /// Token embeddings `[batch, seq, d_model]` of a right-padded id batch.
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+    /// Run blocks `start..` on the residual stream `h` entering block `start`; returns the
+    /// final-norm hidden states. Right padding needs no mask: causal attention never lets a
+    /// real token see a pad.
+    fn forward_from(&self, start: usize, h: Tensor<B, 3>, iv: &Interventions<B>) -> Forward<B>;
+    /// Logits `[n, vocab]` for final hidden states `[n, d_model]`.
+    fn unembed(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
+    /// Right-padded id batch.
+    fn batch(&self, seqs: &[Vec<u32>]) -> Tensor<B, 2, Int>;
+    fn mlp_out(&self, layer: usize) -> Tensor<B, 2>;
+    fn set_mlp_out(&mut self, layer: usize, w: Tensor<B, 2>);
+    fn attn_out(&self, layer: usize) -> Tensor<B, 2>;
+    fn set_attn_out(&mut self, layer: usize, w: Tensor<B, 2>);
+
+    fn forward(&self, ids: Tensor<B, 2, Int>, iv: &Interventions<B>) -> Forward<B> {
+        self.forward_from(0, self.embed(ids), iv)
+    }
+
+    /// Logits at chosen `(row, position)` pairs only: the unembedding is the largest matrix, so
+    /// it is applied nowhere else.
+    fn logits_at(&self, hidden: Tensor<B, 3>, positions: &[(usize, usize)]) -> Tensor<B, 2> {
+        let [b, s, d] = hidden.dims();
+        let idx: Vec<i64> = positions.iter().map(|&(i, p)| (i * s + p) as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(idx, [positions.len()]),
+            &hidden.device(),
+        );
+        self.unembed(hidden.reshape([b * s, d]).select(0, idx))
+    }
+}
+
+/// Moves tensors from one backend to another, one at a time.
+pub trait TensorMap<B1: Backend, B2: Backend> {
+    fn map<const D: usize>(&self, t: Tensor<B1, D>) -> Tensor<B2, D>;
+}
+
+/// Wrap a model's weights for `Autodiff<B>` (constants: no gradient unless a method asks).
+pub struct ToAutodiff;
+impl<B: Backend> TensorMap<B, Autodiff<B>> for ToAutodiff {
+    fn map<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<Autodiff<B>, D> {
+        Tensor::from_inner(t)
+    }
+}
+
+/// Per-token log-probabilities of a continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetScore {
+    pub target_ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+impl TargetScore {
+    /// Mean negative log-likelihood per target token.
+    pub fn mean_nll(&self) -> f32 {
+        -self.logprobs.iter().sum::<f32>() / self.logprobs.len().max(1) as f32
+    }
+}
+
+/// A model with its tokenizer.
+pub struct LanguageModel<B: Backend> {
+    pub model: Llama<B>,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// Where the weights came from (for patch metadata and messages).
+    pub source: PathBuf,
+}
+
+/// Where `--model` points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// The default model, fetched into the cache on first use.
+    SmolLm2,
+    Gguf(PathBuf),
+    HfFolder(PathBuf),
+}
+
+impl ModelSpec {
+    /// `smollm2`, a `.gguf` file, or a Hugging Face checkpoint folder.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "smollm2" {
+            return Ok(Self::SmolLm2);
+        }
+        let p = PathBuf::from(s);
+        if p.is_dir() {
+            if !p.join("config.json").is_file() {
+                bail!(
+                    "--model {s}: folder has no config.json (expected a Hugging Face checkpoint)"
+                );
+            }
+            return Ok(Self::HfFolder(p));
+        }
+        if p.extension().is_some_and(|e| e == "gguf") {
+            if !p.is_file() {
+                bail!("--model {s}: file not found");
+            }
+            return Ok(Self::Gguf(p));
+        }
+        bail!("--model {s}: not `smollm2`, a .gguf file or a checkpoint folder")
+    }
+}
+
+impl<B: Backend> LanguageModel<B> {
+    pub fn load(spec: &ModelSpec, device: &B::Device) -> Result<Self> {
+        match spec {
+            ModelSpec::SmolLm2 => Self::load_gguf(&fetch::smollm2()?, device),
+            ModelSpec::Gguf(p) => Self::load_gguf(p, device),
+            ModelSpec::HfFolder(p) => Self::load_hf(p, device),
+        }
+    }
+
+    pub fn load_gguf(path: &Path, device: &B::Device) -> Result<Self> {
+        let g = load::gguf::GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&g)?;
+        let tokenizer = tokenizer::from_gguf(&g)?;
+        let model =
+            Llama::load(config, &g, device).with_context(|| format!("{}", path.display()))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            source: path.to_path_buf(),
+        })
+    }
+
+    pub fn load_hf(dir: &Path, device: &B::Device) -> Result<Self> {
+        let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+        let tokenizer = tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let st = load::safetensors::SafetensorsFolder::open(dir)?;
+        let model = Llama::load(config, &st, device)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode {ids:?}: {e}"))
+    }
+
+    /// Logits `[n_prompts, vocab]` at the last token of each prompt, in one padded batch.
+    pub fn next_token_logits(&self, seqs: &[Vec<u32>]) -> Tensor<B, 2> {
+        let ids = self.model.batch(seqs);
+        let fwd = self.model.forward(ids, &Interventions::none());
+        let pos: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.len() - 1))
+            .collect();
+        self.model.logits_at(fwd.hidden, &pos)
+    }
+
+    /// Greedy continuation of each prompt by up to `n` tokens (stops after EOS), batched.
+    pub fn generate(&self, prompts: &[&str], n: usize) -> Result<Vec<Vec<u32>>> {
+        let mut seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.encode(p))
+            .collect::<Result<_>>()?;
+        if let Some((i, _)) = seqs.iter().enumerate().find(|(_, s)| s.is_empty()) {
+            bail!("prompt {i} is empty");
+        }
+        let starts: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let eos = self.model.config.eos_token_id;
+        let mut done = vec![false; seqs.len()];
+        for _ in 0..n {
+            let live: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
+            if live.is_empty() {
+                break;
+            }
+            let batch: Vec<Vec<u32>> = live.iter().map(|&i| seqs[i].clone()).collect();
+            let next = self.next_token_logits(&batch).argmax(1).into_data();
+            let next: Vec<i64> = next.convert::<i64>().to_vec().expect("argmax ids");
+            for (&i, &t) in live.iter().zip(&next) {
+                seqs[i].push(t as u32);
+                if Some(t as u32) == eos {
+                    done[i] = true;
+                }
+            }
+        }
+        Ok(seqs
+            .into_iter()
+            .zip(starts)
+            .map(|(s, k)| s[k..].to_vec())
+            .collect())
+    }
+
+    /// Per-token log-probabilities of each `target` after its `prompt`, in one padded batch.
+    /// The target is tokenized on its own, as given (callers add the leading space).
+    pub fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<TargetScore>> {
+        let mut seqs = Vec::new();
+        let mut targets = Vec::new();
+        let mut positions = Vec::new();
+        for (i, (prompt, target)) in pairs.iter().enumerate() {
+            let p = self.encode(prompt)?;
+            let t = self.encode(target)?;
+            if p.is_empty() || t.is_empty() {
+                bail!("pair {i}: prompt and target must both be non-empty");
+            }
+            for j in 0..t.len() {
+                positions.push((i, p.len() - 1 + j));
+            }
+            seqs.push([p, t.clone()].concat());
+            targets.push(t);
+        }
+        let fwd = self
+            .model
+            .forward(self.model.batch(&seqs), &Interventions::none());
+        let logp = activation::log_softmax(self.model.logits_at(fwd.hidden, &positions), 1);
+        let ids: Vec<i64> = targets.iter().flatten().map(|&t| t as i64).collect();
+        let n = ids.len();
+        let idx =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.model.device());
+        let lp: Vec<f32> = logp
+            .gather(1, idx)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32");
+        let mut out = Vec::new();
+        let mut k = 0;
+        for t in targets {
+            let logprobs = lp[k..k + t.len()].to_vec();
+            k += t.len();
+            out.push(TargetScore {
+                target_ids: t,
+                logprobs,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,291 @@
+//! The Llama family (Llama-2, SmolLM2, Mistral-style GQA): RMSNorm, rotary embeddings in
+//! transformers' rotate-half layout, grouped-query attention, SwiGLU MLP.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+
+use crate::config::ModelConfig;
+use crate::layers::{
+    apply_rotary, batch_ids, causal_mask, grouped_attention, linear, rms_norm, rotary_tables,
+};
+use crate::load::WeightSource;
+use crate::surface::{Forward, Interventions, Site};
+use crate::{CausalLm, TensorMap};
+
+/// One block. Linear weights are kept as `[d_in, d_out]` so that a forward is `x @ w` and the
+/// matrices that editors rewrite are already keys-to-values.
+#[derive(Debug, Clone)]
+pub struct LlamaBlock<B: Backend> {
+    pub attn_norm: Tensor<B, 1>,
+    pub wq: Tensor<B, 2>,
+    pub wk: Tensor<B, 2>,
+    pub wv: Tensor<B, 2>,
+    pub wo: Tensor<B, 2>,
+    pub mlp_norm: Tensor<B, 1>,
+    pub gate: Tensor<B, 2>,
+    pub up: Tensor<B, 2>,
+    pub down: Tensor<B, 2>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama<B: Backend> {
+    pub config: ModelConfig,
+    pub embed: Tensor<B, 2>,
+    pub blocks: Vec<LlamaBlock<B>>,
+    pub norm: Tensor<B, 1>,
+    /// `[d_model, vocab]`; a copy of the transposed embedding when the embeddings are tied.
+    pub lm_head: Tensor<B, 2>,
+}
+
+fn upload<B: Backend, const D: usize>(
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// `[rows, cols]` row-major -> `[cols, rows]`.
+fn transpose_host(shape: &[usize], data: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (r, c) = (shape[0], shape[1]);
+    let mut out = vec![0f32; data.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = data[i * c + j];
+        }
+    }
+    (vec![c, r], out)
+}
+
+fn load_linear<B: Backend>(
+    src: &dyn WeightSource,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let (shape, data) = src.tensor(name)?;
+    if shape != [d_out, d_in] {
+        bail!("tensor {name} has shape {shape:?}, expected [{d_out}, {d_in}]");
+    }
+    let (shape, data) = transpose_host(&shape, &data);
+    Ok(upload(shape, data, device))
+}
+
+fn load_vector<B: Backend>(
+    src: &dyn WeightSource,
+    name: &str,
+    d: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>> {
+    let (shape, data) = src.tensor(name)?;
+    if shape != [d] {
+        bail!("tensor {name} has shape {shape:?}, expected [{d}]");
+    }
+    Ok(upload(shape, data, device))
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn load(config: ModelConfig, src: &dyn WeightSource, device: &B::Device) -> Result<Self> {
+        let c = &config;
+        let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (embed_shape, embed_data) = src.tensor("model.embed_tokens.weight")?;
+        if embed_shape != [c.vocab_size, d] {
+            bail!(
+                "tensor model.embed_tokens.weight has shape {embed_shape:?}, expected [{}, {d}]",
+                c.vocab_size
+            );
+        }
+        let lm_head = if src.has("lm_head.weight") && !c.tie_word_embeddings {
+            load_linear(src, "lm_head.weight", d, c.vocab_size, device)?
+        } else {
+            let (s, t) = transpose_host(&embed_shape, &embed_data);
+            upload(s, t, device)
+        };
+        let embed = upload(embed_shape, embed_data, device);
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            blocks.push(LlamaBlock {
+                attn_norm: load_vector(src, &format!("{p}.input_layernorm.weight"), d, device)?,
+                wq: load_linear(
+                    src,
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    d,
+                    c.num_heads * hd,
+                    device,
+                )?,
+                wk: load_linear(
+                    src,
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    d,
+                    c.num_kv_heads * hd,
+                    device,
+                )?,
+                wv: load_linear(
+                    src,
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    d,
+                    c.num_kv_heads * hd,
+                    device,
+                )?,
+                wo: load_linear(
+                    src,
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    c.num_heads * hd,
+                    d,
+                    device,
+                )?,
+                mlp_norm: load_vector(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    d,
+                    device,
+                )?,
+                gate: load_linear(src, &format!("{p}.mlp.gate_proj.weight"), d, ff, device)?,
+                up: load_linear(src, &format!("{p}.mlp.up_proj.weight"), d, ff, device)?,
+                down: load_linear(src, &format!("{p}.mlp.down_proj.weight"), ff, d, device)?,
+            });
+        }
+        let norm = load_vector(src, "model.norm.weight", d, device)?;
+        Ok(Self {
+            config,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The same weights on another backend (e.g. `Autodiff<B>`), tensor by tensor.
+    pub fn map<B2: Backend>(&self, f: &impl TensorMap<B, B2>) -> Llama<B2> {
+        Llama {
+            config: self.config.clone(),
+            embed: f.map(self.embed.clone()),
+            norm: f.map(self.norm.clone()),
+            lm_head: f.map(self.lm_head.clone()),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| LlamaBlock {
+                    attn_norm: f.map(b.attn_norm.clone()),
+                    wq: f.map(b.wq.clone()),
+                    wk: f.map(b.wk.clone()),
+                    wv: f.map(b.wv.clone()),
+                    wo: f.map(b.wo.clone()),
+                    mlp_norm: f.map(b.mlp_norm.clone()),
+                    gate: f.map(b.gate.clone()),
+                    up: f.map(b.up.clone()),
+                    down: f.map(b.down.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    fn block(
+        &self,
+        l: usize,
+        h: Tensor<B, 3>,
+        rope: &(Tensor<B, 2>, Tensor<B, 2>),
+        mask: &Tensor<B, 2, burn::tensor::Bool>,
+        iv: &Interventions<B>,
+        captured: &mut HashMap<(usize, Site), Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let w = &self.blocks[l];
+        let [b, s, _] = h.dims();
+        let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let groups = nh / kvh;
+        let x = rms_norm(h.clone(), &w.attn_norm, c.norm_eps);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = apply_rotary(heads(linear(x.clone(), &w.wq, None), nh), &rope.0, &rope.1);
+        let k = apply_rotary(heads(linear(x.clone(), &w.wk, None), kvh), &rope.0, &rope.1);
+        let v = heads(linear(x, &w.wv, None), kvh);
+        // Query head i reads key head i / groups (transformers' repeat_kv): stack each group's
+        // queries along the rows instead of copying keys.
+        let q = q.reshape([b, kvh, groups * s, hd]);
+        let a = grouped_attention(q, k, v, mask)
+            .reshape([b, nh, s, hd])
+            .swap_dims(1, 2)
+            .reshape([b, s, nh * hd]);
+        let a = iv.visit(l, Site::AttnOut, linear(a, &w.wo, None), captured);
+        let h = h + a;
+        let x = rms_norm(h.clone(), &w.mlp_norm, c.norm_eps);
+        let key = activation::silu(linear(x.clone(), &w.gate, None)) * linear(x, &w.up, None);
+        let key = iv.visit(l, Site::MlpKey, key, captured);
+        let m = iv.visit(l, Site::MlpOut, linear(key, &w.down, None), captured);
+        iv.visit(l, Site::Residual, h + m, captured)
+    }
+}
+
+impl<B: Backend> CausalLm<B> for Llama<B> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> B::Device {
+        self.embed.device()
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let d = self.config.hidden_size;
+        self.embed
+            .clone()
+            .select(0, ids.reshape([b * s]))
+            .reshape([b, s, d])
+    }
+
+    fn forward_from(&self, start: usize, h: Tensor<B, 3>, iv: &Interventions<B>) -> Forward<B> {
+        let c = &self.config;
+        let seq = h.dims()[1];
+        let device = h.device();
+        let rope = rotary_tables::<B>(seq, c.head_dim, c.rope_theta, &device);
+        let mask = causal_mask::<B>(seq, c.num_heads / c.num_kv_heads, &device);
+        let mut captured = HashMap::new();
+        let mut h = h;
+        for l in start..c.num_layers {
+            h = self.block(l, h, &rope, &mask, iv, &mut captured);
+        }
+        Forward {
+            hidden: rms_norm(h, &self.norm, c.norm_eps),
+            captured,
+        }
+    }
+
+    fn unembed(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        hidden.matmul(self.lm_head.clone())
+    }
+
+    fn batch(&self, seqs: &[Vec<u32>]) -> Tensor<B, 2, Int> {
+        batch_ids(seqs, self.config.eos_token_id.unwrap_or(0), &self.device())
+    }
+
+    fn mlp_out(&self, layer: usize) -> Tensor<B, 2> {
+        self.blocks[layer].down.clone()
+    }
+
+    fn set_mlp_out(&mut self, layer: usize, w: Tensor<B, 2>) {
+        assert_eq!(
+            w.dims(),
+            self.blocks[layer].down.dims(),
+            "set_mlp_out: shape mismatch"
+        );
+        self.blocks[layer].down = w;
+    }
+
+    fn attn_out(&self, layer: usize) -> Tensor<B, 2> {
+        self.blocks[layer].wo.clone()
+    }
+
+    fn set_attn_out(&mut self, layer: usize, w: Tensor<B, 2>) {
+        assert_eq!(
+            w.dims(),
+            self.blocks[layer].wo.dims(),
+            "set_attn_out: shape mismatch"
+        );
+        self.blocks[layer].wo = w;
+    }
+}

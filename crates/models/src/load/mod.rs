@@ -1,0 +1,16 @@
+//! Weight sources: named f32 tensors in Hugging Face naming and layout (`[out, in]` for linears).
+
+pub mod gguf;
+pub mod safetensors;
+
+use anyhow::Result;
+
+/// A named host tensor: row-major shape and data.
+pub type HostTensor = (Vec<usize>, Vec<f32>);
+
+/// Anything that can hand out a named weight as f32.
+pub trait WeightSource {
+    /// The weight `name` (Hugging Face name and layout), or an error naming the file and tensor.
+    fn tensor(&self, name: &str) -> Result<HostTensor>;
+    fn has(&self, name: &str) -> bool;
+}

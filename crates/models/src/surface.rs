@@ -1,0 +1,147 @@
+//! The editing surface: where a method may look into, or push on, the forward pass.
+
+use std::collections::HashMap;
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+/// A place in a transformer block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The MLP key: the input of the MLP output projection (`[.., d_ff]`).
+    MlpKey,
+    /// The output of the MLP (`[.., d_model]`), before it joins the residual stream.
+    MlpOut,
+    /// The output of the attention block (after its output projection).
+    AttnOut,
+    /// The residual stream leaving the block.
+    Residual,
+}
+
+/// What to do to a site at a set of `(batch row, token position)` pairs.
+#[derive(Debug, Clone)]
+pub enum Action<B: Backend> {
+    /// Add `delta` (`[width]`) at every listed position.
+    Add(Tensor<B, 1>),
+    /// Multiply by `scale` (`[width]`) at every listed position (KN's integrated gradients).
+    Scale(Tensor<B, 1>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Intervention<B: Backend> {
+    pub layer: usize,
+    pub site: Site,
+    pub positions: Vec<(usize, usize)>,
+    pub action: Action<B>,
+}
+
+/// What a forward pass captures and changes. Captured activations come back whole
+/// (`[batch, seq, width]`); the caller picks positions.
+#[derive(Debug, Clone)]
+pub struct Interventions<B: Backend> {
+    pub capture: Vec<(usize, Site)>,
+    pub edits: Vec<Intervention<B>>,
+}
+
+impl<B: Backend> Default for Interventions<B> {
+    fn default() -> Self {
+        Self {
+            capture: Vec::new(),
+            edits: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> Interventions<B> {
+    pub fn none() -> Self {
+        Self::default()
+    }
+    pub fn capture(mut self, layer: usize, site: Site) -> Self {
+        self.capture.push((layer, site));
+        self
+    }
+    pub fn add(
+        mut self,
+        layer: usize,
+        site: Site,
+        positions: Vec<(usize, usize)>,
+        delta: Tensor<B, 1>,
+    ) -> Self {
+        self.edits.push(Intervention {
+            layer,
+            site,
+            positions,
+            action: Action::Add(delta),
+        });
+        self
+    }
+    pub fn scale(
+        mut self,
+        layer: usize,
+        site: Site,
+        positions: Vec<(usize, usize)>,
+        scale: Tensor<B, 1>,
+    ) -> Self {
+        self.edits.push(Intervention {
+            layer,
+            site,
+            positions,
+            action: Action::Scale(scale),
+        });
+        self
+    }
+
+    /// Apply the edits registered for `(layer, site)` and record a capture if one was asked for.
+    pub(crate) fn visit(
+        &self,
+        layer: usize,
+        site: Site,
+        mut x: Tensor<B, 3>,
+        captured: &mut HashMap<(usize, Site), Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        for e in self
+            .edits
+            .iter()
+            .filter(|e| e.layer == layer && e.site == site)
+        {
+            let [b, s, _] = x.dims();
+            let mask = position_mask::<B>(b, s, &e.positions, &x.device());
+            x = match &e.action {
+                Action::Add(delta) => x + mask * delta.clone().unsqueeze_dims::<3>(&[0, 1]),
+                Action::Scale(scale) => {
+                    let factor = (scale.clone().unsqueeze_dims::<3>(&[0, 1]) - 1.0) * mask + 1.0;
+                    x * factor
+                }
+            };
+        }
+        if self.capture.contains(&(layer, site)) {
+            captured.insert((layer, site), x.clone());
+        }
+        x
+    }
+}
+
+/// `[batch, seq, 1]` with ones at the listed positions.
+fn position_mask<B: Backend>(
+    b: usize,
+    s: usize,
+    positions: &[(usize, usize)],
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut m = vec![0f32; b * s];
+    for &(i, p) in positions {
+        assert!(
+            i < b && p < s,
+            "intervention position ({i}, {p}) outside batch [{b}, {s}]"
+        );
+        m[i * s + p] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(m, [b, s, 1]), device)
+}
+
+/// The result of a forward pass: the final-norm hidden states (the unembedding is applied only
+/// where the caller needs logits) and whatever was captured.
+#[derive(Debug, Clone)]
+pub struct Forward<B: Backend> {
+    pub hidden: Tensor<B, 3>,
+    pub captured: HashMap<(usize, Site), Tensor<B, 3>>,
+}
