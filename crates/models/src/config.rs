@@ -81,8 +81,10 @@ impl ModelConfig {
                 .get("rms_norm_eps")
                 .and_then(Json::as_f64)
                 .unwrap_or(1e-6),
+            // transformers >= 5 nests it under rope_parameters.
             rope_theta: cfg
                 .get("rope_theta")
+                .or_else(|| cfg.get("rope_parameters").and_then(|r| r.get("rope_theta")))
                 .and_then(Json::as_f64)
                 .unwrap_or(10000.0),
             max_position_embeddings: cfg

@@ -18,6 +18,12 @@ pub fn linear<B: Backend>(
     y.reshape([bs, s, d_out])
 }
 
+/// SiLU as `x / (1 + e^-x)`. Burn 0.21's `activation::silu`/`sigmoid` give gradients that are off
+/// by ~1e-2 under `Autodiff` (found by the finite-difference test); these primitive ops are exact.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() / (x.neg().exp() + 1.0)
+}
+
 /// Llama's RMSNorm, computed as transformers does: `w * x / sqrt(mean(x²) + eps)`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let var = x.clone().square().mean_dim(2);

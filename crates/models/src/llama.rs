@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::layers::{
-    apply_rotary, batch_ids, causal_mask, grouped_attention, linear, rms_norm, rotary_tables,
+    apply_rotary, batch_ids, causal_mask, grouped_attention, linear, rms_norm, rotary_tables, silu,
 };
 use crate::load::WeightSource;
 use crate::surface::{Forward, Interventions, Site};
@@ -213,7 +213,7 @@ impl<B: Backend> Llama<B> {
         let a = iv.visit(l, Site::AttnOut, linear(a, &w.wo, None), captured);
         let h = h + a;
         let x = rms_norm(h.clone(), &w.mlp_norm, c.norm_eps);
-        let key = activation::silu(linear(x.clone(), &w.gate, None)) * linear(x, &w.up, None);
+        let key = silu(linear(x.clone(), &w.gate, None)) * linear(x, &w.up, None);
         let key = iv.visit(l, Site::MlpKey, key, captured);
         let m = iv.visit(l, Site::MlpOut, linear(key, &w.down, None), captured);
         iv.visit(l, Site::Residual, h + m, captured)

@@ -1,0 +1,129 @@
+//! The tiny random Llama against transformers' logits, and gradients against finite differences.
+
+use std::path::PathBuf;
+
+use burn::backend::NdArray;
+use burn::tensor::backend::Backend;
+use kedit_models::{CausalLm, Interventions, LanguageModel};
+use serde_json::Value;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(p)
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("tiny-llama/reference.json")).unwrap())
+        .unwrap()
+}
+
+/// Compare all logits of every reference prompt. Tolerance: 1e-4 of the largest reference logit
+/// of the row: f32 sums in a different order than PyTorch's drift by ~1e-6 relative per layer.
+fn check_logits<B: Backend>(lm: &LanguageModel<B>) {
+    let r = reference();
+    for (i, (ids, want)) in r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["logits"].as_array().unwrap())
+        .enumerate()
+    {
+        let ids: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let fwd = lm
+            .model
+            .forward(lm.model.batch(&[ids.clone()]), &Interventions::none());
+        let pos: Vec<(usize, usize)> = (0..ids.len()).map(|p| (0, p)).collect();
+        let got: Vec<f32> = lm
+            .model
+            .logits_at(fwd.hidden, &pos)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        let v = got.len() / ids.len();
+        for (p, row) in want.as_array().unwrap().iter().enumerate() {
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let scale = row.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (j, w) in row.iter().enumerate() {
+                let g = got[p * v + j] as f64;
+                assert!(
+                    (g - w).abs() <= 1e-4 * scale,
+                    "prompt {i} pos {p} vocab {j}: kedit {g} vs transformers {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn safetensors_logits_match_transformers() {
+    let lm = LanguageModel::<NdArray<f32>>::load_hf(&fixture("tiny-llama"), &Default::default())
+        .unwrap();
+    check_logits(&lm);
+}
+
+#[test]
+fn gguf_logits_match_transformers() {
+    let lm = LanguageModel::<NdArray<f32>>::load_gguf(
+        &fixture("tiny-llama/tiny-llama.gguf"),
+        &Default::default(),
+    )
+    .unwrap();
+    check_logits(&lm);
+    // The rebuilt GGUF tokenizer gives transformers' ids.
+    let r = reference();
+    for (p, ids) in r["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["ids"].as_array().unwrap())
+    {
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(lm.encode(p.as_str().unwrap()).unwrap(), want);
+    }
+}
+
+#[test]
+fn batched_padded_forward_equals_single_prompts() {
+    let lm = LanguageModel::<NdArray<f32>>::load_hf(&fixture("tiny-llama"), &Default::default())
+        .unwrap();
+    let seqs: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "Rome",
+        "Toko Yasuda plays the guitar",
+    ]
+    .iter()
+    .map(|p| lm.encode(p).unwrap())
+    .collect();
+    let batched: Vec<f32> = lm.next_token_logits(&seqs).into_data().to_vec().unwrap();
+    let v = lm.model.config.vocab_size;
+    for (i, s) in seqs.iter().enumerate() {
+        let single: Vec<f32> = lm
+            .next_token_logits(std::slice::from_ref(s))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for j in 0..v {
+            assert!(
+                (single[j] - batched[i * v + j]).abs() < 1e-4,
+                "prompt {i} vocab {j}"
+            );
+        }
+    }
+}
