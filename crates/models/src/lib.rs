@@ -23,7 +23,10 @@ pub use llama::Llama;
 pub use surface::{Action, Forward, Intervention, Interventions, Site};
 
 /// The CPU backend kedit uses by default.
+#[cfg(not(feature = "flex"))]
 pub type Cpu = burn::backend::NdArray<f32>;
+#[cfg(feature = "flex")]
+pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Cuda<f32, i32>;
 

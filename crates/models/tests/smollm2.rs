@@ -15,7 +15,11 @@ fn reference() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -29,7 +33,11 @@ fn smollm2_matches_transformers() {
         let text = p["text"].as_str().unwrap();
         let got = lm.encode(text).unwrap();
         assert_eq!(got, ids(&p["ids"]), "ids of {text:?}");
-        assert_eq!(lm.tokenizer.decode(&got, false).unwrap(), p["decoded"].as_str().unwrap(), "decode of {text:?}");
+        assert_eq!(
+            lm.tokenizer.decode(&got, false).unwrap(),
+            p["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
     }
 
     // Dequantisation against the `gguf` package.
@@ -41,13 +49,22 @@ fn smollm2_matches_transformers() {
         // Python multiplies scale and quant in another precision: agree to f32 rounding.
         for (a, b) in x.iter().zip(t["first16"].as_array().unwrap()) {
             let b = b.as_f64().unwrap();
-            assert!((*a as f64 - b).abs() <= 1e-6 * b.abs() + 1e-9, "{name} first values: {a} vs {b}");
+            assert!(
+                (*a as f64 - b).abs() <= 1e-6 * b.abs() + 1e-9,
+                "{name} first values: {a} vs {b}"
+            );
         }
         let sum: f64 = x.iter().map(|&v| v as f64).sum();
         let want = t["sum_abs"].as_f64().unwrap();
         let sum_abs: f64 = x.iter().map(|&v| v.abs() as f64).sum();
-        assert!((sum_abs - want).abs() <= 1e-6 * want, "{name} sum |x|: {sum_abs} vs {want}");
-        assert!((sum - t["sum"].as_f64().unwrap()).abs() <= 1e-6 * want, "{name} sum");
+        assert!(
+            (sum_abs - want).abs() <= 1e-6 * want,
+            "{name} sum |x|: {sum_abs} vs {want}"
+        );
+        assert!(
+            (sum - t["sum"].as_f64().unwrap()).abs() <= 1e-6 * want,
+            "{name} sum"
+        );
     }
 
     // Next-token logits: identical top-10 ids, logits within 1e-3 absolute. Both sides run f32
@@ -56,7 +73,11 @@ fn smollm2_matches_transformers() {
     let cases = r["cases"].as_array().unwrap();
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
     for (c, s) in cases.iter().zip(&seqs) {
-        assert_eq!(&lm.encode(c["prompt"].as_str().unwrap()).unwrap(), s, "prompt ids");
+        assert_eq!(
+            &lm.encode(c["prompt"].as_str().unwrap()).unwrap(),
+            s,
+            "prompt ids"
+        );
     }
     let logits = lm.next_token_logits(&seqs);
     let v = lm.model.config.vocab_size;
@@ -70,18 +91,35 @@ fn smollm2_matches_transformers() {
         assert_eq!(got_ids, want_ids, "top-10 ids of {:?}", c["prompt"]);
         for (j, w) in want_ids.iter().zip(c["top10_logits"].as_array().unwrap()) {
             let (g, w) = (row[*j as usize] as f64, w.as_f64().unwrap());
-            assert!((g - w).abs() < 1e-3, "logit of token {j} after {:?}: {g} vs {w}", c["prompt"]);
+            assert!(
+                (g - w).abs() < 1e-3,
+                "logit of token {j} after {:?}: {g} vs {w}",
+                c["prompt"]
+            );
         }
     }
     // Log-probabilities are finite and normalised.
-    let lp: Vec<f32> = activation::log_softmax(logits, 1).exp().sum_dim(1).into_data().to_vec().unwrap();
+    let lp: Vec<f32> = activation::log_softmax(logits, 1)
+        .exp()
+        .sum_dim(1)
+        .into_data()
+        .to_vec()
+        .unwrap();
     assert!(lp.iter().all(|s| (s - 1.0).abs() < 1e-4));
 
     // Greedy continuations, batched as the CLI runs them.
-    let prompts: Vec<&str> = cases.iter().map(|c| c["prompt"].as_str().unwrap()).collect();
+    let prompts: Vec<&str> = cases
+        .iter()
+        .map(|c| c["prompt"].as_str().unwrap())
+        .collect();
     let outs = lm.generate(&prompts, 10).unwrap();
     for (c, out) in cases.iter().zip(outs) {
-        assert_eq!(out, ids(&c["greedy_ids"]), "greedy ids of {:?}", c["prompt"]);
+        assert_eq!(
+            out,
+            ids(&c["greedy_ids"]),
+            "greedy ids of {:?}",
+            c["prompt"]
+        );
         assert_eq!(lm.decode(&out).unwrap(), c["greedy_text"].as_str().unwrap());
     }
 }

@@ -35,9 +35,10 @@ fn check_logits<B: Backend>(lm: &LanguageModel<B>) {
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        let fwd = lm
-            .model
-            .forward(lm.model.batch(&[ids.clone()]), &Interventions::none());
+        let fwd = lm.model.forward(
+            lm.model.batch(std::slice::from_ref(&ids)),
+            &Interventions::none(),
+        );
         let pos: Vec<(usize, usize)> = (0..ids.len()).map(|p| (0, p)).collect();
         let got: Vec<f32> = lm
             .model
@@ -122,8 +123,33 @@ fn batched_padded_forward_equals_single_prompts() {
         for j in 0..v {
             assert!(
                 (single[j] - batched[i * v + j]).abs() < 1e-4,
-                "prompt {i} vocab {j}"
+                "prompt {i} vocab {j}: {} vs {}",
+                single[j],
+                batched[i * v + j]
             );
         }
+    }
+}
+
+#[test]
+fn same_input_gives_bit_identical_logits() {
+    let lm =
+        LanguageModel::<kedit_models::Cpu>::load_hf(&fixture("tiny-llama"), &Default::default())
+            .unwrap();
+    let seqs: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "Rome",
+        "Toko Yasuda plays the guitar",
+    ]
+    .iter()
+    .map(|p| lm.encode(p).unwrap())
+    .collect();
+    let a: Vec<f32> = lm.next_token_logits(&seqs).into_data().to_vec().unwrap();
+    for _ in 0..5 {
+        let b: Vec<f32> = lm.next_token_logits(&seqs).into_data().to_vec().unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "logits changed between runs"
+        );
     }
 }
