@@ -9,10 +9,17 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
-use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation, Int, Tensor, TensorData};
 use kedit_models::{fetch, CausalLm, Cpu, Interventions, LanguageModel, Site, ToAutodiff};
 
 type Ad = Autodiff<Cpu>;
+
+#[cfg(feature = "flex")]
+const BACKEND: &str = "kedit (burn-flex)";
+#[cfg(all(not(feature = "flex"), feature = "openblas"))]
+const BACKEND: &str = "kedit (burn-ndarray + OpenBLAS)";
+#[cfg(all(not(feature = "flex"), not(feature = "openblas")))]
+const BACKEND: &str = "kedit (burn-ndarray, matrixmultiply)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -111,11 +118,10 @@ fn main() -> Result<()> {
         );
     }
     let out = serde_json::json!({
-        "framework": "kedit (burn-ndarray)", "prompts": seqs.len(), "tokens": tokens,
+        "framework": BACKEND, "prompts": seqs.len(), "tokens": tokens,
         "padded_len": seqs.iter().map(Vec::len).max(), "layer": layer, "results": results,
         "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
     });
     println!("{out}");
-    let _ = <Cpu as Backend>::name(&dev);
     Ok(())
 }
