@@ -1,0 +1,57 @@
+//! kedit-editing: the vocabulary every editing method shares.
+//!
+//! - [`EditRequest`] / [`EditCase`]: one requested rewrite, and the prompts that evaluate it.
+//! - [`requests`]: reading the S2RKE release format and CounterFact.
+//! - [`Editor`]: a method; `apply` returns a [`Patch`] and leaves the model edited.
+//! - [`Patch`]: named weight deltas with metadata; apply and revert are exact; saved as
+//!   safetensors.
+
+pub mod patch;
+pub mod requests;
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+pub use patch::{Matrix, Patch, PatchEntry};
+
+/// One requested rewrite of a fact: `prompt` holds `{}` where the subject goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditRequest {
+    pub prompt: String,
+    pub subject: String,
+    #[serde(default)]
+    pub relation: String,
+    pub target_new: String,
+    pub target_true: String,
+}
+
+impl EditRequest {
+    /// The prompt with the subject filled in.
+    pub fn full_prompt(&self) -> String {
+        self.prompt.replacen("{}", &self.subject, 1)
+    }
+}
+
+/// A request with the prompts that evaluate it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditCase {
+    /// Stable id: `s{subject}r{record}` for S2RKE, the `case_id` for CounterFact.
+    pub case_id: String,
+    /// Cases with the same subject id share a subject (the S2RKE question).
+    pub subject_id: String,
+    pub request: EditRequest,
+    pub paraphrase_prompts: Vec<String>,
+    pub neighborhood_prompts: Vec<String>,
+}
+
+/// An editing method. Sequential editing is repeated `apply` with one request; batch editing is
+/// one `apply` with many. The model is left edited; the returned patch reverts or re-applies it.
+pub trait Editor<B: Backend> {
+    fn name(&self) -> &str;
+    fn apply(
+        &mut self,
+        model: &mut kedit_models::LanguageModel<B>,
+        requests: &[EditRequest],
+    ) -> Result<Patch>;
+}

@@ -1,0 +1,201 @@
+//! Patches: named weight deltas. `W' = W + Δ` is computed once, in f32, the same way when a patch
+//! is made, applied, or loaded and applied, so a reloaded patch reproduces the edited model bit for
+//! bit; revert puts the saved original tensor back, which is exact where `W' - Δ` would not be.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use kedit_models::CausalLm;
+use serde::{Deserialize, Serialize};
+
+/// Which matrix of a block a delta rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Matrix {
+    /// The MLP output projection (`down_proj`, `c_proj`, `fc_out`).
+    MlpOut,
+    /// The attention output projection.
+    AttnOut,
+}
+
+/// One delta, `[d_in, d_out]` (keys to values), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchEntry {
+    pub layer: usize,
+    pub matrix: Matrix,
+    pub shape: [usize; 2],
+    pub delta: Vec<f32>,
+}
+
+impl PatchEntry {
+    /// The tensor name in the patch file.
+    pub fn name(&self) -> String {
+        let m = match self.matrix {
+            Matrix::MlpOut => "mlp_out",
+            Matrix::AttnOut => "attn_out",
+        };
+        format!("layers.{}.{m}", self.layer)
+    }
+}
+
+/// A set of deltas with what made them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Patch {
+    pub entries: Vec<PatchEntry>,
+    /// Free-form metadata: method, hyperparameters (JSON), requests (JSON), model source.
+    pub metadata: HashMap<String, String>,
+}
+
+/// The original tensors a patch replaced, for an exact revert.
+pub struct Applied<B: Backend> {
+    originals: Vec<(usize, Matrix, Tensor<B, 2>)>,
+}
+
+fn get<B: Backend>(m: &impl CausalLm<B>, layer: usize, matrix: Matrix) -> Tensor<B, 2> {
+    match matrix {
+        Matrix::MlpOut => m.mlp_out(layer),
+        Matrix::AttnOut => m.attn_out(layer),
+    }
+}
+
+fn set<B: Backend>(m: &mut impl CausalLm<B>, layer: usize, matrix: Matrix, w: Tensor<B, 2>) {
+    match matrix {
+        Matrix::MlpOut => m.set_mlp_out(layer, w),
+        Matrix::AttnOut => m.set_attn_out(layer, w),
+    }
+}
+
+impl Patch {
+    /// Apply every delta (`W += Δ`), returning what is needed to revert exactly.
+    pub fn apply<B: Backend>(&self, model: &mut impl CausalLm<B>) -> Result<Applied<B>> {
+        let mut originals = Vec::new();
+        for e in &self.entries {
+            if e.layer >= model.config().num_layers {
+                bail!(
+                    "patch entry {}: layer {} but the model has {}",
+                    e.name(),
+                    e.layer,
+                    model.config().num_layers
+                );
+            }
+            let w = get(model, e.layer, e.matrix);
+            if w.dims() != e.shape {
+                bail!(
+                    "patch entry {}: shape {:?} but the model's matrix is {:?}",
+                    e.name(),
+                    e.shape,
+                    w.dims()
+                );
+            }
+            let d =
+                Tensor::<B, 2>::from_data(TensorData::new(e.delta.clone(), e.shape), &w.device());
+            set(model, e.layer, e.matrix, w.clone() + d);
+            originals.push((e.layer, e.matrix, w));
+        }
+        Ok(Applied { originals })
+    }
+
+    /// Save as safetensors: one f32 tensor per entry, metadata as string pairs.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<u8>, [usize; 2])> = self
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name(),
+                    e.delta.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    e.shape,
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = self.metadata.clone();
+        meta.insert("format".into(), "kedit-patch-1".into());
+        // safetensors stores tensors sorted; the application order is kept here.
+        meta.insert(
+            "entries".into(),
+            self.entries
+                .iter()
+                .map(PatchEntry::name)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        let out = safetensors::serialize(views, Some(meta))?;
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, out)
+            .with_context(|| format!("{}: cannot write patch", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot write patch", path.display()))?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("{}: cannot read patch", path.display()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)?;
+        let mut metadata = meta.metadata().clone().unwrap_or_default();
+        if metadata.remove("format").as_deref() != Some("kedit-patch-1") {
+            bail!(
+                "{}: not a kedit patch (metadata `format` is not kedit-patch-1)",
+                path.display()
+            );
+        }
+        let mut entries = Vec::new();
+        let order = metadata.remove("entries").unwrap_or_default();
+        let names: Vec<&str> = order.split(',').filter(|s| !s.is_empty()).collect();
+        if names.len() != st.len() {
+            bail!(
+                "{}: metadata `entries` lists {} tensors, the file holds {}",
+                path.display(),
+                names.len(),
+                st.len()
+            );
+        }
+        for name in names {
+            let t = st
+                .tensor(name)
+                .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            let parts: Vec<&str> = name.split('.').collect();
+            let (layer, matrix) = match parts.as_slice() {
+                ["layers", l, "mlp_out"] => (l.parse()?, Matrix::MlpOut),
+                ["layers", l, "attn_out"] => (l.parse()?, Matrix::AttnOut),
+                _ => bail!("{}: unknown tensor {name}", path.display()),
+            };
+            if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
+                bail!("{}: tensor {name} must be 2-D f32", path.display());
+            }
+            let delta = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            entries.push(PatchEntry {
+                layer,
+                matrix,
+                shape: [t.shape()[0], t.shape()[1]],
+                delta,
+            });
+        }
+        Ok(Self { entries, metadata })
+    }
+}
+
+impl<B: Backend> Applied<B> {
+    /// Put the original tensors back (in reverse order, so overlapping entries unwind correctly).
+    pub fn revert(self, model: &mut impl CausalLm<B>) {
+        for (layer, matrix, w) in self.originals.into_iter().rev() {
+            set(model, layer, matrix, w);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Patches: apply, save, load, re-apply and revert are exact (bit-identical logits).
+
+use std::path::PathBuf;
+
+use burn::tensor::{backend::Backend, Tensor};
+use kedit_editing::{Matrix, Patch, PatchEntry};
+use kedit_models::{CausalLm, Cpu, LanguageModel};
+
+fn tiny() -> LanguageModel<Cpu> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
+    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+}
+
+fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<u32> {
+    let seqs = vec![
+        lm.encode("The capital of France is").unwrap(),
+        lm.encode("Rome").unwrap(),
+    ];
+    let t: Tensor<B, 2> = lm.next_token_logits(&seqs);
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn saved_patch_reproduces_the_edit_and_revert_restores_bits() {
+    let mut lm = tiny();
+    let before = logits(&lm);
+    let [r, c] = lm.model.mlp_out(1).dims();
+    let patch = Patch {
+        entries: vec![
+            PatchEntry {
+                layer: 1,
+                matrix: Matrix::MlpOut,
+                shape: [r, c],
+                delta: (0..r * c).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect(),
+            },
+            PatchEntry {
+                layer: 0,
+                matrix: Matrix::AttnOut,
+                shape: [64, 64],
+                delta: (0..64 * 64)
+                    .map(|i| ((i % 7) as f32 - 3.0) * 0.02)
+                    .collect(),
+            },
+        ],
+        metadata: [("method".to_string(), "test".to_string())].into(),
+    };
+    let applied = patch.apply(&mut lm.model).unwrap();
+    let edited = logits(&lm);
+    assert_ne!(edited, before, "the patch must change the logits");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.safetensors");
+    patch.save(&file).unwrap();
+    let loaded = Patch::load(&file).unwrap();
+    assert!(
+        loaded == patch,
+        "the loaded patch differs from the saved one"
+    );
+    let mut fresh = tiny();
+    loaded.apply(&mut fresh.model).unwrap();
+    assert_eq!(
+        logits(&fresh),
+        edited,
+        "reloaded patch must give bit-identical logits"
+    );
+
+    applied.revert(&mut lm.model);
+    assert_eq!(
+        logits(&lm),
+        before,
+        "revert must restore the original logits bit for bit"
+    );
+}
+
+#[test]
+fn a_patch_for_another_shape_is_refused() {
+    let mut lm = tiny();
+    let p = Patch {
+        entries: vec![PatchEntry {
+            layer: 0,
+            matrix: Matrix::MlpOut,
+            shape: [3, 3],
+            delta: vec![0.0; 9],
+        }],
+        metadata: Default::default(),
+    };
+    let e = p.apply(&mut lm.model).err().unwrap().to_string();
+    assert!(e.contains("layers.0.mlp_out") && e.contains("shape"), "{e}");
+}
