@@ -1,0 +1,157 @@
+//! kedit-eval: the CounterFact / S2RKE metrics, computed from the model's own probabilities.
+//!
+//! For a prompt and a target, `nll` = mean per-token negative log-likelihood of the target
+//! (teacher-forced, with a leading space) and `p = exp(-nll)`.
+//! - ES: on the rewrite prompt, p(target_new) > p(target_true).
+//! - PS: the same on each paraphrase prompt, averaged over them.
+//! - NS: on each neighbourhood prompt, p(target_true) > p(target_new), averaged.
+//! - EM / PM / NM: the matching mean probability differences.
+//! - S: harmonic mean of ES, PS, NS over the case means.
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use kedit_editing::EditCase;
+use kedit_models::LanguageModel;
+use serde::{Deserialize, Serialize};
+
+/// Metrics of one case. Fields are `None` where the case has no such prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseMetrics {
+    pub case_id: String,
+    pub es: f64,
+    pub ps: Option<f64>,
+    pub ns: Option<f64>,
+    pub em: f64,
+    pub pm: Option<f64>,
+    pub nm: Option<f64>,
+}
+
+/// Means over cases, and S.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub cases: usize,
+    pub es: f64,
+    pub ps: f64,
+    pub ns: f64,
+    pub em: f64,
+    pub pm: f64,
+    pub nm: f64,
+    pub score: f64,
+}
+
+/// The target as scored: with a leading space (SmolLM2/GPT-2 tokenizers fold it into the word).
+pub fn spaced(target: &str) -> String {
+    if target.starts_with(' ') {
+        target.to_owned()
+    } else {
+        format!(" {target}")
+    }
+}
+
+/// (success, magnitude) averaged over prompts, for "`a` beats `b`".
+fn compare(p_a: &[f64], p_b: &[f64]) -> Option<(f64, f64)> {
+    if p_a.is_empty() {
+        return None;
+    }
+    let n = p_a.len() as f64;
+    let wins = p_a.iter().zip(p_b).filter(|(a, b)| a > b).count() as f64 / n;
+    let margin = p_a.iter().zip(p_b).map(|(a, b)| a - b).sum::<f64>() / n;
+    Some((wins, margin))
+}
+
+/// Score every prompt of each case against both targets, in one padded batch per case.
+pub fn evaluate<B: Backend>(lm: &LanguageModel<B>, cases: &[EditCase]) -> Result<Vec<CaseMetrics>> {
+    let mut out = Vec::with_capacity(cases.len());
+    for case in cases {
+        let r = &case.request;
+        let (new, old) = (spaced(&r.target_new), spaced(&r.target_true));
+        let mut prompts = vec![r.full_prompt()];
+        prompts.extend(case.paraphrase_prompts.iter().cloned());
+        prompts.extend(case.neighborhood_prompts.iter().cloned());
+        let mut pairs = Vec::with_capacity(prompts.len() * 2);
+        for p in &prompts {
+            pairs.push((p.as_str(), new.as_str()));
+            pairs.push((p.as_str(), old.as_str()));
+        }
+        let scores = lm.score(&pairs)?;
+        let p: Vec<(f64, f64)> = scores
+            .chunks(2)
+            .map(|s| {
+                (
+                    (-s[0].mean_nll() as f64).exp(),
+                    (-s[1].mean_nll() as f64).exp(),
+                )
+            })
+            .collect();
+        let np = case.paraphrase_prompts.len();
+        let (p_new, p_old): (Vec<f64>, Vec<f64>) = p.iter().copied().unzip();
+        let es = compare(&p_new[..1], &p_old[..1]).expect("rewrite prompt");
+        let ps = compare(&p_new[1..1 + np], &p_old[1..1 + np]);
+        let ns = compare(&p_old[1 + np..], &p_new[1 + np..]);
+        out.push(CaseMetrics {
+            case_id: case.case_id.clone(),
+            es: es.0,
+            em: es.1,
+            ps: ps.map(|x| x.0),
+            pm: ps.map(|x| x.1),
+            ns: ns.map(|x| x.0),
+            nm: ns.map(|x| x.1),
+        });
+    }
+    Ok(out)
+}
+
+fn mean(xs: impl Iterator<Item = Option<f64>>) -> f64 {
+    let v: Vec<f64> = xs.flatten().collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+pub fn summarize(m: &[CaseMetrics]) -> Summary {
+    let es = mean(m.iter().map(|c| Some(c.es)));
+    let ps = mean(m.iter().map(|c| c.ps));
+    let ns = mean(m.iter().map(|c| c.ns));
+    let parts: Vec<f64> = [es, ps, ns].into_iter().filter(|x| !x.is_nan()).collect();
+    let score = if parts.iter().any(|&x| x == 0.0) {
+        0.0
+    } else {
+        parts.len() as f64 / parts.iter().map(|x| 1.0 / x).sum::<f64>()
+    };
+    Summary {
+        cases: m.len(),
+        es,
+        ps,
+        ns,
+        em: mean(m.iter().map(|c| Some(c.em))),
+        pm: mean(m.iter().map(|c| c.pm)),
+        nm: mean(m.iter().map(|c| c.nm)),
+        score,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_the_harmonic_mean() {
+        let c = |es, ps, ns| CaseMetrics {
+            case_id: "x".into(),
+            es,
+            ps: Some(ps),
+            ns: Some(ns),
+            em: 0.0,
+            pm: Some(0.0),
+            nm: Some(0.0),
+        };
+        let s = summarize(&[c(1.0, 0.5, 1.0), c(1.0, 0.5, 0.0)]);
+        assert_eq!((s.es, s.ps, s.ns), (1.0, 0.5, 0.5));
+        assert!((s.score - 3.0 / (1.0 + 2.0 + 2.0)).abs() < 1e-12);
+        let (wins, margin) = compare(&[0.2, 0.1], &[0.1, 0.3]).unwrap();
+        assert_eq!(wins, 0.5);
+        assert!((margin + 0.05).abs() < 1e-12);
+    }
+}
