@@ -115,7 +115,7 @@ pub fn summarize(m: &[CaseMetrics]) -> Summary {
     let ps = mean(m.iter().map(|c| c.ps));
     let ns = mean(m.iter().map(|c| c.ns));
     let parts: Vec<f64> = [es, ps, ns].into_iter().filter(|x| !x.is_nan()).collect();
-    let score = if parts.iter().any(|&x| x == 0.0) {
+    let score = if parts.contains(&0.0) {
         0.0
     } else {
         parts.len() as f64 / parts.iter().map(|x| 1.0 / x).sum::<f64>()

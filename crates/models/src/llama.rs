@@ -248,6 +248,12 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         let mut h = h;
         for l in start..c.num_layers {
             h = self.block(l, h, &rope, &mask, iv, &mut captured);
+            if iv.stop_after == Some(l) {
+                return Forward {
+                    hidden: h,
+                    captured,
+                };
+            }
         }
         Forward {
             hidden: rms_norm(h, &self.norm, c.norm_eps),

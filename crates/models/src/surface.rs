@@ -40,6 +40,9 @@ pub struct Intervention<B: Backend> {
 pub struct Interventions<B: Backend> {
     pub capture: Vec<(usize, Site)>,
     pub edits: Vec<Intervention<B>>,
+    /// Stop after this block: `Forward::hidden` is then that block's residual output (no final
+    /// norm). Methods that only need keys or states below the top skip the rest of the stack.
+    pub stop_after: Option<usize>,
 }
 
 impl<B: Backend> Default for Interventions<B> {
@@ -47,6 +50,7 @@ impl<B: Backend> Default for Interventions<B> {
         Self {
             capture: Vec::new(),
             edits: Vec::new(),
+            stop_after: None,
         }
     }
 }
@@ -54,6 +58,10 @@ impl<B: Backend> Default for Interventions<B> {
 impl<B: Backend> Interventions<B> {
     pub fn none() -> Self {
         Self::default()
+    }
+    pub fn stop_after(mut self, layer: usize) -> Self {
+        self.stop_after = Some(layer);
+        self
     }
     pub fn capture(mut self, layer: usize, site: Site) -> Self {
         self.capture.push((layer, site));
