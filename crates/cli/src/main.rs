@@ -1,5 +1,7 @@
 //! `kedit`: edit the factual knowledge of language models and measure what the edits break.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,6 +61,37 @@ enum Command {
         #[arg(required = true)]
         prompts: Vec<String>,
     },
+    /// Edit facts and measure the edit: ES/PS/NS before and after. By default each case is edited
+    /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
+    /// `apply` and evaluates them together.
+    #[command(
+        after_help = "Example:\n  kedit edit --model smollm2 --method r-rome --requests fixtures/facts.json --report report.json"
+    )]
+    Edit {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// rome (original update) or r-rome (template-averaged key in the denominator; default)
+        #[arg(long, default_value = "r-rome")]
+        method: String,
+        /// Requests file: S2RKE release format or CounterFact
+        #[arg(long)]
+        requests: PathBuf,
+        /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Apply all requests in one edit instead of one at a time
+        #[arg(long)]
+        batch: bool,
+        /// Only the first N cases
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write the patch (safetensors); with one-at-a-time editing, the last case's patch
+        #[arg(long)]
+        patch_out: Option<PathBuf>,
+        /// Write the JSON report (`edits` per case, `summary`)
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
     #[command(
@@ -87,6 +120,102 @@ fn with_backend(args: &ModelArgs, run: impl RunOnBackend) -> Result<()> {
 
 trait RunOnBackend {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()>;
+}
+
+struct Edit {
+    method: String,
+    requests: PathBuf,
+    hparams: Option<PathBuf>,
+    batch: bool,
+    limit: Option<usize>,
+    patch_out: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+impl RunOnBackend for Edit {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        use kedit_editing::Editor;
+        use kedit_locate_edit::{Rome, RomeHparams, Variant};
+        let variant = match self.method.as_str() {
+            "rome" => Variant::Original,
+            "r-rome" => Variant::RRome,
+            other => bail!("--method {other}: unknown method (rome, r-rome)"),
+        };
+        let hparams = match &self.hparams {
+            Some(p) => RomeHparams::load(p)?,
+            None => RomeHparams::smollm2(),
+        };
+        let mut cases = kedit_editing::requests::load_cases(&self.requests)?;
+        if let Some(n) = self.limit {
+            cases.truncate(n);
+        }
+        if cases.is_empty() {
+            bail!("{}: no cases", self.requests.display());
+        }
+        let mut lm = LanguageModel::<B>::load(spec, device)?;
+        let mut rome = Rome::new(hparams, variant);
+        let pre = kedit_eval::evaluate(&lm, &cases)?;
+        let mut post = Vec::new();
+        let mut last_patch = None;
+        let started = std::time::Instant::now();
+        // Every editable matrix as it was, to put back exactly after each case.
+        let snapshot = kedit_editing::Snapshot::take(&lm.model);
+        if self.batch {
+            let reqs: Vec<_> = cases.iter().map(|c| c.request.clone()).collect();
+            last_patch = Some(rome.apply(&mut lm, &reqs)?);
+            post = kedit_eval::evaluate(&lm, &cases)?;
+        } else {
+            for (i, case) in cases.iter().enumerate() {
+                let t = std::time::Instant::now();
+                let patch = rome.apply(&mut lm, std::slice::from_ref(&case.request))?;
+                let m = kedit_eval::evaluate(&lm, std::slice::from_ref(case))?.remove(0);
+                tracing::info!(
+                    "case {}/{} {}: es {:.2} ps {:?} ns {:?} ({:.1} s)",
+                    i + 1,
+                    cases.len(),
+                    case.case_id,
+                    m.es,
+                    m.ps,
+                    m.ns,
+                    t.elapsed().as_secs_f64()
+                );
+                post.push(m);
+                snapshot.clone().restore(&mut lm.model);
+                last_patch = Some(patch);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
+            p.save(out)?;
+        }
+        let (s_pre, s_post) = (kedit_eval::summarize(&pre), kedit_eval::summarize(&post));
+        println!("{:<10} {:>6} {:>6} {:>6} {:>6}", "", "ES", "PS", "NS", "S");
+        for (name, s) in [("pre-edit", &s_pre), ("post-edit", &s_post)] {
+            println!(
+                "{name:<10} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
+                s.es, s.ps, s.ns, s.score
+            );
+        }
+        println!(
+            "{} cases, {:.1} s editing+evaluation ({:.1} s per case)",
+            cases.len(),
+            elapsed,
+            elapsed / cases.len() as f64
+        );
+        if let Some(out) = &self.report {
+            let edits: Vec<serde_json::Value> = post
+                .iter()
+                .zip(&pre)
+                .map(|(m, p)| serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
+                    "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}}))
+                .collect();
+            let report = serde_json::json!({"method": self.method, "model": lm.source, "edits": edits,
+                "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)?;
+            std::fs::rename(&tmp, out)?;
+        }
+        Ok(())
+    }
 }
 
 struct Generate<'a> {
@@ -155,6 +284,27 @@ fn run(cli: Cli) -> Result<()> {
             Generate {
                 n,
                 prompts: &prompts,
+            },
+        ),
+        Command::Edit {
+            model,
+            method,
+            requests,
+            hparams,
+            batch,
+            limit,
+            patch_out,
+            report,
+        } => with_backend(
+            &model,
+            Edit {
+                method,
+                requests,
+                hparams,
+                batch,
+                limit,
+                patch_out,
+                report,
             },
         ),
         Command::Score {

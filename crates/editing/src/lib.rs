@@ -13,7 +13,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-pub use patch::{Matrix, Patch, PatchEntry};
+pub use patch::{Matrix, Patch, PatchEntry, Snapshot};
 
 /// One requested rewrite of a fact: `prompt` holds `{}` where the subject goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

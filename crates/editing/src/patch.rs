@@ -199,3 +199,25 @@ impl<B: Backend> Applied<B> {
         }
     }
 }
+
+/// Every editable matrix of a model, kept to restore it exactly (tensors are shared, not copied).
+#[derive(Clone)]
+pub struct Snapshot<B: Backend> {
+    matrices: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+impl<B: Backend> Snapshot<B> {
+    pub fn take(model: &impl CausalLm<B>) -> Self {
+        let matrices = (0..model.config().num_layers)
+            .map(|l| (model.mlp_out(l), model.attn_out(l)))
+            .collect();
+        Self { matrices }
+    }
+
+    pub fn restore(self, model: &mut impl CausalLm<B>) {
+        for (l, (mlp, attn)) in self.matrices.into_iter().enumerate() {
+            model.set_mlp_out(l, mlp);
+            model.set_attn_out(l, attn);
+        }
+    }
+}
