@@ -85,12 +85,34 @@ enum Command {
         /// Only the first N cases
         #[arg(long)]
         limit: Option<usize>,
+        /// Only the first record of each subject
+        #[arg(long)]
+        one_per_subject: bool,
         /// Write the patch (safetensors); with one-at-a-time editing, the last case's patch
         #[arg(long)]
         patch_out: Option<PathBuf>,
         /// Write the JSON report (`edits` per case, `summary`)
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+    /// Build an S2RKE-format dataset from ParaRel's Wikidata facts and paraphrase patterns.
+    #[command(
+        after_help = "Example:\n  kedit data-build --facts data/pararel --out fixtures/s2rke-pararel.json --subjects 40 --seed 0"
+    )]
+    DataBuild {
+        /// ParaRel folder (trex_lms_vocab/ and pattern_data/graphs_json/)
+        #[arg(long)]
+        facts: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// How many subjects
+        #[arg(long, default_value_t = 40)]
+        subjects: usize,
+        /// Subjects need facts in at least this many relations
+        #[arg(long, default_value_t = 3)]
+        min_relations: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
@@ -128,6 +150,7 @@ struct Edit {
     hparams: Option<PathBuf>,
     batch: bool,
     limit: Option<usize>,
+    one_per_subject: bool,
     patch_out: Option<PathBuf>,
     report: Option<PathBuf>,
 }
@@ -145,6 +168,10 @@ impl RunOnBackend for Edit {
             None => RomeHparams::smollm2(),
         };
         let mut cases = kedit_editing::requests::load_cases(&self.requests)?;
+        if self.one_per_subject {
+            let mut seen = std::collections::HashSet::new();
+            cases.retain(|c| seen.insert(c.subject_id.clone()));
+        }
         if let Some(n) = self.limit {
             cases.truncate(n);
         }
@@ -293,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             hparams,
             batch,
             limit,
+            one_per_subject,
             patch_out,
             report,
         } => with_backend(
@@ -303,10 +331,38 @@ fn run(cli: Cli) -> Result<()> {
                 hparams,
                 batch,
                 limit,
+                one_per_subject,
                 patch_out,
                 report,
             },
         ),
+        Command::DataBuild {
+            facts,
+            out,
+            subjects,
+            min_relations,
+            seed,
+        } => {
+            let (f, p) = kedit_s2rke_data::load_pararel(&facts)?;
+            let opt = kedit_s2rke_data::BuildOptions {
+                subjects,
+                min_relations,
+                neighbours: 2,
+                seed,
+            };
+            let data = kedit_s2rke_data::build(&f, &p, &opt)?;
+            let records: usize = data
+                .iter()
+                .map(|s| s["Star_Topology"].as_array().map_or(0, Vec::len))
+                .sum();
+            std::fs::write(&out, serde_json::to_string_pretty(&data)?)?;
+            println!(
+                "{} subjects, {records} records -> {}",
+                data.len(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Score {
             model,
             prompt,
