@@ -95,6 +95,28 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The keys ROME writes each request under, their cosine matrix, and the mean cosine between
+    /// requests of the same subject and of different subjects.
+    #[command(after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --subjects 5 --per-subject 3")]
+    Keys {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "rome")]
+        method: String,
+        #[arg(long)]
+        requests: PathBuf,
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Only the first N subjects
+        #[arg(long)]
+        subjects: Option<usize>,
+        /// Only the first K records of each subject
+        #[arg(long)]
+        per_subject: Option<usize>,
+        /// Write the JSON report (`cosine` matrix, `same_subject`, `different_subject`)
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Build an S2RKE-format dataset from ParaRel's Wikidata facts and paraphrase patterns.
     #[command(
         after_help = "Example:\n  kedit data-build --facts data/pararel --out fixtures/s2rke-pararel.json --subjects 40 --seed 0"
@@ -245,6 +267,88 @@ impl RunOnBackend for Edit {
     }
 }
 
+struct Keys {
+    method: String,
+    requests: PathBuf,
+    hparams: Option<PathBuf>,
+    subjects: Option<usize>,
+    per_subject: Option<usize>,
+    report: Option<PathBuf>,
+}
+impl RunOnBackend for Keys {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        use kedit_locate_edit::{Rome, RomeHparams, Variant};
+        if !matches!(self.method.as_str(), "rome" | "r-rome") {
+            bail!("--method {}: keys are defined for rome and r-rome", self.method);
+        }
+        let hparams = match &self.hparams {
+            Some(p) => RomeHparams::load(p)?,
+            None => RomeHparams::smollm2(),
+        };
+        let mut cases = kedit_editing::requests::load_cases(&self.requests)?;
+        let mut subjects: Vec<String> = Vec::new();
+        let mut count = std::collections::HashMap::new();
+        cases.retain(|c| {
+            if !subjects.contains(&c.subject_id) {
+                if self.subjects.is_some_and(|n| subjects.len() >= n) {
+                    return false;
+                }
+                subjects.push(c.subject_id.clone());
+            }
+            let k = count.entry(c.subject_id.clone()).or_insert(0usize);
+            *k += 1;
+            self.per_subject.is_none_or(|n| *k <= n)
+        });
+        let lm = LanguageModel::<B>::load(spec, device)?;
+        let mut rome = Rome::new(hparams, Variant::RRome);
+        let keys: Vec<Vec<f32>> = cases.iter().map(|c| rome.key(&lm, &c.request)).collect::<Result<_>>()?;
+        let n = keys.len();
+        let norm = |k: &[f32]| k.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let mut cos = vec![vec![0f64; n]; n];
+        let (mut same, mut diff) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            for j in 0..n {
+                let dot: f64 = keys[i].iter().zip(&keys[j]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                cos[i][j] = dot / (norm(&keys[i]) * norm(&keys[j]));
+                if i < j {
+                    if cases[i].subject_id == cases[j].subject_id {
+                        same.push(cos[i][j])
+                    } else {
+                        diff.push(cos[i][j])
+                    }
+                }
+            }
+        }
+        let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        print!("{:>10}", "");
+        for c in &cases {
+            print!(" {:>7}", c.case_id);
+        }
+        println!();
+        for (i, c) in cases.iter().enumerate() {
+            print!("{:>10}", c.case_id);
+            for x in &cos[i] {
+                print!(" {x:>7.3}");
+            }
+            println!();
+        }
+        println!(
+            "mean cosine: same subject {:.3} ({} pairs), different subjects {:.3} ({} pairs)",
+            mean(&same),
+            same.len(),
+            mean(&diff),
+            diff.len()
+        );
+        if let Some(out) = &self.report {
+            let ids: Vec<&str> = cases.iter().map(|c| c.case_id.as_str()).collect();
+            let r = serde_json::json!({"case_ids": ids, "cosine": cos, "same_subject": mean(&same),
+                "different_subject": mean(&diff), "layer": rome.hparams.layers[0]});
+            std::fs::write(out, serde_json::to_string_pretty(&r)?)?;
+        }
+        Ok(())
+    }
+}
+
 struct Generate<'a> {
     n: usize,
     prompts: &'a [String],
@@ -336,6 +440,9 @@ fn run(cli: Cli) -> Result<()> {
                 report,
             },
         ),
+        Command::Keys { model, method, requests, hparams, subjects, per_subject, report } => {
+            with_backend(&model, Keys { method, requests, hparams, subjects, per_subject, report })
+        }
         Command::DataBuild {
             facts,
             out,

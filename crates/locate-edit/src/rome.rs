@@ -98,6 +98,26 @@ impl Rome {
             .collect()
     }
 
+    /// The prompts (ids, subject position) of every context template, their keys, and the mean
+    /// key: what ROME writes under. Template 0 is the bare prompt.
+    #[allow(clippy::type_complexity)]
+    fn template_keys<B: Backend>(&mut self, lm: &LanguageModel<B>, req: &EditRequest) -> Result<(Vec<(Vec<u32>, usize)>, Vec<Vec<f32>>, Vec<f32>)> {
+        let templates = self.templates(lm)?;
+        let prompts: Vec<(Vec<u32>, usize)> = templates
+            .iter()
+            .map(|t| subject_last(lm, &t.replacen("{}", &req.prompt, 1), &req.subject))
+            .collect::<Result<_>>()?;
+        let keys = self.keys(lm, &prompts);
+        let d_ff = keys[0].len();
+        let k_avg: Vec<f32> = (0..d_ff).map(|j| keys.iter().map(|k| k[j]).sum::<f32>() / keys.len() as f32).collect();
+        Ok((prompts, keys, k_avg))
+    }
+
+    /// The key ROME writes a request under (template-averaged MLP key at the edit layer).
+    pub fn key<B: Backend>(&mut self, lm: &LanguageModel<B>, req: &EditRequest) -> Result<Vec<f32>> {
+        Ok(self.template_keys(lm, req)?.2)
+    }
+
     /// The rank-one delta `[d_ff, d_model]` for one request on the current model.
     pub fn compute_delta<B: Backend>(
         &mut self,
@@ -115,19 +135,9 @@ impl Rome {
                 lm.model.config.num_layers
             );
         }
-        let templates = self.templates(lm)?;
-        // Every template with the request's prompt in its slot; template 0 is the bare prompt.
-        let prompts: Vec<(Vec<u32>, usize)> = templates
-            .iter()
-            .map(|t| subject_last(lm, &t.replacen("{}", &req.prompt, 1), &req.subject))
-            .collect::<Result<_>>()?;
-
+        let (prompts, keys, k_avg) = self.template_keys(lm, req)?;
+        let d_ff = k_avg.len();
         // u: the template-averaged key, normalised.
-        let keys = self.keys(lm, &prompts);
-        let d_ff = keys[0].len();
-        let k_avg: Vec<f32> = (0..d_ff)
-            .map(|j| keys.iter().map(|k| k[j]).sum::<f32>() / keys.len() as f32)
-            .collect();
         let u_norm = norm(&k_avg);
         let u: Vec<f32> = k_avg.iter().map(|x| x / u_norm).collect();
 
