@@ -97,7 +97,9 @@ enum Command {
     },
     /// The keys ROME writes each request under, their cosine matrix, and the mean cosine between
     /// requests of the same subject and of different subjects.
-    #[command(after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --subjects 5 --per-subject 3")]
+    #[command(
+        after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --subjects 5 --per-subject 3"
+    )]
     Keys {
         #[command(flatten)]
         model: ModelArgs,
@@ -279,7 +281,10 @@ impl RunOnBackend for Keys {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         use kedit_locate_edit::{Rome, RomeHparams, Variant};
         if !matches!(self.method.as_str(), "rome" | "r-rome") {
-            bail!("--method {}: keys are defined for rome and r-rome", self.method);
+            bail!(
+                "--method {}: keys are defined for rome and r-rome",
+                self.method
+            );
         }
         let hparams = match &self.hparams {
             Some(p) => RomeHparams::load(p)?,
@@ -301,14 +306,21 @@ impl RunOnBackend for Keys {
         });
         let lm = LanguageModel::<B>::load(spec, device)?;
         let mut rome = Rome::new(hparams, Variant::RRome);
-        let keys: Vec<Vec<f32>> = cases.iter().map(|c| rome.key(&lm, &c.request)).collect::<Result<_>>()?;
+        let keys: Vec<Vec<f32>> = cases
+            .iter()
+            .map(|c| rome.key(&lm, &c.request))
+            .collect::<Result<_>>()?;
         let n = keys.len();
         let norm = |k: &[f32]| k.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let mut cos = vec![vec![0f64; n]; n];
         let (mut same, mut diff) = (Vec::new(), Vec::new());
         for i in 0..n {
             for j in 0..n {
-                let dot: f64 = keys[i].iter().zip(&keys[j]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let dot: f64 = keys[i]
+                    .iter()
+                    .zip(&keys[j])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
                 cos[i][j] = dot / (norm(&keys[i]) * norm(&keys[j]));
                 if i < j {
                     if cases[i].subject_id == cases[j].subject_id {
@@ -319,7 +331,13 @@ impl RunOnBackend for Keys {
                 }
             }
         }
-        let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
         print!("{:>10}", "");
         for c in &cases {
             print!(" {:>7}", c.case_id);
@@ -440,9 +458,25 @@ fn run(cli: Cli) -> Result<()> {
                 report,
             },
         ),
-        Command::Keys { model, method, requests, hparams, subjects, per_subject, report } => {
-            with_backend(&model, Keys { method, requests, hparams, subjects, per_subject, report })
-        }
+        Command::Keys {
+            model,
+            method,
+            requests,
+            hparams,
+            subjects,
+            per_subject,
+            report,
+        } => with_backend(
+            &model,
+            Keys {
+                method,
+                requests,
+                hparams,
+                subjects,
+                per_subject,
+                report,
+            },
+        ),
         Command::DataBuild {
             facts,
             out,

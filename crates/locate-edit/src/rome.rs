@@ -101,7 +101,11 @@ impl Rome {
     /// The prompts (ids, subject position) of every context template, their keys, and the mean
     /// key: what ROME writes under. Template 0 is the bare prompt.
     #[allow(clippy::type_complexity)]
-    fn template_keys<B: Backend>(&mut self, lm: &LanguageModel<B>, req: &EditRequest) -> Result<(Vec<(Vec<u32>, usize)>, Vec<Vec<f32>>, Vec<f32>)> {
+    fn template_keys<B: Backend>(
+        &mut self,
+        lm: &LanguageModel<B>,
+        req: &EditRequest,
+    ) -> Result<(Vec<(Vec<u32>, usize)>, Vec<Vec<f32>>, Vec<f32>)> {
         let templates = self.templates(lm)?;
         let prompts: Vec<(Vec<u32>, usize)> = templates
             .iter()
@@ -109,12 +113,18 @@ impl Rome {
             .collect::<Result<_>>()?;
         let keys = self.keys(lm, &prompts);
         let d_ff = keys[0].len();
-        let k_avg: Vec<f32> = (0..d_ff).map(|j| keys.iter().map(|k| k[j]).sum::<f32>() / keys.len() as f32).collect();
+        let k_avg: Vec<f32> = (0..d_ff)
+            .map(|j| keys.iter().map(|k| k[j]).sum::<f32>() / keys.len() as f32)
+            .collect();
         Ok((prompts, keys, k_avg))
     }
 
     /// The key ROME writes a request under (template-averaged MLP key at the edit layer).
-    pub fn key<B: Backend>(&mut self, lm: &LanguageModel<B>, req: &EditRequest) -> Result<Vec<f32>> {
+    pub fn key<B: Backend>(
+        &mut self,
+        lm: &LanguageModel<B>,
+        req: &EditRequest,
+    ) -> Result<Vec<f32>> {
         Ok(self.template_keys(lm, req)?.2)
     }
 
