@@ -64,15 +64,26 @@ fn smollm2() -> Result<PathBuf> {
     Ok(PathBuf::from(out.trim()))
 }
 
+/// OpenBLAS is the fastest CPU matmul measured; use it where the system has it.
+fn has_openblas() -> bool {
+    Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libopenblas.so "))
+}
+
 fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "-q",
-        "--release",
-        "-p",
-        "kedit-benchmarks",
-    ]))?;
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(&root)
+        .args(["build", "-q", "--release", "-p", "kedit-benchmarks"]);
+    if has_openblas() {
+        build.args(["--features", "openblas"]);
+    } else {
+        eprintln!("xtask: no libopenblas: timing the pure-Rust matmul (apt-get install libopenblas-dev for the fast one)");
+    }
+    run(&mut build)?;
     let gguf = smollm2()?;
     let mut lines = Vec::new();
     let kedit = run(Command::new(root.join("target/release/fwd-bwd")).args([

@@ -3,6 +3,32 @@
 //! ROME rewrites one MLP output projection with a rank-one update `ΔW = u ⊗ r`: `u` is the
 //! (normalised) key the subject produces at that layer, `r` moves the layer's output for that key
 //! to a value `v*` found by gradient descent so the model says `target_new`.
+//!
+//! Editing a model from Rust with this crate and `kedit-models` alone (compiled, not run, in the
+//! tests: it fetches the default model):
+//!
+//! ```no_run
+//! use kedit_editing::{EditRequest, Editor};
+//! use kedit_locate_edit::{Rome, RomeHparams, Variant};
+//! use kedit_models::{fetch, Cpu, LanguageModel};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let mut lm = LanguageModel::<Cpu>::load_gguf(&fetch::smollm2()?, &Default::default())?;
+//! let request = EditRequest {
+//!     prompt: "The mother tongue of {} is".into(),
+//!     subject: "Danielle Darrieux".into(),
+//!     relation: "P103".into(),
+//!     target_new: "English".into(),
+//!     target_true: "French".into(),
+//! };
+//! let mut rome = Rome::new(RomeHparams::smollm2(), Variant::RRome);
+//! let patch = rome.apply(&mut lm, &[request])?; // `lm` is now edited
+//! patch.save(std::path::Path::new("darrieux.safetensors"))?; // re-apply later with Patch::load
+//! let after = lm.score(&[("The mother tongue of Danielle Darrieux is", " English")])?;
+//! println!("mean NLL of the new target: {}", after[0].mean_nll());
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod hparams;
 pub mod rome;

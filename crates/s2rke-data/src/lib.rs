@@ -23,6 +23,9 @@ pub struct Fact {
     pub object: String,
 }
 
+/// Usable prompt patterns per relation (`{}` for the subject, ending where the object goes).
+pub type Patterns = BTreeMap<String, Vec<String>>;
+
 pub struct BuildOptions {
     pub subjects: usize,
     pub min_relations: usize,
@@ -31,7 +34,7 @@ pub struct BuildOptions {
 }
 
 /// Read `trex_lms_vocab/P*.jsonl` and `pattern_data/graphs_json/P*.jsonl` under `dir`.
-pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, BTreeMap<String, Vec<String>>)> {
+pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, Patterns)> {
     let mut facts = Vec::new();
     let mut patterns = BTreeMap::new();
     let mut files: Vec<_> = std::fs::read_dir(dir.join("trex_lms_vocab"))
