@@ -70,15 +70,8 @@ enum Command {
     Edit {
         #[command(flatten)]
         model: ModelArgs,
-        /// rome (original update) or r-rome (template-averaged key in the denominator; default)
-        #[arg(long, default_value = "r-rome")]
-        method: String,
-        /// Requests file: S2RKE release format or CounterFact
-        #[arg(long)]
-        requests: PathBuf,
-        /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
-        #[arg(long)]
-        hparams: Option<PathBuf>,
+        #[command(flatten)]
+        method: MethodArgs,
         /// Apply all requests in one edit instead of one at a time
         #[arg(long)]
         batch: bool,
@@ -103,12 +96,8 @@ enum Command {
     Keys {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value = "rome")]
-        method: String,
-        #[arg(long)]
-        requests: PathBuf,
-        #[arg(long)]
-        hparams: Option<PathBuf>,
+        #[command(flatten)]
+        method: MethodArgs,
         /// Only the first N subjects
         #[arg(long)]
         subjects: Option<usize>,
@@ -168,19 +157,23 @@ trait RunOnBackend {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()>;
 }
 
-struct Edit {
+/// The method, its hyperparameters and the requests: shared by every command that edits.
+#[derive(clap::Args)]
+struct MethodArgs {
+    /// rome (original update) or r-rome (template-averaged key in the denominator; default)
+    #[arg(long, default_value = "r-rome")]
     method: String,
+    /// Requests file: S2RKE release format or CounterFact
+    #[arg(long)]
     requests: PathBuf,
+    /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
+    #[arg(long)]
     hparams: Option<PathBuf>,
-    batch: bool,
-    limit: Option<usize>,
-    one_per_subject: bool,
-    patch_out: Option<PathBuf>,
-    report: Option<PathBuf>,
 }
-impl RunOnBackend for Edit {
-    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        use kedit_editing::Editor;
+
+impl MethodArgs {
+    /// The one table from method names to editors.
+    fn rome(&self) -> Result<kedit_locate_edit::Rome> {
         use kedit_locate_edit::{Rome, RomeHparams, Variant};
         let variant = match self.method.as_str() {
             "rome" => Variant::Original,
@@ -191,7 +184,27 @@ impl RunOnBackend for Edit {
             Some(p) => RomeHparams::load(p)?,
             None => RomeHparams::smollm2(),
         };
-        let mut cases = kedit_editing::requests::load_cases(&self.requests)?;
+        Ok(Rome::new(hparams, variant))
+    }
+
+    fn cases(&self) -> Result<Vec<kedit_editing::EditCase>> {
+        kedit_editing::requests::load_cases(&self.requests)
+    }
+}
+
+struct Edit {
+    m: MethodArgs,
+    batch: bool,
+    limit: Option<usize>,
+    one_per_subject: bool,
+    patch_out: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+impl RunOnBackend for Edit {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        use kedit_editing::Editor;
+        let mut rome = self.m.rome()?;
+        let mut cases = self.m.cases()?;
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
             cases.retain(|c| seen.insert(c.subject_id.clone()));
@@ -200,10 +213,9 @@ impl RunOnBackend for Edit {
             cases.truncate(n);
         }
         if cases.is_empty() {
-            bail!("{}: no cases", self.requests.display());
+            bail!("{}: no cases", self.m.requests.display());
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let mut rome = Rome::new(hparams, variant);
         let pre = kedit_eval::evaluate(&lm, &cases)?;
         let mut post = Vec::new();
         let mut last_patch = None;
@@ -259,7 +271,7 @@ impl RunOnBackend for Edit {
                 .map(|(m, p)| serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
                     "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}}))
                 .collect();
-            let report = serde_json::json!({"method": self.method, "model": lm.source, "edits": edits,
+            let report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
                 "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
             let tmp = out.with_extension("partial");
             std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)?;
@@ -270,27 +282,15 @@ impl RunOnBackend for Edit {
 }
 
 struct Keys {
-    method: String,
-    requests: PathBuf,
-    hparams: Option<PathBuf>,
+    m: MethodArgs,
     subjects: Option<usize>,
     per_subject: Option<usize>,
     report: Option<PathBuf>,
 }
 impl RunOnBackend for Keys {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        use kedit_locate_edit::{Rome, RomeHparams, Variant};
-        if !matches!(self.method.as_str(), "rome" | "r-rome") {
-            bail!(
-                "--method {}: keys are defined for rome and r-rome",
-                self.method
-            );
-        }
-        let hparams = match &self.hparams {
-            Some(p) => RomeHparams::load(p)?,
-            None => RomeHparams::smollm2(),
-        };
-        let mut cases = kedit_editing::requests::load_cases(&self.requests)?;
+        let mut rome = self.m.rome()?;
+        let mut cases = self.m.cases()?;
         let mut subjects: Vec<String> = Vec::new();
         let mut count = std::collections::HashMap::new();
         cases.retain(|c| {
@@ -305,7 +305,6 @@ impl RunOnBackend for Keys {
             self.per_subject.is_none_or(|n| *k <= n)
         });
         let lm = LanguageModel::<B>::load(spec, device)?;
-        let mut rome = Rome::new(hparams, Variant::RRome);
         let keys: Vec<Vec<f32>> = cases
             .iter()
             .map(|c| rome.key(&lm, &c.request))
@@ -438,8 +437,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Edit {
             model,
             method,
-            requests,
-            hparams,
             batch,
             limit,
             one_per_subject,
@@ -448,9 +445,7 @@ fn run(cli: Cli) -> Result<()> {
         } => with_backend(
             &model,
             Edit {
-                method,
-                requests,
-                hparams,
+                m: method,
                 batch,
                 limit,
                 one_per_subject,
@@ -461,17 +456,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys {
             model,
             method,
-            requests,
-            hparams,
             subjects,
             per_subject,
             report,
         } => with_backend(
             &model,
             Keys {
-                method,
-                requests,
-                hparams,
+                m: method,
                 subjects,
                 per_subject,
                 report,

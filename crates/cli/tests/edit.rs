@@ -1,0 +1,113 @@
+//! `kedit edit` and `kedit keys` on the tiny checkpoint: report shape, and one-line errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(p)
+}
+
+fn kedit(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kedit"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const HPARAMS: &str = "alg_name: ROME\nmodel_name: tiny\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 5\nv_lr: 0.5\n\
+v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_adjustment: false\ncontext_template_length_params: [[3, 2]]\n";
+
+const REQUESTS: &str = r#"[{"subjectID": 0, "subject": {"name": "France"}, "Star_Topology": [
+  {"requested_rewrite": {"prompt": "The capital of {} is", "target_true": "Paris", "target_new": "Rome"},
+   "paraphrase_prompts": ["France's capital is"], "neighborhood_prompts": ["The capital of Italy is"]},
+  {"requested_rewrite": {"prompt": "{} plays the", "target_true": "guitar", "target_new": "piano"}}]}]"#;
+
+#[test]
+fn edit_writes_a_report_and_keys_a_cosine_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, r, rep) = (
+        dir.path().join("h.yaml"),
+        dir.path().join("r.json"),
+        dir.path().join("report.json"),
+    );
+    std::fs::write(&h, HPARAMS).unwrap();
+    std::fs::write(&r, REQUESTS).unwrap();
+    let model = fixture("tiny-llama");
+    let (ok, out, err) = kedit(&[
+        "edit",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        h.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("post-edit"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(v["edits"].as_array().unwrap().len(), 2);
+    assert_eq!(v["edits"][0]["case_id"], "s0r0");
+    for k in ["es", "ps", "ns", "score"] {
+        assert!(v["summary"][k].is_number(), "summary.{k}: {}", v["summary"]);
+    }
+    let (ok, out, err) = kedit(&[
+        "keys",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        h.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("same subject") && out.contains("s0r1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_hparams_key_and_bad_request_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, r) = (dir.path().join("h.yaml"), dir.path().join("r.json"));
+    std::fs::write(&h, format!("{HPARAMS}v_lr_typo: 1\n")).unwrap();
+    std::fs::write(&r, REQUESTS).unwrap();
+    let model = fixture("tiny-llama");
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        h.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("h.yaml") && err.contains("v_lr_typo"),
+        "{err}"
+    );
+    std::fs::write(&r, REQUESTS.replace(r#""target_true": "guitar", "#, "")).unwrap();
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("r.json") && err.contains("Star_Topology[1]") && err.contains("target_true"),
+        "{err}"
+    );
+}
