@@ -108,6 +108,24 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Second-moment statistics C = E[k kᵀ] of the MLP keys at each layer, from a text corpus
+    /// (default: the WikiText-2 test split kedit carries), cached under $KEDIT_HOME/stats.
+    #[command(
+        after_help = "Example:\n  kedit stats --model smollm2 --layers 4,5 --samples 100000"
+    )]
+    Stats {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Layers, comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        layers: Vec<usize>,
+        /// Text corpus (UTF-8)
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Tokens of the corpus to use
+        #[arg(long, default_value_t = 100_000)]
+        samples: usize,
+    },
     /// Build an S2RKE-format dataset from ParaRel's Wikidata facts and paraphrase patterns.
     #[command(
         after_help = "Example:\n  kedit data-build --facts data/pararel --out fixtures/s2rke-pararel.json --subjects 40 --seed 0"
@@ -366,6 +384,40 @@ impl RunOnBackend for Keys {
     }
 }
 
+struct Stats {
+    layers: Vec<usize>,
+    corpus: Option<PathBuf>,
+    samples: usize,
+}
+impl RunOnBackend for Stats {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        use kedit_locate_edit::stats;
+        let lm = LanguageModel::<B>::load(spec, device)?;
+        let corpus = self
+            .corpus
+            .unwrap_or_else(|| PathBuf::from(stats::DEFAULT_CORPUS));
+        let cache = fetch::cache_dir()?.join("stats");
+        println!(
+            "{:>6} {:>9} {:>14} {:>14}",
+            "layer", "samples", "trace(C)", "max |C_ij|"
+        );
+        for &layer in &self.layers {
+            if layer >= lm.model.config.num_layers {
+                bail!(
+                    "--layers {layer}: the model has {} layers",
+                    lm.model.config.num_layers
+                );
+            }
+            let m = stats::load_or_compute(&lm, layer, &corpus, self.samples, &cache)?;
+            let trace: f64 = (0..m.dim).map(|i| m.c[i * m.dim + i]).sum();
+            let max = m.c.iter().fold(0f64, |a, b| a.max(b.abs()));
+            println!("{layer:>6} {:>9} {trace:>14.4} {max:>14.4}", m.samples);
+        }
+        println!("cache: {}", cache.display());
+        Ok(())
+    }
+}
+
 struct Generate<'a> {
     n: usize,
     prompts: &'a [String],
@@ -466,6 +518,19 @@ fn run(cli: Cli) -> Result<()> {
                 subjects,
                 per_subject,
                 report,
+            },
+        ),
+        Command::Stats {
+            model,
+            layers,
+            corpus,
+            samples,
+        } => with_backend(
+            &model,
+            Stats {
+                layers,
+                corpus,
+                samples,
             },
         ),
         Command::DataBuild {

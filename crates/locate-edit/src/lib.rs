@@ -32,6 +32,7 @@
 
 pub mod hparams;
 pub mod rome;
+pub mod stats;
 pub mod templates;
 
 pub use hparams::RomeHparams;

@@ -1,0 +1,197 @@
+//! Second-moment statistics `C = E[k kᵀ]` of the MLP keys at a layer, from a text corpus:
+//! streamed in batches (progress bar), accumulated in f64, cached as safetensors with the model,
+//! corpus, layer and sample count in the metadata, and reused.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use kedit_models::{CausalLm, Interventions, LanguageModel, Site};
+use sha2::{Digest, Sha256};
+
+/// The corpus kedit carries: WikiText-2 raw test split (CC BY-SA 3.0; data/wikitext/PROVENANCE.md).
+pub const DEFAULT_CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../data/wikitext/wikitext-2-raw.wiki.test.raw"
+);
+
+/// Tokens per sequence fed to the model while accumulating.
+const SEQ_LEN: usize = 128;
+const BATCH: usize = 8;
+
+/// `C` as a row-major `[d_ff, d_ff]` f64 matrix, with how many keys went into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondMoment {
+    pub layer: usize,
+    pub samples: usize,
+    pub dim: usize,
+    pub c: Vec<f64>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// A cheap identity for the weights: the source file's name, size and the hash of its first MiB
+/// (a folder: of its config.json and the sizes of its files).
+pub fn model_id(source: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let files: Vec<PathBuf> = if source.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(source)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![source.to_path_buf()]
+    };
+    for f in files {
+        let len = f.metadata()?.len();
+        h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+        h.update(len.to_le_bytes());
+        let mut head = vec![0u8; len.min(1 << 20) as usize];
+        use std::io::Read;
+        std::fs::File::open(&f)?.read_exact(&mut head)?;
+        h.update(&head);
+    }
+    Ok(format!("{:x}", h.finalize())[..16].to_owned())
+}
+
+/// Compute `C` at `layer` from the first `samples` tokens of `corpus` (whole sequences of up to
+/// 128 tokens; every real token's key counts).
+pub fn compute<B: Backend>(
+    lm: &LanguageModel<B>,
+    layer: usize,
+    corpus: &str,
+    samples: usize,
+) -> Result<SecondMoment> {
+    let ids = lm.encode(corpus)?;
+    if ids.len() < samples {
+        bail!(
+            "the corpus has {} tokens, fewer than the {samples} samples asked for",
+            ids.len()
+        );
+    }
+    let seqs: Vec<Vec<u32>> = ids[..samples]
+        .chunks(SEQ_LEN)
+        .map(<[u32]>::to_vec)
+        .collect();
+    let d = lm.model.config.intermediate_size;
+    let mut c = vec![0f64; d * d];
+    let bar = indicatif::ProgressBar::new(samples as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "stats layer {msg} {bar:40} {pos}/{len} tokens eta {eta}",
+        )
+        .expect("template"),
+    );
+    bar.set_message(layer.to_string());
+    for batch in seqs.chunks(BATCH) {
+        let iv = Interventions::none()
+            .capture(layer, Site::MlpKey)
+            .stop_after(layer);
+        let fwd = lm.model.forward(lm.model.batch(batch), &iv);
+        let keys = fwd.captured[&(layer, Site::MlpKey)].clone();
+        // Only real tokens: right padding sits at the end of each row.
+        let rows: Vec<Tensor<B, 2>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                keys.clone()
+                    .narrow(0, i, 1)
+                    .narrow(1, 0, q.len())
+                    .reshape([q.len(), d])
+            })
+            .collect();
+        let k = Tensor::cat(rows, 0);
+        let kk: Vec<f32> = k
+            .clone()
+            .transpose()
+            .matmul(k)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32");
+        c.iter_mut().zip(&kk).for_each(|(a, b)| *a += *b as f64);
+        bar.inc(batch.iter().map(Vec::len).sum::<usize>() as u64);
+    }
+    bar.finish_and_clear();
+    c.iter_mut().for_each(|x| *x /= samples as f64);
+    Ok(SecondMoment {
+        layer,
+        samples,
+        dim: d,
+        c,
+    })
+}
+
+/// `C` from the cache, or computed and cached. The cache file is keyed by model, corpus, layer
+/// and sample count; its metadata repeats them and is checked on load.
+pub fn load_or_compute<B: Backend>(
+    lm: &LanguageModel<B>,
+    layer: usize,
+    corpus_path: &Path,
+    samples: usize,
+    cache: &Path,
+) -> Result<SecondMoment> {
+    let corpus = std::fs::read(corpus_path)
+        .with_context(|| format!("{}: cannot read corpus", corpus_path.display()))?;
+    let corpus_sha = sha256_hex(&corpus)[..16].to_owned();
+    let model = model_id(&lm.source)?;
+    let file = cache.join(format!(
+        "{model}-{corpus_sha}-layer{layer}-f64-mom2-{samples}.safetensors"
+    ));
+    let meta = [
+        ("model", model.clone()),
+        ("corpus_sha256", corpus_sha.clone()),
+        ("layer", layer.to_string()),
+        ("samples", samples.to_string()),
+    ];
+    if let Ok(bytes) = std::fs::read(&file) {
+        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{}: bad cache file", file.display()))?;
+        let md = m.metadata().clone().unwrap_or_default();
+        if meta.iter().all(|(k, v)| md.get(*k) == Some(v)) {
+            let st = safetensors::SafeTensors::deserialize(&bytes)?;
+            let t = st.tensor("mom2")?;
+            let c: Vec<f64> = t
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            tracing::info!(
+                "second moment of layer {layer} from cache {}",
+                file.display()
+            );
+            return Ok(SecondMoment {
+                layer,
+                samples,
+                dim: t.shape()[0],
+                c,
+            });
+        }
+        tracing::warn!("{}: metadata does not match; recomputing", file.display());
+    }
+    let text = String::from_utf8_lossy(&corpus);
+    let m = compute(lm, layer, &text, samples)?;
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("{}: cannot create stats cache", cache.display()))?;
+    let bytes: Vec<u8> = m.c.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![m.dim, m.dim], &bytes)?;
+    let md: std::collections::HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let out = safetensors::serialize([("mom2", view)], Some(md))?;
+    let tmp = file.with_extension("partial");
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(m)
+}
+
+/// `TensorData` helper for tests and callers that want `C` on a device.
+pub fn to_tensor<B: Backend>(m: &SecondMoment, device: &B::Device) -> Tensor<B, 2> {
+    let c: Vec<f32> = m.c.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(c, [m.dim, m.dim]), device)
+}

@@ -1,0 +1,66 @@
+//! Second-moment statistics on the tiny model: equal to a brute-force sum, cached and reused.
+
+use std::path::PathBuf;
+
+use kedit_locate_edit::stats;
+use kedit_models::{CausalLm, Cpu, Interventions, LanguageModel, Site};
+
+fn tiny() -> LanguageModel<Cpu> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
+    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+}
+
+const CORPUS: &str = "The capital of France is Paris. The capital of Italy is Rome. Toko Yasuda plays the guitar. \
+Edwin of Northumbria follows Christianity. The Eiffel Tower is located in Paris, and the Colosseum is in Rome. ";
+
+#[test]
+fn second_moment_matches_brute_force_and_is_cached() {
+    let lm = tiny();
+    let corpus = CORPUS.repeat(12);
+    let n = 300;
+    let m = stats::compute(&lm, 1, &corpus, n).unwrap();
+    assert_eq!(m.samples, n);
+
+    // Brute force: one sequence at a time, keys on the host, sum of outer products.
+    let ids = lm.encode(&corpus).unwrap();
+    let d = lm.model.config.intermediate_size;
+    let mut want = vec![0f64; d * d];
+    for seq in ids[..n].chunks(128) {
+        let iv = Interventions::none().capture(1, Site::MlpKey);
+        let fwd = lm.model.forward(lm.model.batch(&[seq.to_vec()]), &iv);
+        let k: Vec<f32> = fwd.captured[&(1, Site::MlpKey)]
+            .clone()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for t in 0..seq.len() {
+            let row = &k[t * d..(t + 1) * d];
+            for i in 0..d {
+                for j in 0..d {
+                    want[i * d + j] += row[i] as f64 * row[j] as f64;
+                }
+            }
+        }
+    }
+    let scale = want.iter().fold(0f64, |a, b| a.max(b.abs())) / n as f64;
+    for (g, w) in m.c.iter().zip(&want) {
+        assert!(
+            (g - w / n as f64).abs() <= 1e-5 * scale,
+            "{g} vs {}",
+            w / n as f64
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_file = dir.path().join("corpus.txt");
+    std::fs::write(&corpus_file, &corpus).unwrap();
+    let cache = dir.path().join("stats");
+    let first = stats::load_or_compute(&lm, 1, &corpus_file, n, &cache).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file");
+    let second = stats::load_or_compute(&lm, 1, &corpus_file, n, &cache).unwrap();
+    assert!(
+        first == second && first == m,
+        "cached statistics must be returned unchanged"
+    );
+}
