@@ -205,6 +205,28 @@ impl MethodArgs {
         Ok(Rome::new(hparams, variant))
     }
 
+    /// Attach the edit layer's second moment (cached) when the hparams ask for it.
+    fn with_stats<B: Backend>(
+        &self,
+        rome: kedit_locate_edit::Rome,
+        lm: &LanguageModel<B>,
+    ) -> Result<kedit_locate_edit::Rome> {
+        use kedit_locate_edit::stats;
+        if !rome.hparams.mom2_adjustment {
+            return Ok(rome);
+        }
+        let samples = rome.hparams.mom2_n_samples.unwrap_or(100_000);
+        let cache = fetch::cache_dir()?.join("stats");
+        let m = stats::load_or_compute(
+            lm,
+            rome.hparams.layers[0],
+            std::path::Path::new(stats::DEFAULT_CORPUS),
+            samples,
+            &cache,
+        )?;
+        Ok(rome.with_second_moment(m))
+    }
+
     fn cases(&self) -> Result<Vec<kedit_editing::EditCase>> {
         kedit_editing::requests::load_cases(&self.requests)
     }
@@ -221,7 +243,7 @@ struct Edit {
 impl RunOnBackend for Edit {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         use kedit_editing::Editor;
-        let mut rome = self.m.rome()?;
+        let rome = self.m.rome()?;
         let mut cases = self.m.cases()?;
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
@@ -234,6 +256,7 @@ impl RunOnBackend for Edit {
             bail!("{}: no cases", self.m.requests.display());
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
+        let mut rome = self.m.with_stats(rome, &lm)?;
         let pre = kedit_eval::evaluate(&lm, &cases)?;
         let mut post = Vec::new();
         let mut last_patch = None;

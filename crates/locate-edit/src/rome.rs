@@ -8,6 +8,7 @@ use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
 
 use crate::hparams::RomeHparams;
+use crate::stats::SecondMoment;
 use crate::templates::context_templates;
 
 /// Which key goes into the denominator of the update.
@@ -25,6 +26,8 @@ pub struct Rome {
     pub variant: Variant,
     /// Sampled once per editor (and seed), as ROME caches them per process.
     templates: Option<Vec<String>>,
+    /// `C = E[k kᵀ]` at the edit layer, for `mom2_adjustment`.
+    mom2: Option<SecondMoment>,
 }
 
 /// Where the subject's last token sits in `text_with_slot` once `{}` is filled.
@@ -60,7 +63,14 @@ impl Rome {
             hparams,
             variant,
             templates: None,
+            mom2: None,
         }
+    }
+
+    /// Supply the second moment of the edit layer (needed when `mom2_adjustment` is true).
+    pub fn with_second_moment(mut self, m: SecondMoment) -> Self {
+        self.mom2 = Some(m);
+        self
     }
 
     fn templates<B: Backend>(&mut self, lm: &LanguageModel<B>) -> Result<Vec<String>> {
@@ -135,10 +145,10 @@ impl Rome {
         req: &EditRequest,
     ) -> Result<PatchEntry> {
         let h = self.hparams.clone();
-        if h.mom2_adjustment {
-            bail!("hparams field `mom2_adjustment`: true needs second-moment statistics, which kedit does not compute yet; set it to false");
-        }
         let layer = h.layers[0];
+        if h.mom2_adjustment && self.mom2.as_ref().is_none_or(|m| m.layer != layer) {
+            bail!("hparams field `mom2_adjustment`: true needs the second moment of layer {layer} (Rome::with_second_moment; `kedit edit` loads it)");
+        }
         if layer >= lm.model.config.num_layers {
             bail!(
                 "hparams field `layers`: layer {layer} but the model has {}",
@@ -148,8 +158,14 @@ impl Rome {
         let (prompts, keys, k_avg) = self.template_keys(lm, req)?;
         let d_ff = k_avg.len();
         // u: the template-averaged key, normalised.
-        let u_norm = norm(&k_avg);
-        let u: Vec<f32> = k_avg.iter().map(|x| x / u_norm).collect();
+        // With `mom2_adjustment`, u = C⁻¹k: the direction that changes this key's output most while
+        // disturbing typical keys least.
+        let u_raw = match (&self.mom2, h.mom2_adjustment) {
+            (Some(m), true) => m.solve(&k_avg)?,
+            _ => k_avg.clone(),
+        };
+        let u_norm = norm(&u_raw);
+        let u: Vec<f32> = u_raw.iter().map(|x| x / u_norm).collect();
 
         let v_star = self.compute_v(lm, req, &prompts)?;
 

@@ -195,3 +195,21 @@ pub fn to_tensor<B: Backend>(m: &SecondMoment, device: &B::Device) -> Tensor<B, 
     let c: Vec<f32> = m.c.iter().map(|&x| x as f32).collect();
     Tensor::from_data(TensorData::new(c, [m.dim, m.dim]), device)
 }
+
+impl SecondMoment {
+    /// `C⁻¹ b` in f64 by Cholesky (C is symmetric positive definite given enough samples).
+    pub fn solve(&self, b: &[f32]) -> Result<Vec<f32>> {
+        let n = self.dim;
+        let c = faer::Mat::<f64>::from_fn(n, n, |i, j| self.c[i * n + j]);
+        let rhs = faer::Mat::<f64>::from_fn(n, 1, |i, _| b[i] as f64);
+        let llt = c.llt(faer::Side::Lower).map_err(|e| {
+            anyhow::anyhow!(
+                "second moment of layer {} is not positive definite ({e:?}): use more samples",
+                self.layer
+            )
+        })?;
+        use faer::linalg::solvers::Solve;
+        let x = llt.solve(&rhs);
+        Ok((0..n).map(|i| x[(i, 0)] as f32).collect())
+    }
+}

@@ -64,3 +64,62 @@ fn second_moment_matches_brute_force_and_is_cached() {
         "cached statistics must be returned unchanged"
     );
 }
+
+#[test]
+fn solve_inverts_the_second_moment() {
+    let lm = tiny();
+    let m = stats::compute(&lm, 0, &CORPUS.repeat(12), 400).unwrap();
+    let d = m.dim;
+    let x: Vec<f32> = (0..d).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let b: Vec<f32> = (0..d)
+        .map(|i| (0..d).map(|j| m.c[i * d + j] * x[j] as f64).sum::<f64>() as f32)
+        .collect();
+    let y = m.solve(&b).unwrap();
+    let err = y
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-2, "C⁻¹(Cx) differs from x by {err}");
+}
+
+#[test]
+fn rome_with_covariance_adjustment_edits_and_needs_the_statistics() {
+    use kedit_editing::{EditRequest, Editor};
+    use kedit_locate_edit::{Rome, RomeHparams, Variant};
+    let mut h = RomeHparams::smollm2();
+    h.layers = vec![0];
+    h.context_template_length_params = vec![[4, 3]];
+    h.mom2_adjustment = true;
+    let req = EditRequest {
+        prompt: "The capital of {} is".into(),
+        subject: "France".into(),
+        relation: String::new(),
+        target_new: "Rome".into(),
+        target_true: "Paris".into(),
+    };
+    let mut lm = tiny();
+    let e = Rome::new(h.clone(), Variant::RRome)
+        .apply(&mut lm, std::slice::from_ref(&req))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mom2_adjustment"), "{e}");
+    let m = stats::compute(&lm, 0, &CORPUS.repeat(12), 400).unwrap();
+    let margin = |lm: &LanguageModel<Cpu>| {
+        let s = lm
+            .score(&[
+                ("The capital of France is", " Rome"),
+                ("The capital of France is", " Paris"),
+            ])
+            .unwrap();
+        s[1].mean_nll() - s[0].mean_nll()
+    };
+    let before = margin(&lm);
+    Rome::new(h, Variant::RRome)
+        .with_second_moment(m)
+        .apply(&mut lm, &[req])
+        .unwrap();
+    let after = margin(&lm);
+    assert!(after > before && after > 0.0, "margin {before} -> {after}");
+}
