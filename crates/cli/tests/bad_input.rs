@@ -1,27 +1,10 @@
 //! Bad input gives one line naming the file or flag, and a non-zero exit.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(p)
-}
+use std::path::Path;
 
-/// Run kedit; return (success, stdout, stderr).
-fn kedit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kedit"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{fixture, kedit};
 
 fn assert_one_line_error(args: &[&str], must_name: &str) {
     let (ok, _, err) = kedit(args);

@@ -1,26 +1,8 @@
 //! `kedit edit` and `kedit keys` on the tiny checkpoint: report shape, and one-line errors.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(p)
-}
-
-fn kedit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kedit"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{fixture, kedit};
 
 const HPARAMS: &str = "alg_name: ROME\nmodel_name: tiny\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 5\nv_lr: 0.5\n\
 v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_adjustment: false\ncontext_template_length_params: [[3, 2]]\n";

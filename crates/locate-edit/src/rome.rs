@@ -264,6 +264,12 @@ impl Rome {
         let init_norm = norm(&target_init);
         let max_norm = h.clamp_norm_factor as f32 * init_norm;
 
+        // The label positions of every rewriting prompt, then the KL prompt's subject position.
+        let logit_pos: Vec<(usize, usize)> = label_pos
+            .iter()
+            .copied()
+            .chain([(kl_row, kl_pos)])
+            .collect();
         let mut delta = vec![0f32; d];
         let (mut m, mut v) = (vec![0f32; d], vec![0f32; d]);
         let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, h.v_lr as f32);
@@ -272,9 +278,7 @@ impl Rome {
                 .require_grad();
             let iv = Interventions::none().add(layer, Site::MlpOut, delta_pos.clone(), dt.clone());
             let fwd = ad.forward_from(layer, h_in.clone(), &iv);
-            let mut pos = label_pos.clone();
-            pos.push((kl_row, kl_pos));
-            let logp = activation::log_softmax(ad.logits_at(fwd.hidden, &pos), 1);
+            let logp = activation::log_softmax(ad.logits_at(fwd.hidden, &logit_pos), 1);
             // Every rewriting prompt has the same number of target tokens, so the mean over all
             // label positions is ROME's mean over prompts of the per-prompt mean NLL.
             let nll = logp

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site};
 use sha2::{Digest, Sha256};
 
@@ -188,12 +188,6 @@ pub fn load_or_compute<B: Backend>(
     std::fs::write(&tmp, out)?;
     std::fs::rename(&tmp, &file)?;
     Ok(m)
-}
-
-/// `TensorData` helper for tests and callers that want `C` on a device.
-pub fn to_tensor<B: Backend>(m: &SecondMoment, device: &B::Device) -> Tensor<B, 2> {
-    let c: Vec<f32> = m.c.iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(c, [m.dim, m.dim]), device)
 }
 
 impl SecondMoment {

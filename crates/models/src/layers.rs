@@ -48,13 +48,11 @@ pub fn rotary_tables<B: Backend>(
     let mut cos = Vec::with_capacity(seq * head_dim);
     let mut sin = Vec::with_capacity(seq * head_dim);
     for p in 0..seq {
-        for rep in 0..2 {
-            let _ = rep;
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+        // Both halves of the head repeat the same frequencies.
+        for f in inv.iter().chain(&inv) {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
     }
     (
