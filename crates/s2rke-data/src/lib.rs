@@ -7,6 +7,8 @@
 //! of the same relation drawn with the seed, and the neighbourhood prompts are the main pattern on
 //! other subjects with the same relation and the same true object.
 
+pub mod plan;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -144,6 +146,9 @@ pub fn build(
                 .filter(|s| s != subject)
                 .collect();
             neigh.shuffle(&mut rng);
+            // A neighbour that names the subject ("Amsterdam Centraal" for "Amsterdam") is not a
+            // different subject's prompt; dropped after the shuffle so the seed's draws stay put.
+            neigh.retain(|s| !s.contains(subject) && !subject.contains(s));
             neigh.truncate(opt.neighbours);
             star.push(json!({
                 "requested_rewrite": {"prompt": pats[0], "relation": rel, "target_true": f.object, "target_new": new},

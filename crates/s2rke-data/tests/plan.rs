@@ -1,0 +1,166 @@
+//! Plans on the committed dataset: the conditions mean what their names say, and the same seed
+//! gives the same plan.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kedit_s2rke_data::plan::{make_plan, Density, Design, Order, PlanSpec, Record, Strategy};
+use serde_json::Value;
+
+fn fixture() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/s2rke-pararel.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn records() -> Vec<Record> {
+    let mut out = Vec::new();
+    for s in fixture().as_array().unwrap() {
+        let sid = s["subjectID"].to_string();
+        for (j, e) in s["Star_Topology"].as_array().unwrap().iter().enumerate() {
+            out.push(Record {
+                case_id: format!("s{sid}r{j}"),
+                subject_id: sid.clone(),
+                relation: e["requested_rewrite"]["relation"].as_str().unwrap().into(),
+            });
+        }
+    }
+    out
+}
+
+fn spec(design: Design, order: Order, n: usize) -> PlanSpec {
+    PlanSpec {
+        strategy: Strategy::Sequential,
+        design,
+        order,
+        density: None,
+        n,
+        groups: 6,
+        seed: 7,
+    }
+}
+
+#[test]
+fn group_design_pairs_homogeneous_with_heterogeneous() {
+    let recs = records();
+    let info: HashMap<&str, &Record> = recs.iter().map(|r| (r.case_id.as_str(), r)).collect();
+    for n in 2..=4 {
+        let homo = make_plan(&recs, &spec(Design::Group, Order::Homogeneous, n)).unwrap();
+        let hetero = make_plan(&recs, &spec(Design::Group, Order::Heterogeneous, n)).unwrap();
+        assert_eq!(homo.groups.len(), 6);
+        assert_eq!(hetero.groups.len(), 6);
+        for (a, b) in homo.groups.iter().zip(&hetero.groups) {
+            assert_eq!(a.case_ids.len(), n);
+            assert_eq!(b.case_ids.len(), n);
+            let subj = |g: &[String]| -> Vec<String> {
+                g.iter()
+                    .map(|c| info[c.as_str()].subject_id.clone())
+                    .collect()
+            };
+            let (sa, sb) = (subj(&a.case_ids), subj(&b.case_ids));
+            assert!(sa.iter().all(|s| *s == sa[0]), "homogeneous: one subject");
+            let distinct: BTreeSet<_> = sb.iter().collect();
+            assert_eq!(distinct.len(), n, "heterogeneous: n distinct subjects");
+            assert_eq!(a.case_ids[0], b.case_ids[0], "the same first edit");
+            let distinct_cases: BTreeSet<_> = a.case_ids.iter().collect();
+            assert_eq!(distinct_cases.len(), n, "no record twice");
+        }
+    }
+    let again = make_plan(&recs, &spec(Design::Group, Order::Heterogeneous, 3)).unwrap();
+    assert_eq!(
+        again,
+        make_plan(&recs, &spec(Design::Group, Order::Heterogeneous, 3)).unwrap()
+    );
+}
+
+#[test]
+fn bracket_design_differs_only_in_the_last_subject() {
+    let recs = records();
+    let info: HashMap<&str, &Record> = recs.iter().map(|r| (r.case_id.as_str(), r)).collect();
+    for n in [2, 5] {
+        let homo = make_plan(&recs, &spec(Design::Bracket, Order::Homogeneous, n)).unwrap();
+        let hetero = make_plan(&recs, &spec(Design::Bracket, Order::Heterogeneous, n)).unwrap();
+        for (a, b) in homo.groups.iter().zip(&hetero.groups) {
+            assert_eq!(a.case_ids.len(), n);
+            assert_eq!(a.case_ids[..n - 1], b.case_ids[..n - 1]);
+            let s = |c: &String| info[c.as_str()].subject_id.clone();
+            assert_eq!(s(&a.case_ids[0]), s(&a.case_ids[n - 1]));
+            assert_ne!(a.case_ids[0], a.case_ids[n - 1]);
+            assert!(b.case_ids[..n - 1]
+                .iter()
+                .all(|c| s(c) != s(&b.case_ids[n - 1])));
+            let middle: BTreeSet<_> = a.case_ids[1..n - 1].iter().map(s).collect();
+            assert_eq!(middle.len(), n - 2);
+            assert!(!middle.contains(&s(&a.case_ids[0])));
+        }
+    }
+}
+
+#[test]
+fn density_groups_have_the_stated_edits_per_subject() {
+    let recs = records();
+    let info: HashMap<&str, &Record> = recs.iter().map(|r| (r.case_id.as_str(), r)).collect();
+    for d in [Density::High, Density::Medium, Density::Low] {
+        let mut s = spec(Design::Group, Order::Homogeneous, 6);
+        s.density = Some(d);
+        let plan = make_plan(&recs, &s).unwrap();
+        assert!(!plan.groups.is_empty());
+        for g in &plan.groups {
+            let mut count: HashMap<&str, usize> = HashMap::new();
+            for c in &g.case_ids {
+                *count
+                    .entry(info[c.as_str()].subject_id.as_str())
+                    .or_default() += 1;
+            }
+            assert!(
+                count.values().all(|&k| k == d.per_subject()),
+                "{d:?}: {count:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn impossible_plans_name_the_flag() {
+    let recs = records();
+    let e = make_plan(&recs, &spec(Design::Group, Order::Homogeneous, 99))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("--n 99:") && !e.contains('\n'), "{e}");
+    let mut s = spec(Design::Group, Order::Homogeneous, 4);
+    s.density = Some(Density::High);
+    let e = make_plan(&recs, &s).unwrap_err().to_string();
+    assert!(e.starts_with("--n 4:"), "{e}");
+}
+
+/// The committed dataset keeps the format's promises (issue 6, bar 3).
+#[test]
+fn committed_dataset_prompts_and_neighbourhoods() {
+    for s in fixture().as_array().unwrap() {
+        let subject = s["subject"]["name"].as_str().unwrap();
+        let star = s["Star_Topology"].as_array().unwrap();
+        assert!(star.len() >= 3, "{subject}: fewer than 3 records");
+        for e in star {
+            let rw = &e["requested_rewrite"];
+            let prompt = rw["prompt"].as_str().unwrap();
+            let truth = rw["target_true"].as_str().unwrap();
+            assert!(prompt.contains("{}"), "{prompt}");
+            assert!(
+                !prompt.trim_end().ends_with('.'),
+                "prompt ends at the object: {prompt}"
+            );
+            assert!(
+                !prompt.replacen("{}", subject, 1).contains(truth) || subject.contains(truth),
+                "prompt gives the object away: {prompt} / {truth}"
+            );
+            assert_ne!(rw["target_new"], rw["target_true"]);
+            for n in e["neighborhood_prompts"].as_array().unwrap() {
+                assert!(
+                    !n.as_str().unwrap().contains(subject),
+                    "{n} mentions {subject}"
+                );
+            }
+        }
+    }
+}
