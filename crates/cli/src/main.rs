@@ -7,6 +7,9 @@ use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
 use kedit_models::{fetch, LanguageModel, ModelSpec};
 
+mod bench;
+mod methods;
+
 #[derive(Parser)]
 #[command(
     name = "kedit",
@@ -65,7 +68,7 @@ enum Command {
     /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
     /// `apply` and evaluates them together.
     #[command(
-        after_help = "Example:\n  kedit edit --model smollm2 --method r-rome --requests fixtures/facts.json --report report.json"
+        after_help = "Example:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --one-per-subject --limit 30 --report report.json"
     )]
     Edit {
         #[command(flatten)]
@@ -145,6 +148,33 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Run an S2RKE experiment: plan groups of edits (same subject vs different subjects), edit
+    /// each group from the unedited model, score every edit after the group's last, and append
+    /// one JSON line per case to OUT/<method>-<plan>.jsonl. Rerun the same command to resume.
+    #[command(
+        after_help = "Example:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs"
+    )]
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Tables (Markdown, CSV) and SVG plots of S and SD = S(homogeneous) − S(heterogeneous), with
+    /// 95 % bootstrap intervals over groups, from the results under DIR.
+    #[command(
+        after_help = "Example:\n  kedit report results/runs --format md,csv,svg --out results"
+    )]
+    Report {
+        #[command(flatten)]
+        args: bench::ReportArgs,
+    },
+    /// The registered editing methods (`--json` for scripts).
+    #[command(after_help = "Example:\n  kedit methods --json")]
+    Methods {
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
     #[command(
@@ -171,15 +201,15 @@ fn with_backend(args: &ModelArgs, run: impl RunOnBackend) -> Result<()> {
     }
 }
 
-trait RunOnBackend {
+pub(crate) trait RunOnBackend {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()>;
 }
 
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// rome (original update) or r-rome (template-averaged key in the denominator; default)
-    #[arg(long, default_value = "r-rome")]
+    /// Editing method (`kedit methods` lists them): rome (the default) or r-rome
+    #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format or CounterFact
     #[arg(long)]
@@ -190,41 +220,11 @@ struct MethodArgs {
 }
 
 impl MethodArgs {
-    /// The one table from method names to editors.
-    fn rome(&self) -> Result<kedit_locate_edit::Rome> {
-        use kedit_locate_edit::{Rome, RomeHparams, Variant};
-        let variant = match self.method.as_str() {
-            "rome" => Variant::Original,
-            "r-rome" => Variant::RRome,
-            other => bail!("--method {other}: unknown method (rome, r-rome)"),
-        };
-        let hparams = match &self.hparams {
-            Some(p) => RomeHparams::load(p)?,
-            None => RomeHparams::smollm2(),
-        };
-        Ok(Rome::new(hparams, variant))
-    }
-
-    /// Attach the edit layer's second moment (cached) when the hparams ask for it.
-    fn with_stats<B: Backend>(
+    fn editor<B: Backend>(
         &self,
-        rome: kedit_locate_edit::Rome,
         lm: &LanguageModel<B>,
-    ) -> Result<kedit_locate_edit::Rome> {
-        use kedit_locate_edit::stats;
-        if !rome.hparams.mom2_adjustment {
-            return Ok(rome);
-        }
-        let samples = rome.hparams.mom2_n_samples.unwrap_or(100_000);
-        let cache = fetch::cache_dir()?.join("stats");
-        let m = stats::load_or_compute(
-            lm,
-            rome.hparams.layers[0],
-            std::path::Path::new(stats::DEFAULT_CORPUS),
-            samples,
-            &cache,
-        )?;
-        Ok(rome.with_second_moment(m))
+    ) -> Result<Box<dyn kedit_editing::Editor<B>>> {
+        methods::editor(&self.method, self.hparams.as_deref(), lm)
     }
 
     fn cases(&self) -> Result<Vec<kedit_editing::EditCase>> {
@@ -242,8 +242,7 @@ struct Edit {
 }
 impl RunOnBackend for Edit {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        use kedit_editing::Editor;
-        let rome = self.m.rome()?;
+        methods::check(&self.m.method)?;
         let mut cases = self.m.cases()?;
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
@@ -256,7 +255,7 @@ impl RunOnBackend for Edit {
             bail!("{}: no cases", self.m.requests.display());
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let mut rome = self.m.with_stats(rome, &lm)?;
+        let mut rome = self.m.editor(&lm)?;
         let pre = kedit_eval::evaluate(&lm, &cases)?;
         let mut post = Vec::new();
         let mut last_patch = None;
@@ -330,7 +329,7 @@ struct Keys {
 }
 impl RunOnBackend for Keys {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        let mut rome = self.m.rome()?;
+        methods::check(&self.m.method)?;
         let mut cases = self.m.cases()?;
         let mut subjects: Vec<String> = Vec::new();
         let mut count = std::collections::HashMap::new();
@@ -346,10 +345,17 @@ impl RunOnBackend for Keys {
             self.per_subject.is_none_or(|n| *k <= n)
         });
         let lm = LanguageModel::<B>::load(spec, device)?;
-        let keys: Vec<Vec<f32>> = cases
-            .iter()
-            .map(|c| rome.key(&lm, &c.request))
-            .collect::<Result<_>>()?;
+        let mut editor = self.m.editor(&lm)?;
+        let mut keys: Vec<Vec<f32>> = Vec::new();
+        for c in &cases {
+            match editor.key(&lm, &c.request)? {
+                Some(k) => keys.push(k),
+                None => bail!(
+                    "--method {}: this method writes under no key",
+                    self.m.method
+                ),
+            }
+        }
         let n = keys.len();
         let norm = |k: &[f32]| k.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let mut cos = vec![vec![0f64; n]; n];
@@ -400,7 +406,7 @@ impl RunOnBackend for Keys {
         if let Some(out) = &self.report {
             let ids: Vec<&str> = cases.iter().map(|c| c.case_id.as_str()).collect();
             let r = serde_json::json!({"case_ids": ids, "cosine": cos, "same_subject": mean(&same),
-                "different_subject": mean(&diff), "layer": rome.hparams.layers[0]});
+                "different_subject": mean(&diff), "method": self.m.method});
             std::fs::write(out, serde_json::to_string_pretty(&r)?)?;
         }
         Ok(())
@@ -581,6 +587,24 @@ fn run(cli: Cli) -> Result<()> {
                 data.len(),
                 out.display()
             );
+            Ok(())
+        }
+        Command::Bench { model, args } => with_backend(&model, args),
+        Command::Report { args } => bench::report(args),
+        Command::Methods { json } => {
+            if json {
+                let m: Vec<_> = methods::METHODS
+                    .iter()
+                    .map(
+                        |m| serde_json::json!({"name": m.name, "batch": m.batch, "about": m.about}),
+                    )
+                    .collect();
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                for m in methods::METHODS {
+                    println!("{:<8} batch: {:<5} {}", m.name, m.batch, m.about);
+                }
+            }
             Ok(())
         }
         Command::Score {

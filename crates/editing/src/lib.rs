@@ -54,4 +54,14 @@ pub trait Editor<B: Backend> {
         model: &mut kedit_models::LanguageModel<B>,
         requests: &[EditRequest],
     ) -> Result<Patch>;
+
+    /// The key the method writes `request` under (the MLP key at the subject's last token, for
+    /// locate-then-edit methods), read on the model as it is; `None` for methods without one.
+    fn key(
+        &mut self,
+        _model: &kedit_models::LanguageModel<B>,
+        _request: &EditRequest,
+    ) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
 }

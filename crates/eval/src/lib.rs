@@ -8,6 +8,9 @@
 //! - EM / PM / NM: the matching mean probability differences.
 //! - S: harmonic mean of ES, PS, NS over the case means.
 
+pub mod bench;
+pub mod report;
+
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use kedit_editing::EditCase;

@@ -357,4 +357,8 @@ impl<B: Backend> Editor<B> for Rome {
         }
         Ok(patch)
     }
+
+    fn key(&mut self, lm: &LanguageModel<B>, request: &EditRequest) -> Result<Option<Vec<f32>>> {
+        Ok(Some(Rome::key(self, lm, request)?))
+    }
 }

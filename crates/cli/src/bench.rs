@@ -1,0 +1,200 @@
+//! `kedit bench` and `kedit report`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use kedit_eval::bench::{parse_shard, run_plan, Results};
+use kedit_eval::report;
+use kedit_models::{LanguageModel, ModelSpec};
+use kedit_s2rke_data::plan::{make_plan, Density, Design, Order, PlanSpec, Record, Strategy};
+
+use crate::{methods, RunOnBackend};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Editing method (`kedit methods` lists them)
+    #[arg(long, default_value = "rome")]
+    pub method: String,
+    /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
+    #[arg(long)]
+    pub hparams: Option<PathBuf>,
+    /// Dataset: S2RKE release format or CounterFact
+    #[arg(long, default_value = "fixtures/s2rke-pararel.json")]
+    pub data: PathBuf,
+    /// sequential (one edit per step, the model carried along) or batch (N edits in one apply)
+    #[arg(long, default_value = "sequential")]
+    pub strategy: Strategy,
+    /// group (N edits of one subject vs N subjects) or bracket (first and last edit share the
+    /// subject or not, N−2 other edits between)
+    #[arg(long, default_value = "group")]
+    pub design: Design,
+    /// homogeneous (same subject) or heterogeneous (different subjects)
+    #[arg(long, default_value = "homogeneous")]
+    pub order: Order,
+    /// Subject density instead of an order: high, medium, low = 3, 2, 1 edits per subject
+    #[arg(long)]
+    pub density: Option<Density>,
+    /// Edits per group
+    #[arg(long, default_value_t = 2)]
+    pub n: usize,
+    /// At most this many groups
+    #[arg(long, default_value_t = 10)]
+    pub groups: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run only every n-th group starting at the i-th (i/n, 1 ≤ i ≤ n)
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Results directory (one JSONL file per method and plan, appended, resumable)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl RunOnBackend for BenchArgs {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        methods::check(&self.method)?;
+        let shard = match &self.shard {
+            Some(s) => parse_shard(s)?,
+            None => (1, 1),
+        };
+        let cases = kedit_editing::requests::load_cases(&self.data)?;
+        let records: Vec<Record> = cases
+            .iter()
+            .map(|c| Record {
+                case_id: c.case_id.clone(),
+                subject_id: c.subject_id.clone(),
+                relation: c.request.relation.clone(),
+            })
+            .collect();
+        let pspec = PlanSpec {
+            strategy: self.strategy,
+            design: self.design,
+            order: self.order,
+            density: self.density,
+            n: self.n,
+            groups: self.groups,
+            seed: self.seed,
+        };
+        let plan = make_plan(&records, &pspec)?;
+        if plan.groups.is_empty() {
+            bail!("--groups {}: the plan has no groups", self.groups);
+        }
+        let batch_ok = methods::METHODS
+            .iter()
+            .any(|m| m.name == self.method && m.batch);
+        if self.strategy == Strategy::Batch && !batch_ok {
+            tracing::warn!(
+                "{} has no batch update: `--strategy batch` applies the group's edits one after another inside one apply",
+                self.method
+            );
+        }
+        let mut file = format!("{}-{}", self.method, pspec.label());
+        if self.shard.is_some() {
+            file.push_str(&format!("-shard{}of{}", shard.0, shard.1));
+        }
+        let path = self.out.join(format!("{file}.jsonl"));
+        let mut results = Results::open(&path)?;
+        std::fs::write(
+            self.out.join(format!("{file}.plan.json")),
+            serde_json::to_string_pretty(&plan)?,
+        )
+        .with_context(|| format!("{}: cannot write the plan", self.out.display()))?;
+        let before = results.lines.len();
+        let mut lm = LanguageModel::<B>::load(spec, device)?;
+        let mut editor = methods::editor(&self.method, self.hparams.as_deref(), &lm)?;
+        let secs = run_plan(
+            &mut lm,
+            editor.as_mut(),
+            &self.method,
+            &cases,
+            &plan,
+            shard,
+            &mut results,
+        )?;
+        let lines: Vec<_> = results.lines.iter().collect();
+        let all = kedit_eval::summarize(
+            &lines
+                .iter()
+                .map(|l| kedit_eval::CaseMetrics {
+                    case_id: l.case_id.clone(),
+                    es: l.es,
+                    ps: l.ps,
+                    ns: l.ns,
+                    em: l.em,
+                    pm: l.pm,
+                    nm: l.nm,
+                })
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "{} {}: {} groups, {} result lines ({} new, {:.1} s) -> {}",
+            self.method,
+            pspec.label(),
+            plan.groups.len(),
+            results.lines.len(),
+            results.lines.len() - before,
+            secs,
+            path.display()
+        );
+        println!(
+            "view all: ES {:.3} PS {:.3} NS {:.3} S {:.1}",
+            all.es,
+            all.ps,
+            all.ns,
+            100.0 * all.score
+        );
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Results directory (every *.jsonl under it)
+    pub dir: PathBuf,
+    /// Formats to write, comma-separated: md, csv, svg
+    #[arg(long, value_delimiter = ',', default_value = "md,csv,svg")]
+    pub format: Vec<String>,
+    /// Where to write the reports (default: DIR)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    for f in &args.format {
+        if !["md", "csv", "svg"].contains(&f.as_str()) {
+            bail!("--format {f}: expected md, csv or svg");
+        }
+    }
+    let lines = report::load_dir(&args.dir)?;
+    let r = report::build(&lines);
+    let out = args.out.unwrap_or(args.dir.clone());
+    std::fs::create_dir_all(&out)?;
+    let md = r.markdown();
+    let mut files: Vec<(String, String)> = Vec::new();
+    if args.format.iter().any(|f| f == "md") {
+        files.push((
+            "report.md".into(),
+            format!(
+                "# S2RKE report\n\nFrom {} result lines under `{}`.\n\n{md}",
+                lines.len(),
+                args.dir.display()
+            ),
+        ));
+    }
+    if args.format.iter().any(|f| f == "csv") {
+        files.extend(r.csv());
+    }
+    if args.format.iter().any(|f| f == "svg") {
+        files.extend(r.svgs());
+    }
+    for (name, text) in files {
+        let p = out.join(&name);
+        let tmp = out.join(format!(".{name}.partial"));
+        std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::rename(&tmp, &p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    println!("{md}");
+    Ok(())
+}

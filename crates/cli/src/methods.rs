@@ -1,0 +1,78 @@
+//! The one place where editing methods are registered: `kedit edit`, `kedit keys`, `kedit bench`
+//! and `cargo xtask bench-all` (through `kedit methods --json`) all read this table.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use kedit_editing::Editor;
+use kedit_models::{fetch, LanguageModel};
+
+pub struct MethodInfo {
+    pub name: &'static str,
+    /// Whether one `apply` with N requests is a real batch edit (not N sequential edits).
+    pub batch: bool,
+    pub about: &'static str,
+}
+
+pub const METHODS: &[MethodInfo] = &[
+    MethodInfo {
+        name: "rome",
+        batch: false,
+        about: "ROME, the original update (bare-prompt key in the denominator); the default",
+    },
+    MethodInfo {
+        name: "r-rome",
+        batch: false,
+        about: "R-ROME: ROME with the template-averaged key in the denominator",
+    },
+];
+
+pub fn names() -> String {
+    METHODS
+        .iter()
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The editor for `name` with its hyperparameters (YAML file, else the bundled defaults for the
+/// default model), with what it needs from the model (covariance statistics) loaded.
+pub fn editor<B: Backend>(
+    name: &str,
+    hparams: Option<&Path>,
+    lm: &LanguageModel<B>,
+) -> Result<Box<dyn Editor<B>>> {
+    use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
+    let variant = match name {
+        "rome" => Variant::Original,
+        "r-rome" => Variant::RRome,
+        other => bail!("--method {other}: unknown method ({})", names()),
+    };
+    let hp = match hparams {
+        Some(p) => RomeHparams::load(p)?,
+        None => RomeHparams::smollm2(),
+    };
+    let mut rome = Rome::new(hp, variant);
+    if rome.hparams.mom2_adjustment {
+        let samples = rome.hparams.mom2_n_samples.unwrap_or(100_000);
+        let m = stats::load_or_compute(
+            lm,
+            rome.hparams.layers[0],
+            Path::new(stats::DEFAULT_CORPUS),
+            samples,
+            &fetch::cache_dir()?.join("stats"),
+        )?;
+        rome = rome.with_second_moment(m);
+    }
+    Ok(Box::new(rome))
+}
+
+/// Check a method name before loading a model.
+pub fn check(name: &str) -> Result<()> {
+    if METHODS.iter().any(|m| m.name == name) {
+        Ok(())
+    } else {
+        bail!("--method {name}: unknown method ({})", names())
+    }
+}

@@ -1,0 +1,175 @@
+//! `kedit bench` and `kedit report` on the tiny checkpoint: a run killed with SIGKILL at random
+//! moments and resumed ends with the same results file as an uninterrupted run; bad input gives a
+//! one-line error and leaves results alone; the report has SD rows, CSV and SVG.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{fixture, kedit};
+
+const HPARAMS: &str = "alg_name: ROME\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 3\nv_lr: 0.5\n\
+v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_adjustment: false\ncontext_template_length_params: [[3, 2]]\n";
+
+fn bench_args<'a>(h: &'a str, out: &'a str, order: &'a str) -> Vec<&'a str> {
+    vec![
+        "bench",
+        "--model",
+        Box::leak(
+            fixture("tiny-llama")
+                .to_str()
+                .unwrap()
+                .to_owned()
+                .into_boxed_str(),
+        ),
+        "--hparams",
+        h,
+        "--data",
+        Box::leak(
+            fixture("s2rke-pararel.json")
+                .to_str()
+                .unwrap()
+                .to_owned()
+                .into_boxed_str(),
+        ),
+        "--n",
+        "3",
+        "--groups",
+        "5",
+        "--order",
+        order,
+        "--out",
+        out,
+    ]
+}
+
+fn only_jsonl(dir: &Path) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read_to_string(files.remove(0)).unwrap()
+}
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let h = h.to_str().unwrap();
+    let full = dir.path().join("full");
+    let t = Instant::now();
+    let (ok, _, err) = kedit(&bench_args(h, full.to_str().unwrap(), "homogeneous"));
+    assert!(ok, "{err}");
+    let took = t.elapsed();
+    let expected = only_jsonl(&full);
+    assert_eq!(expected.lines().count(), 15, "5 groups × 3 cases");
+
+    let killed = dir.path().join("killed");
+    let args = bench_args(h, killed.to_str().unwrap(), "homogeneous");
+    // Three kill moments spread over the run, drawn from the clock (printed for a rerun).
+    let mut x = Instant::now().elapsed().as_nanos() as u64 | 1;
+    let mut kills = Vec::new();
+    for _ in 0..3 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = took.mul_f64((x % 1000) as f64 / 1000.0);
+        kills.push(at);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kedit"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let (ok, _, err) = kedit(&args);
+    assert!(ok, "{err}");
+    assert_eq!(
+        only_jsonl(&killed),
+        expected,
+        "killed at {kills:?} of a {took:?} run"
+    );
+    // A torn line (as a kill mid-write would leave) is dropped and rewritten.
+    let file = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    let cut = expected.len() - 40;
+    std::fs::write(&file, &expected[..cut]).unwrap();
+    let (ok, _, err) = kedit(&args);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), expected);
+
+    // The heterogeneous twin, then the report: SD rows for both views, CSV and an SVG.
+    let (ok, _, err) = kedit(&bench_args(h, full.to_str().unwrap(), "heterogeneous"));
+    assert!(ok, "{err}");
+    let rep = dir.path().join("rep");
+    let (ok, out, err) = kedit(&[
+        "report",
+        full.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("| rome | sequential | group | 3 | 5 |"),
+        "{out}"
+    );
+    let csv = std::fs::read_to_string(rep.join("sd.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "header + views all and first: {csv}"
+    );
+    let svg = std::fs::read_to_string(rep.join("sd-rome.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+#[test]
+fn bad_bench_input_is_one_line_and_keeps_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let out = dir.path().join("out");
+    let mut args = bench_args(h.to_str().unwrap(), out.to_str().unwrap(), "homogeneous");
+    args[10] = "1"; // --groups 1
+    let (ok, _, err) = kedit(&args);
+    assert!(ok, "{err}");
+    let before = only_jsonl(&out);
+
+    let check = |extra: &[&str], swap: Option<(usize, &str)>, needle: &str| {
+        let mut a = args.clone();
+        if let Some((i, v)) = swap {
+            a[i] = v;
+        }
+        a.extend_from_slice(extra);
+        let (ok, _, err) = kedit(&a);
+        assert!(!ok, "should fail: {a:?}");
+        let lines: Vec<&str> = err.trim().lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{err}"
+        );
+        assert_eq!(only_jsonl(&out), before, "results left as they were");
+    };
+    check(&["--shard", "3/2"], None, "--shard 3/2");
+    check(&[], Some((8, "40")), "--n 40");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"subjectID": 0, "subject": {"name": "X"}, "Star_Topology": [{"requested_rewrite": {"prompt": "{} is", "target_true": "a"}}]}]"#,
+    )
+    .unwrap();
+    check(&[], Some((6, bad.to_str().unwrap())), "target_new");
+}

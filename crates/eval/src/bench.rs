@@ -1,0 +1,240 @@
+//! Running a plan: edit each group from the unedited model, score every case of the group after
+//! its last edit, append one JSON line per case, put the model back.
+//!
+//! Results are appended one line per `write` and fsynced, keyed by (group, step, case): a run
+//! killed at any moment is resumed by running the same command again. A torn last line (killed
+//! mid-write) is cut off; groups with every line present are skipped; a group with some lines
+//! missing is edited again from the unedited model (editing is deterministic) and only its
+//! missing lines are written, so the final file equals an uninterrupted run's, line for line.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use kedit_editing::{EditCase, Editor, Snapshot};
+use kedit_models::LanguageModel;
+use kedit_s2rke_data::plan::{Density, Design, Order, Plan, Strategy};
+use serde::{Deserialize, Serialize};
+
+/// One evaluated case of one group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultLine {
+    pub method: String,
+    pub strategy: Strategy,
+    pub design: Design,
+    pub order: Order,
+    pub density: Option<Density>,
+    pub n: usize,
+    pub seed: u64,
+    pub group: usize,
+    /// Position of the case in the group's edit sequence (0 = the `first` edit).
+    pub step: usize,
+    pub case_id: String,
+    pub subject_id: String,
+    pub relation: String,
+    pub same_subject_as_first: bool,
+    /// Cosine between this edit's key and the first edit's, on the unedited model.
+    pub key_cos_first: Option<f64>,
+    pub es: f64,
+    pub ps: Option<f64>,
+    pub ns: Option<f64>,
+    pub em: f64,
+    pub pm: Option<f64>,
+    pub nm: Option<f64>,
+}
+
+impl ResultLine {
+    pub fn key(&self) -> (usize, usize, String) {
+        (self.group, self.step, self.case_id.clone())
+    }
+}
+
+/// An append-only JSONL results file.
+pub struct Results {
+    pub path: PathBuf,
+    file: File,
+    pub lines: Vec<ResultLine>,
+    done: HashSet<(usize, usize, String)>,
+}
+
+impl Results {
+    /// Open (or create) `path`, dropping a torn last line.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open results file", path.display()))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("{}: not UTF-8", path.display()))?;
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            tracing::warn!(
+                "{}: dropping a torn last line ({} bytes)",
+                path.display(),
+                text.len() - complete
+            );
+            file.set_len(complete as u64)?;
+            file.seek(SeekFrom::End(0))?;
+        }
+        let mut lines = Vec::new();
+        for (i, l) in text[..complete].lines().enumerate() {
+            let r: ResultLine = serde_json::from_str(l).with_context(|| {
+                format!("{}: line {}: not a result line", path.display(), i + 1)
+            })?;
+            lines.push(r);
+        }
+        let done = lines.iter().map(ResultLine::key).collect();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            lines,
+            done,
+        })
+    }
+
+    pub fn contains(&self, key: &(usize, usize, String)) -> bool {
+        self.done.contains(key)
+    }
+
+    /// Append one line in one write, then fsync, so that a kill leaves whole lines only (or a
+    /// torn last line that `open` drops).
+    pub fn append(&mut self, line: ResultLine) -> Result<()> {
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.sync_data())
+            .with_context(|| format!("{}: cannot append", self.path.display()))?;
+        self.done.insert(line.key());
+        self.lines.push(line);
+        Ok(())
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+/// Which groups a shard runs: `(i, n)` with 1 ≤ i ≤ n takes every n-th group from the i-th.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let parsed = s
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n >= 1 && (1..=n).contains(&i) => Ok((i, n)),
+        _ => bail!("--shard {s}: expected i/n with 1 ≤ i ≤ n (e.g. 1/4)"),
+    }
+}
+
+/// Run `plan` (the groups of `shard`), appending to `results`. Returns the seconds spent editing
+/// and evaluating the groups that had work left.
+pub fn run_plan<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    editor: &mut dyn Editor<B>,
+    method: &str,
+    cases: &[EditCase],
+    plan: &Plan,
+    shard: (usize, usize),
+    results: &mut Results,
+) -> Result<f64> {
+    let by_id: std::collections::HashMap<&str, &EditCase> =
+        cases.iter().map(|c| (c.case_id.as_str(), c)).collect();
+    let groups: Vec<_> = plan
+        .groups
+        .iter()
+        .filter(|g| g.index % shard.1 == shard.0 - 1)
+        .collect();
+    let total: usize = groups.iter().map(|g| g.case_ids.len()).sum();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} cases, ETA {eta}",
+        )
+        .expect("template"),
+    );
+    bar.set_message(format!("{method} {}", plan.spec.label()));
+    let snapshot = Snapshot::take(&lm.model);
+    let started = std::time::Instant::now();
+    let mut worked = 0usize;
+    for g in groups {
+        let group: Vec<&EditCase> = g
+            .case_ids
+            .iter()
+            .map(|id| {
+                by_id
+                    .get(id.as_str())
+                    .copied()
+                    .with_context(|| format!("plan names case {id}, which the data lacks"))
+            })
+            .collect::<Result<_>>()?;
+        let missing: Vec<usize> = (0..group.len())
+            .filter(|&s| !results.contains(&(g.index, s, group[s].case_id.clone())))
+            .collect();
+        if missing.is_empty() {
+            bar.inc(group.len() as u64);
+            bar.reset_eta();
+            continue;
+        }
+        // Keys on the unedited model: how much each edit shares the first edit's key.
+        let mut keys = Vec::with_capacity(group.len());
+        for c in &group {
+            keys.push(editor.key(lm, &c.request)?);
+        }
+        let mut at = 0;
+        for step in plan.steps(g) {
+            let reqs: Vec<_> = group[at..at + step.len()]
+                .iter()
+                .map(|c| c.request.clone())
+                .collect();
+            editor.apply(lm, &reqs)?;
+            at += step.len();
+        }
+        let owned: Vec<EditCase> = group.iter().map(|c| (*c).clone()).collect();
+        let metrics = crate::evaluate(lm, &owned)?;
+        snapshot.clone().restore(&mut lm.model);
+        for s in missing {
+            let (c, m) = (group[s], &metrics[s]);
+            results.append(ResultLine {
+                method: method.to_owned(),
+                strategy: plan.spec.strategy,
+                design: plan.spec.design,
+                order: plan.spec.order,
+                density: plan.spec.density,
+                n: plan.spec.n,
+                seed: plan.spec.seed,
+                group: g.index,
+                step: s,
+                case_id: c.case_id.clone(),
+                subject_id: c.subject_id.clone(),
+                relation: c.request.relation.clone(),
+                same_subject_as_first: c.subject_id == group[0].subject_id,
+                key_cos_first: match (&keys[s], &keys[0]) {
+                    (Some(k), Some(k0)) if s > 0 => Some(cosine(k, k0)),
+                    _ => None,
+                },
+                es: m.es,
+                ps: m.ps,
+                ns: m.ns,
+                em: m.em,
+                pm: m.pm,
+                nm: m.nm,
+            })?;
+        }
+        worked += 1;
+        bar.inc(group.len() as u64);
+    }
+    bar.finish();
+    tracing::debug!(groups = worked, "run done");
+    Ok(started.elapsed().as_secs_f64())
+}

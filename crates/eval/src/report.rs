@@ -1,0 +1,430 @@
+//! Reports over a directory of results files: S per condition, SD = S(homogeneous) −
+//! S(heterogeneous) in points with a 95 % bootstrap interval over groups, key cosines, as
+//! Markdown, CSV and SVG.
+//!
+//! S is the harmonic mean of ES, PS and NS averaged over the cases of a cell first (ROME's way).
+//! The bootstrap resamples matched group pairs (group g of the homogeneous plan and of the
+//! heterogeneous plan share a seed and a first edit), 2000 times with a fixed seed, percentile
+//! interval.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kedit_s2rke_data::plan::{Density, Design, Order, Strategy};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::bench::{ResultLine, Results};
+use crate::{summarize, CaseMetrics, Summary};
+
+/// Which cases of a group are scored (both after the group's last edit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum View {
+    /// Every edit of the group.
+    All,
+    /// Only the first edit, after the other N−1.
+    First,
+}
+
+impl View {
+    pub fn name(self) -> &'static str {
+        match self {
+            View::All => "all",
+            View::First => "first",
+        }
+    }
+    fn keeps(self, l: &ResultLine) -> bool {
+        self == View::All || l.step == 0
+    }
+}
+
+/// The cell of a comparison: everything but the order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cell {
+    pub method: String,
+    pub strategy: Strategy,
+    pub design: Design,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SdRow {
+    pub cell: Cell,
+    pub view: View,
+    pub groups: usize,
+    pub homogeneous: Summary,
+    pub heterogeneous: Summary,
+    /// Points (×100).
+    pub sd: f64,
+    pub ci: (f64, f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct DensityRow {
+    pub method: String,
+    pub strategy: Strategy,
+    pub density: Density,
+    pub n: usize,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub method: String,
+    pub same: (f64, usize),
+    pub different: (f64, usize),
+}
+
+pub struct Report {
+    pub sd: Vec<SdRow>,
+    pub density: Vec<DensityRow>,
+    pub keys: Vec<KeyRow>,
+}
+
+fn metrics(l: &ResultLine) -> CaseMetrics {
+    CaseMetrics {
+        case_id: l.case_id.clone(),
+        es: l.es,
+        ps: l.ps,
+        ns: l.ns,
+        em: l.em,
+        pm: l.pm,
+        nm: l.nm,
+    }
+}
+
+/// Every `*.jsonl` results file under `dir` (recursively), sorted by path.
+pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for e in std::fs::read_dir(d).with_context(|| format!("{}: cannot read", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "jsonl") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{}: no *.jsonl results files", dir.display());
+    }
+    let mut lines = Vec::new();
+    for f in files {
+        lines.extend(Results::open(&f)?.lines);
+    }
+    Ok(lines)
+}
+
+fn s_of(lines: &[&ResultLine]) -> Summary {
+    summarize(&lines.iter().map(|l| metrics(l)).collect::<Vec<_>>())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+pub fn build(lines: &[ResultLine]) -> Report {
+    type GroupKey = (u64, usize);
+    let mut cells: BTreeMap<Cell, [BTreeMap<GroupKey, Vec<&ResultLine>>; 2]> = BTreeMap::new();
+    let mut dens: BTreeMap<(String, Strategy, Density, usize), Vec<&ResultLine>> = BTreeMap::new();
+    for l in lines {
+        if let Some(d) = l.density {
+            dens.entry((l.method.clone(), l.strategy, d, l.n))
+                .or_default()
+                .push(l);
+            continue;
+        }
+        let cell = Cell {
+            method: l.method.clone(),
+            strategy: l.strategy,
+            design: l.design,
+            n: l.n,
+        };
+        let side = (l.order == Order::Heterogeneous) as usize;
+        cells.entry(cell).or_default()[side]
+            .entry((l.seed, l.group))
+            .or_default()
+            .push(l);
+    }
+    let mut sd = Vec::new();
+    for (cell, [homo, hetero]) in &cells {
+        let groups: Vec<GroupKey> = homo
+            .keys()
+            .filter(|k| hetero.contains_key(k))
+            .copied()
+            .collect();
+        if groups.is_empty() {
+            continue;
+        }
+        for view in [View::All, View::First] {
+            let pick = |side: &BTreeMap<GroupKey, Vec<&ResultLine>>, gs: &[GroupKey]| {
+                let v: Vec<&ResultLine> = gs
+                    .iter()
+                    .flat_map(|g| side[g].iter().copied())
+                    .filter(|l| view.keeps(l))
+                    .collect();
+                s_of(&v)
+            };
+            let (h, t) = (pick(homo, &groups), pick(hetero, &groups));
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let mut boots: Vec<f64> = (0..2000)
+                .map(|_| {
+                    let gs: Vec<GroupKey> = (0..groups.len())
+                        .map(|_| groups[rng.random_range(0..groups.len())])
+                        .collect();
+                    100.0 * (pick(homo, &gs).score - pick(hetero, &gs).score)
+                })
+                .collect();
+            boots.sort_by(f64::total_cmp);
+            sd.push(SdRow {
+                cell: cell.clone(),
+                view,
+                groups: groups.len(),
+                sd: 100.0 * (h.score - t.score),
+                homogeneous: h,
+                heterogeneous: t,
+                ci: (percentile(&boots, 0.025), percentile(&boots, 0.975)),
+            });
+        }
+    }
+    let density = dens
+        .into_iter()
+        .map(|((method, strategy, density, n), ls)| DensityRow {
+            method,
+            strategy,
+            density,
+            n,
+            summary: s_of(&ls),
+        })
+        .collect();
+    let mut by_method: BTreeMap<&str, [Vec<f64>; 2]> = BTreeMap::new();
+    for l in lines {
+        if let Some(c) = l.key_cos_first {
+            by_method.entry(&l.method).or_default()[(!l.same_subject_as_first) as usize].push(c);
+        }
+    }
+    let mean = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64, v.len());
+    let keys = by_method
+        .into_iter()
+        .map(|(m, [s, d])| KeyRow {
+            method: m.to_owned(),
+            same: mean(&s),
+            different: mean(&d),
+        })
+        .collect();
+    Report { sd, density, keys }
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        for view in [View::First, View::All] {
+            let what = match view {
+                View::First => "the first edit of each group, scored after the other N−1",
+                View::All => "every edit of each group, scored after the last",
+            };
+            let _ = writeln!(o, "### View `{}`: {what}\n", view.name());
+            let _ = writeln!(o, "| method | strategy | design | N | groups | S homo | S hetero | SD (points) | 95 % CI | ES homo / hetero | PS homo / hetero | NS homo / hetero |");
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            for r in self.sd.iter().filter(|r| r.view == view) {
+                let (h, t) = (&r.homogeneous, &r.heterogeneous);
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | **{:+.1}** | [{:+.1}, {:+.1}] | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n, r.groups,
+                    100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1,
+                    h.es, t.es, h.ps, t.ps, h.ns, t.ns
+                );
+            }
+            o.push('\n');
+        }
+        if !self.density.is_empty() {
+            let _ = writeln!(
+                o,
+                "### Subject density (edits per subject: high 3, medium 2, low 1)\n"
+            );
+            let _ = writeln!(
+                o,
+                "| method | strategy | N | density | cases | ES | PS | NS | S |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+            for r in &self.density {
+                let s = &r.summary;
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                    r.method,
+                    r.strategy.name(),
+                    r.n,
+                    r.density.name(),
+                    s.cases,
+                    s.es,
+                    s.ps,
+                    s.ns,
+                    100.0 * s.score
+                );
+            }
+            o.push('\n');
+        }
+        if !self.keys.is_empty() {
+            let _ = writeln!(
+                o,
+                "### Key cosine with the first edit's key (unedited model)\n"
+            );
+            let _ = writeln!(
+                o,
+                "| method | same subject | pairs | different subject | pairs |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|");
+            for k in &self.keys {
+                let _ = writeln!(
+                    o,
+                    "| {} | {:.3} | {} | {:.3} | {} |",
+                    k.method, k.same.0, k.same.1, k.different.0, k.different.1
+                );
+            }
+        }
+        o
+    }
+
+    /// `(file name, contents)` of each CSV table.
+    pub fn csv(&self) -> Vec<(String, String)> {
+        let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous\n");
+        for r in &self.sd {
+            let (h, t) = (&r.homogeneous, &r.heterogeneous);
+            let _ = writeln!(
+                sd,
+                "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n, r.view.name(),
+                r.groups, 100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1, h.es, t.es, h.ps,
+                t.ps, h.ns, t.ns
+            );
+        }
+        let mut dens = String::from("method,strategy,n,density,cases,es,ps,ns,score\n");
+        for r in &self.density {
+            let s = &r.summary;
+            let _ = writeln!(
+                dens,
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
+                r.method,
+                r.strategy.name(),
+                r.n,
+                r.density.name(),
+                s.cases,
+                s.es,
+                s.ps,
+                s.ns,
+                100.0 * s.score
+            );
+        }
+        let mut keys =
+            String::from("method,same_subject,same_pairs,different_subject,different_pairs\n");
+        for k in &self.keys {
+            let _ = writeln!(
+                keys,
+                "{},{:.4},{},{:.4},{}",
+                k.method, k.same.0, k.same.1, k.different.0, k.different.1
+            );
+        }
+        vec![
+            ("sd.csv".into(), sd),
+            ("density.csv".into(), dens),
+            ("keys.csv".into(), keys),
+        ]
+    }
+
+    /// One SVG per method: SD against N, a line per (strategy, design, view), 95 % whiskers.
+    pub fn svgs(&self) -> Vec<(String, String)> {
+        let methods: BTreeSet<&str> = self.sd.iter().map(|r| r.cell.method.as_str()).collect();
+        methods
+            .into_iter()
+            .map(|m| (format!("sd-{m}.svg"), self.svg(m)))
+            .collect()
+    }
+
+    fn svg(&self, method: &str) -> String {
+        let rows: Vec<&SdRow> = self.sd.iter().filter(|r| r.cell.method == method).collect();
+        let (w, h, left, right, top, bottom) = (640.0, 400.0, 60.0, 200.0, 40.0, 50.0);
+        let ns: Vec<usize> = rows.iter().map(|r| r.cell.n).collect();
+        let (n0, n1) = (
+            *ns.iter().min().unwrap_or(&2) as f64,
+            *ns.iter().max().unwrap_or(&2) as f64,
+        );
+        let (n0, n1) = if n0 == n1 {
+            (n0 - 1.0, n1 + 1.0)
+        } else {
+            (n0, n1)
+        };
+        let lo = rows.iter().map(|r| r.ci.0.min(r.sd)).fold(0.0f64, f64::min);
+        let hi = rows.iter().map(|r| r.ci.1.max(r.sd)).fold(0.0f64, f64::max);
+        let (lo, hi) = (
+            (lo / 10.0).floor() * 10.0,
+            ((hi / 10.0).ceil() * 10.0).max(lo + 10.0),
+        );
+        let x = |n: f64| left + (n - n0) / (n1 - n0) * (w - left - right);
+        let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
+        let mut o = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{method}: SD = S(homogeneous) − S(heterogeneous), points</text>\n",
+            left
+        );
+        let mut v = lo;
+        while v <= hi + 1e-9 {
+            let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+                w - right, y(v), y(v), if v == 0.0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0);
+            v += ((hi - lo) / 5.0).max(1.0);
+        }
+        for n in (n0 as usize)..=(n1 as usize) {
+            let _ = writeln!(
+                o,
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+                x(n as f64),
+                h - bottom + 18.0
+            );
+        }
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">N (edits per group)</text>",
+            (left + w - right) / 2.0,
+            h - 10.0
+        );
+        let colors = [
+            "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+        ];
+        let mut series: BTreeMap<(Strategy, Design, View), Vec<&SdRow>> = BTreeMap::new();
+        for r in rows {
+            series
+                .entry((r.cell.strategy, r.cell.design, r.view))
+                .or_default()
+                .push(r);
+        }
+        for (i, ((s, d, vw), pts)) in series.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            let path: Vec<String> = pts
+                .iter()
+                .map(|r| format!("{:.1},{:.1}", x(r.cell.n as f64), y(r.sd)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+                path.join(" ")
+            );
+            for r in pts {
+                let (px, dx) = (x(r.cell.n as f64), 4.0 + i as f64);
+                let _ = writeln!(o, "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/><circle cx=\"{px:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{c}\"/>",
+                    px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
+            }
+            let ly = top + 20.0 * i as f64;
+            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} {} view {}</text>",
+                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, s.name(), d.name(), vw.name());
+        }
+        o.push_str("</svg>\n");
+        o
+    }
+}
