@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all`: the benchmark matrix on the default model (today: the model substrate's
-//!   forward+backward step; the editing methods join as they land)
+//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda]`: the main job, the S2RKE
+//!   matrix (every registered method × strategy × homogeneous/heterogeneous × N) on the default
+//!   model and the committed data; runs in results/runs/<profile>/, reports in results/
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
+//! - `data`: rebuild fixtures/s2rke-wikidata.json from the committed facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
 
 use std::path::{Path, PathBuf};
@@ -125,6 +127,168 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     Ok(())
 }
 
+/// A bench-all profile: what the matrix covers.
+struct Profile {
+    name: &'static str,
+    /// How many of the registered methods (in registry order); `None` = all.
+    methods: Option<usize>,
+    ns: Vec<usize>,
+    groups: usize,
+    /// Hyperparameters file (relative to the root) instead of each method's bundled defaults.
+    hparams: Option<&'static str>,
+    /// Expected seconds per edit on a 2-core CPU (editing + its share of evaluation), for the ETA.
+    sec_per_edit: f64,
+}
+
+fn profile(name: &str) -> Result<Profile> {
+    Ok(match name {
+        // A first look and CI: two methods, one N, two groups, short v* optimisation.
+        "smoke" => Profile {
+            name: "smoke",
+            methods: Some(2),
+            ns: vec![2],
+            groups: 2,
+            hparams: Some("crates/locate-edit/hparams/rome-smollm2-smoke.yaml"),
+            sec_per_edit: 5.0,
+        },
+        // ≤ 30 minutes on a 2-core CPU with every registered method and its real hyperparameters.
+        "default" => Profile {
+            name: "default",
+            methods: None,
+            ns: vec![2, 3],
+            groups: 3,
+            hparams: None,
+            sec_per_edit: 22.0,
+        },
+        // The paper's matrix, for a GPU.
+        "paper" => Profile {
+            name: "paper",
+            methods: None,
+            ns: (2..=8).collect(),
+            groups: 40,
+            hparams: None,
+            sec_per_edit: 22.0,
+        },
+        other => bail!("--profile {other}: expected smoke, default or paper"),
+    })
+}
+
+fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
+    let p = profile(profile_name)?;
+    if !["cpu", "cuda"].contains(&backend) {
+        bail!("--backend {backend}: expected cpu or cuda");
+    }
+    let root = root();
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(&root)
+        .args(["build", "-q", "--release", "-p", "kedit"]);
+    if backend == "cuda" {
+        build.args(["--features", "cuda"]);
+    } else if has_openblas() {
+        build.args(["--features", "openblas"]);
+    }
+    run(&mut build)?;
+    let kedit = root.join("target/release/kedit");
+    let methods: serde_json::Value =
+        serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
+    let mut methods: Vec<(String, bool)> = methods
+        .as_array()
+        .context("kedit methods --json")?
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_owned(),
+                m["batch"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    if let Some(k) = p.methods {
+        methods.truncate(k);
+    }
+    // The matrix: method × strategy (batch only where the method has a batch update) × order × N.
+    let mut runs = Vec::new();
+    for (m, batch) in &methods {
+        let strategies: &[&str] = if *batch {
+            &["sequential", "batch"]
+        } else {
+            &["sequential"]
+        };
+        for s in strategies {
+            for n in &p.ns {
+                for order in ["homogeneous", "heterogeneous"] {
+                    runs.push((m.clone(), s.to_string(), *n, order));
+                }
+            }
+        }
+    }
+    let edits: usize = runs.iter().map(|r| r.2 * p.groups).sum();
+    let eta = edits as f64 * p.sec_per_edit;
+    println!(
+        "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {} runs, at most {edits} edits; ETA about {:.0} min on a 2-core CPU",
+        p.name,
+        methods.len(),
+        methods.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "),
+        p.ns,
+        p.groups,
+        runs.len(),
+        eta / 60.0
+    );
+    let runs_dir = root.join("results/runs").join(p.name);
+    let started = std::time::Instant::now();
+    for (i, (m, s, n, order)) in runs.iter().enumerate() {
+        eprintln!(
+            "xtask: run {}/{}: {m} {s} {order} N={n} ({:.0} s so far)",
+            i + 1,
+            runs.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let mut cmd = Command::new(&kedit);
+        cmd.current_dir(&root).args([
+            "bench",
+            "--backend",
+            backend,
+            "--method",
+            m,
+            "--data",
+            "fixtures/s2rke-wikidata.json",
+            "--strategy",
+            s,
+            "--design",
+            "group",
+            "--order",
+            order,
+        ]);
+        cmd.args([
+            "--n",
+            &n.to_string(),
+            "--groups",
+            &p.groups.to_string(),
+            "--seed",
+            "0",
+        ]);
+        if let Some(h) = p.hparams {
+            cmd.args(["--hparams", h]);
+        }
+        cmd.arg("--out").arg(&runs_dir);
+        print!("{}", run(&mut cmd)?);
+    }
+    let out = root.join("results");
+    let report = run(Command::new(&kedit)
+        .arg("report")
+        .arg(&runs_dir)
+        .arg("--out")
+        .arg(&out))?;
+    println!("{report}");
+    println!(
+        "bench-all ({}) done in {:.1} min: {}/report.md, *.csv, sd-<method>.svg",
+        p.name,
+        started.elapsed().as_secs_f64() / 60.0,
+        out.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
@@ -137,8 +301,43 @@ fn main() -> Result<()> {
         .context("--repeats takes a whole number")?
         .unwrap_or(5);
     match args.first().map(String::as_str) {
-        Some("bench-all") => bench_fwd_bwd(flag("--pytorch"), repeats),
+        Some("bench-all") => {
+            let opt = |f: &str, d: &'static str| {
+                args.iter()
+                    .position(|a| a == f)
+                    .and_then(|i| args.get(i + 1))
+                    .map_or(d.to_owned(), |s| s.clone())
+            };
+            bench_all(&opt("--profile", "default"), &opt("--backend", "cpu"))
+        }
         Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),
+        Some("data") => {
+            // The committed dataset, rebuilt from the committed facts; CI checks the bytes.
+            run(Command::new("cargo").current_dir(root()).args([
+                "run",
+                "-q",
+                "-p",
+                "kedit",
+                "--",
+                "data",
+                "build",
+                "--facts",
+                "data/pararel/trex_lms_vocab",
+                "--facts",
+                "data/kamel/KAMEL",
+                "--relations",
+                "data/pararel/pattern_data/graphs_json",
+                "--out",
+                "fixtures/s2rke-wikidata.json",
+                "--stats",
+                "fixtures/s2rke-wikidata.stats.md",
+                "--subjects",
+                "300",
+                "--seed",
+                "0",
+            ]))
+            .map(|o| print!("{o}"))
+        }
         Some("reference") => {
             let py = venv()?;
             let gguf = smollm2()?;
@@ -148,7 +347,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--pytorch] [--repeats N] | bench-fwd-bwd [--pytorch] [--repeats N] | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | data | reference");
             std::process::exit(2)
         }
     }

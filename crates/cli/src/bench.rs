@@ -20,7 +20,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub hparams: Option<PathBuf>,
     /// Dataset: S2RKE release format or CounterFact
-    #[arg(long, default_value = "fixtures/s2rke-pararel.json")]
+    #[arg(long, default_value = "fixtures/s2rke-wikidata.json")]
     pub data: PathBuf,
     /// sequential (one edit per step, the model carried along) or batch (N edits in one apply)
     #[arg(long, default_value = "sequential")]

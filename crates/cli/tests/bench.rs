@@ -28,7 +28,7 @@ fn bench_args<'a>(h: &'a str, out: &'a str, order: &'a str) -> Vec<&'a str> {
         h,
         "--data",
         Box::leak(
-            fixture("s2rke-pararel.json")
+            fixture("s2rke-wikidata.json")
                 .to_str()
                 .unwrap()
                 .to_owned()

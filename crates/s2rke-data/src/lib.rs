@@ -1,11 +1,17 @@
-//! kedit-s2rke-data: an S2RKE-format dataset built from ParaRel's Wikidata facts and paraphrase
-//! patterns (the official S2RKE.json is not available here).
+//! kedit-s2rke-data: S2RKE-format datasets built from Wikidata facts (ParaRel's T-REx facts and
+//! patterns, KAMEL's facts), and experiment plans ([`plan`]). The official S2RKE.json is not
+//! available here.
 //!
-//! For each chosen subject (one with facts in at least `min_relations` relations), every fact
-//! becomes one record of its `Star_Topology`: the prompt is the relation's first pattern whose
-//! `[Y]` ends the sentence, the paraphrase is the next such pattern, `target_new` is another object
-//! of the same relation drawn with the seed, and the neighbourhood prompts are the main pattern on
-//! other subjects with the same relation and the same true object.
+//! Facts are grouped by subject label; KAMEL has no subject ids, so a label can name several
+//! things ("Orlando" the city and the opera). Each relation has a coarse subject type (person,
+//! place, work, organisation, or any); a label's facts are split by type, the untyped ones join its
+//! largest typed cluster, and every cluster with at least `min_relations` relations is one
+//! subject. For each subject every fact becomes one record of its `Star_Topology`: the prompt is
+//! the relation's first ParaRel pattern whose `[Y]` ends the sentence, the paraphrase the next such
+//! pattern, `target_new` another object of the same relation drawn with the seed (among the
+//! relation's common objects, those of at least 5 facts, where there are any), and the
+//! neighbourhood prompts the main pattern on other subjects with the same relation and the same
+//! true object (CounterFact's rule; the S2RKE release's example also crosses relations).
 
 pub mod plan;
 
@@ -29,40 +35,61 @@ pub struct Fact {
 pub type Patterns = BTreeMap<String, Vec<String>>;
 
 pub struct BuildOptions {
+    /// At most this many subjects (all with ≥ `prefer_relations` relations first, then drawn).
     pub subjects: usize,
     pub min_relations: usize,
+    /// Subjects with at least this many relations are all kept (they make the large groups).
+    pub prefer_relations: usize,
+    /// At most this many records per subject.
+    pub max_relations: usize,
     pub neighbours: usize,
     pub seed: u64,
 }
 
-/// Read `trex_lms_vocab/P*.jsonl` and `pattern_data/graphs_json/P*.jsonl` under `dir`.
-pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, Patterns)> {
-    let mut facts = Vec::new();
-    let mut patterns = BTreeMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("trex_lms_vocab"))
-        .with_context(|| format!("{}: no trex_lms_vocab folder", dir.display()))?
+/// The coarse type of a relation's subject, to split homonyms.
+fn subject_type(relation: &str) -> &'static str {
+    match relation {
+        "P19" | "P20" | "P27" | "P101" | "P103" | "P106" | "P108" | "P1303" | "P1412" | "P39"
+        | "P413" | "P937" => "person",
+        "P30" | "P36" | "P131" | "P1376" | "P190" | "P47" | "P37" | "P530" => "place",
+        "P364" | "P449" | "P495" | "P136" | "P178" | "P176" | "P407" => "work",
+        "P159" | "P127" | "P740" => "organisation",
+        _ => "any",
+    }
+}
+
+fn jsonl(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn sorted_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot read folder", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
-    for f in files {
-        let rel = f.file_stem().unwrap().to_string_lossy().to_string();
-        let pat_file = dir
-            .join("pattern_data/graphs_json")
-            .join(format!("{rel}.jsonl"));
-        let Ok(text) = std::fs::read_to_string(&pat_file) else {
+    Ok(files)
+}
+
+/// ParaRel patterns (`pattern_data/graphs_json/P*.jsonl`): those that end at the object.
+pub fn load_patterns(dir: &Path) -> Result<Patterns> {
+    let mut patterns = BTreeMap::new();
+    for f in sorted_files(dir)? {
+        if f.extension().is_none_or(|x| x != "jsonl") {
             continue;
-        };
-        // Only patterns that end at the object can prompt a causal LM.
-        let usable: Vec<String> = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                let v: Value = serde_json::from_str(l)
-                    .with_context(|| format!("{}: line {}", pat_file.display(), i + 1))?;
-                Ok(v["pattern"].as_str().unwrap_or("").trim().to_owned())
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
+        }
+        let rel = f.file_stem().unwrap().to_string_lossy().to_string();
+        let usable: Vec<String> = jsonl(&f)?
+            .iter()
+            .map(|v| v["pattern"].as_str().unwrap_or("").trim().to_owned())
             .filter_map(|p| {
                 p.strip_suffix("[Y].")
                     .or(p.strip_suffix("[Y] ."))
@@ -70,40 +97,81 @@ pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, Patterns)> {
             })
             .filter(|p| p.matches("{}").count() == 1 && !p.contains("[Y]"))
             .collect();
-        if usable.is_empty() {
-            continue;
-        }
-        patterns.insert(rel.clone(), usable);
-        for (i, l) in std::fs::read_to_string(&f)?.lines().enumerate() {
-            let v: Value = serde_json::from_str(l)
-                .with_context(|| format!("{}: line {}", f.display(), i + 1))?;
-            let field = |k: &str| {
-                v[k].as_str().map(str::to_owned).with_context(|| {
-                    format!("{}: line {}: field `{k}` is missing", f.display(), i + 1)
-                })
-            };
-            facts.push(Fact {
-                subject: field("sub_label")?,
-                relation: rel.clone(),
-                object: field("obj_label")?,
-            });
+        if !usable.is_empty() {
+            patterns.insert(rel, usable);
         }
     }
+    Ok(patterns)
+}
+
+/// Facts from a folder: ParaRel's `trex_lms_vocab` (`P*.jsonl`, `sub_label`/`obj_label`) or KAMEL
+/// (`P*/{train,dev,test}.jsonl`, `obj_label` a list; its first object is taken). Only relations
+/// in `patterns` are read.
+pub fn load_facts(dir: &Path, patterns: &Patterns) -> Result<Vec<Fact>> {
+    let mut facts = Vec::new();
+    for f in sorted_files(dir)? {
+        let rel = f.file_stem().unwrap().to_string_lossy().to_string();
+        if !patterns.contains_key(&rel) {
+            continue;
+        }
+        let files = if f.is_dir() {
+            ["train", "dev", "test"]
+                .iter()
+                .map(|s| f.join(format!("{s}.jsonl")))
+                .filter(|p| p.exists())
+                .collect()
+        } else {
+            vec![f.clone()]
+        };
+        for file in files {
+            for (i, v) in jsonl(&file)?.iter().enumerate() {
+                let err =
+                    |k: &str| format!("{}: line {}: field `{k}` is missing", file.display(), i + 1);
+                let subject = v["sub_label"].as_str().with_context(|| err("sub_label"))?;
+                let obj = &v["obj_label"];
+                let first = obj.as_array().and_then(|a| a.first()).unwrap_or(obj);
+                let object = first
+                    .as_str()
+                    .or(first["chosen"].as_str())
+                    .with_context(|| err("obj_label"))?;
+                facts.push(Fact {
+                    subject: subject.to_owned(),
+                    relation: rel.clone(),
+                    object: object.to_owned(),
+                });
+            }
+        }
+    }
+    if facts.is_empty() {
+        bail!(
+            "{}: no facts for the relations with patterns",
+            dir.display()
+        );
+    }
+    Ok(facts)
+}
+
+/// Back-compatible: ParaRel's facts and patterns from its root folder.
+pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, Patterns)> {
+    let patterns = load_patterns(&dir.join("pattern_data/graphs_json"))?;
+    let facts = load_facts(&dir.join("trex_lms_vocab"), &patterns)?;
     Ok((facts, patterns))
 }
 
+/// A subject: a label and the coarse type that separates its homonyms.
+type SubjectKey<'a> = (&'a str, &'static str);
+
 /// Build S2RKE records (the release format: one object per subject with `Star_Topology`).
-pub fn build(
-    facts: &[Fact],
-    patterns: &BTreeMap<String, Vec<String>>,
-    opt: &BuildOptions,
-) -> Result<Vec<Value>> {
-    let mut by_subject: BTreeMap<&str, BTreeMap<&str, &Fact>> = BTreeMap::new();
+pub fn build(facts: &[Fact], patterns: &Patterns, opt: &BuildOptions) -> Result<Vec<Value>> {
+    // One fact per (label, relation): the first listed (ParaRel before KAMEL).
+    let mut by_label: BTreeMap<&str, BTreeMap<&str, &Fact>> = BTreeMap::new();
     let mut objects: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    let mut by_rel_obj: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    let mut by_rel_obj: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for f in facts {
-        // One fact per (subject, relation): the first listed.
-        by_subject
+        if f.subject.trim().is_empty() || f.object.trim().is_empty() || f.subject == f.object {
+            continue;
+        }
+        by_label
             .entry(&f.subject)
             .or_default()
             .entry(&f.relation)
@@ -112,42 +180,77 @@ pub fn build(
         by_rel_obj
             .entry((&f.relation, &f.object))
             .or_default()
-            .push(&f.subject);
+            .insert(&f.subject);
     }
-    let mut eligible: Vec<&str> = by_subject
+    // Split each label by coarse type; untyped relations join the largest typed cluster.
+    let mut subjects: BTreeMap<SubjectKey, Vec<&Fact>> = BTreeMap::new();
+    for (label, rels) in &by_label {
+        let mut typed: BTreeMap<&'static str, Vec<&Fact>> = BTreeMap::new();
+        let mut any = Vec::new();
+        for (rel, f) in rels {
+            match subject_type(rel) {
+                "any" => any.push(*f),
+                t => typed.entry(t).or_default().push(*f),
+            }
+        }
+        let biggest = typed
+            .iter()
+            .max_by_key(|(t, v)| (v.len(), std::cmp::Reverse(**t)))
+            .map(|(t, _)| *t)
+            .unwrap_or("any");
+        typed.entry(biggest).or_default().extend(any);
+        for (t, fs) in typed {
+            subjects.insert((label, t), fs);
+        }
+    }
+    let eligible: Vec<SubjectKey> = subjects
         .iter()
-        .filter(|(_, r)| r.len() >= opt.min_relations)
-        .map(|(s, _)| *s)
+        .filter(|(_, fs)| fs.len() >= opt.min_relations)
+        .map(|(k, _)| *k)
         .collect();
-    if eligible.len() < opt.subjects {
-        bail!(
-            "only {} subjects have facts in >= {} relations; asked for {}",
-            eligible.len(),
-            opt.min_relations,
-            opt.subjects
-        );
+    if eligible.is_empty() {
+        bail!("no subject has facts in >= {} relations", opt.min_relations);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opt.seed);
-    eligible.shuffle(&mut rng);
-    eligible.truncate(opt.subjects);
-    eligible.sort();
+    let (mut chosen, mut rest): (Vec<SubjectKey>, Vec<SubjectKey>) = eligible
+        .iter()
+        .partition(|k| subjects[*k].len() >= opt.prefer_relations);
+    rest.shuffle(&mut rng);
+    chosen.extend(rest);
+    chosen.truncate(opt.subjects);
+    chosen.sort();
     let mut out = Vec::new();
-    for (sid, subject) in eligible.iter().enumerate() {
+    for key in &chosen {
+        let subject = key.0;
         let mut star = Vec::new();
-        for (rel, f) in &by_subject[subject] {
-            let pats = &patterns[*rel];
-            let others: Vec<&&str> = objects[rel].iter().filter(|o| **o != f.object).collect();
+        let mut fs = subjects[key].clone();
+        fs.shuffle(&mut rng);
+        fs.truncate(opt.max_relations);
+        fs.sort_by_key(|f| f.relation.clone());
+        for f in fs {
+            let rel = f.relation.as_str();
+            let pats = &patterns[rel];
+            // target_new: a common object of the relation (the object of ≥ 5 facts, as
+            // CounterFact's counterfactual targets are well-known entities), else any other.
+            let common: Vec<&&str> = objects[rel]
+                .iter()
+                .filter(|o| **o != f.object && by_rel_obj[&(rel, **o)].len() >= 5)
+                .collect();
+            let others: Vec<&&str> = if common.is_empty() {
+                objects[rel].iter().filter(|o| **o != f.object).collect()
+            } else {
+                common
+            };
             let Some(new) = others.choose(&mut rng) else {
                 continue;
             };
-            let mut neigh: Vec<&str> = by_rel_obj[&(*rel, f.object.as_str())]
+            let mut neigh: Vec<&str> = by_rel_obj[&(rel, f.object.as_str())]
                 .iter()
                 .copied()
-                .filter(|s| s != subject)
                 .collect();
             neigh.shuffle(&mut rng);
             // A neighbour that names the subject ("Amsterdam Centraal" for "Amsterdam") is not a
-            // different subject's prompt; dropped after the shuffle so the seed's draws stay put.
+            // different subject's prompt.
             neigh.retain(|s| !s.contains(subject) && !subject.contains(s));
             neigh.truncate(opt.neighbours);
             star.push(json!({
@@ -156,9 +259,39 @@ pub fn build(
                 "neighborhood_prompts": neigh.iter().map(|s| pats[0].replacen("{}", s, 1)).collect::<Vec<_>>(),
             }));
         }
-        out.push(json!({"subjectID": sid, "subject": {"name": subject}, "source": "ParaRel (T-REx / Wikidata)", "Star_Topology": star}));
+        // Records without a possible target_new are gone: the subject may now be too small.
+        if star.len() >= opt.min_relations {
+            out.push(json!({"subjectID": out.len(), "subject": {"name": subject, "type": key.1}, "Star_Topology": star}));
+        }
     }
     Ok(out)
+}
+
+/// The statistics table of a built dataset (paper.md §2.1's format), as Markdown.
+pub fn statistics(data: &[Value]) -> String {
+    let sizes: Vec<usize> = data
+        .iter()
+        .map(|s| s["Star_Topology"].as_array().map_or(0, Vec::len))
+        .collect();
+    let records: usize = sizes.iter().sum();
+    let relations: BTreeSet<&str> = data
+        .iter()
+        .flat_map(|s| s["Star_Topology"].as_array().into_iter().flatten())
+        .filter_map(|e| e["requested_rewrite"]["relation"].as_str())
+        .collect();
+    let mut hist: BTreeMap<usize, usize> = BTreeMap::new();
+    for s in &sizes {
+        *hist.entry(*s).or_default() += 1;
+    }
+    format!(
+        "| records | subjects | relations | min records/subject | max | avg |\n|---|---|---|---|---|---|\n| {records} | {} | {} | {} | {} | {:.2} |\n\nSubjects by records: {}\n",
+        data.len(),
+        relations.len(),
+        sizes.iter().min().unwrap_or(&0),
+        sizes.iter().max().unwrap_or(&0),
+        records as f64 / data.len().max(1) as f64,
+        hist.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -187,6 +320,8 @@ mod tests {
         let opt = BuildOptions {
             subjects: 2,
             min_relations: 2,
+            prefer_relations: 99,
+            max_relations: 13,
             neighbours: 2,
             seed: 1,
         };
@@ -203,6 +338,77 @@ mod tests {
             build(&facts, &pats, &opt).unwrap(),
             out,
             "same seed, same dataset"
+        );
+    }
+
+    #[test]
+    fn homonyms_are_split_by_subject_type() {
+        let f = |s: &str, r: &str, o: &str| Fact {
+            subject: s.into(),
+            relation: r.into(),
+            object: o.into(),
+        };
+        // "Orlando" the city (place relations) and the opera (work relations) share a label.
+        let facts = vec![
+            f("Orlando", "P131", "Florida"),
+            f("Orlando", "P30", "North America"),
+            f("Orlando", "P47", "Winter Park"),
+            f("Orlando", "P364", "Italian"),
+            f("Orlando", "P495", "Italy"),
+            f("Orlando", "P136", "opera"),
+            f("Orlando", "P138", "Roland"),
+            f("Tampa", "P131", "Texas"),
+            f("Tampa", "P30", "Europe"),
+            f("Tampa", "P47", "Clearwater"),
+            f("Aida", "P364", "French"),
+            f("Aida", "P495", "Egypt"),
+            f("Aida", "P136", "ballet"),
+        ];
+        let rels = ["P131", "P30", "P47", "P364", "P495", "P136", "P138"];
+        let pats: Patterns = rels
+            .iter()
+            .map(|r| (r.to_string(), vec![format!("{{}} {r}")]))
+            .collect();
+        let opt = BuildOptions {
+            subjects: 10,
+            min_relations: 3,
+            prefer_relations: 99,
+            max_relations: 13,
+            neighbours: 2,
+            seed: 0,
+        };
+        let out = build(&facts, &pats, &opt).unwrap();
+        let orlando: Vec<&Value> = out
+            .iter()
+            .filter(|s| s["subject"]["name"] == "Orlando")
+            .collect();
+        assert_eq!(orlando.len(), 2, "{out:#?}");
+        let rel_set = |s: &Value| -> BTreeSet<String> {
+            s["Star_Topology"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e["requested_rewrite"]["relation"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        let sets: Vec<BTreeSet<String>> = orlando.iter().map(|s| rel_set(s)).collect();
+        assert!(sets
+            .iter()
+            .any(|r| r.contains("P131") && !r.contains("P364")));
+        assert!(sets
+            .iter()
+            .any(|r| r.contains("P364") && !r.contains("P131")));
+        assert!(out
+            .iter()
+            .all(|s| s["Star_Topology"].as_array().unwrap().len() >= 3));
+        assert!(
+            out.iter().any(|s| s["subject"]["name"] == "Tampa"),
+            "Tampa: 3 relations with alternatives"
         );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 fn fixture() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/s2rke-pararel.json"
+        "/../../fixtures/s2rke-wikidata.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
