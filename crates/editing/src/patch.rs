@@ -2,7 +2,7 @@
 //! is made, applied, or loaded and applied, so a reloaded patch reproduces the edited model bit for
 //! bit; revert puts the saved original tensor back, which is exact where `W' - Δ` would not be.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +44,8 @@ impl PatchEntry {
 pub struct Patch {
     pub entries: Vec<PatchEntry>,
     /// Free-form metadata: method, hyperparameters (JSON), requests (JSON), model source.
-    pub metadata: HashMap<String, String>,
+    /// Ordered, so that a saved patch's bytes depend on its contents only.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// The original tensors a patch replaced, for an exact revert.
@@ -118,6 +119,8 @@ impl Patch {
                 ))
             })
             .collect::<Result<_>>()?;
+        // One metadata key: safetensors keeps metadata in a HashMap, whose order (and so the
+        // file's bytes) would change from run to run with several keys.
         let mut meta = self.metadata.clone();
         meta.insert("format".into(), "kedit-patch-1".into());
         // safetensors stores tensors sorted; the application order is kept here.
@@ -129,7 +132,8 @@ impl Patch {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        let out = safetensors::serialize(views, Some(meta))?;
+        let header = HashMap::from([("kedit".to_owned(), serde_json::to_string(&meta)?)]);
+        let out = safetensors::serialize(views, Some(header))?;
         let tmp = path.with_extension("partial");
         std::fs::write(&tmp, out)
             .with_context(|| format!("{}: cannot write patch", tmp.display()))?;
@@ -144,7 +148,20 @@ impl Patch {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)?;
-        let mut metadata = meta.metadata().clone().unwrap_or_default();
+        let packed = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("kedit"))
+            .with_context(|| {
+                format!(
+                    "{}: not a kedit patch (no `kedit` metadata)",
+                    path.display()
+                )
+            })?;
+        let mut metadata: BTreeMap<String, String> =
+            serde_json::from_str(packed).with_context(|| {
+                format!("{}: metadata `kedit` is not a JSON object", path.display())
+            })?;
         if metadata.remove("format").as_deref() != Some("kedit-patch-1") {
             bail!(
                 "{}: not a kedit patch (metadata `format` is not kedit-patch-1)",

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_models::prefix::suffixes;
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
 
 use crate::hparams::RomeHparams;
@@ -239,9 +240,22 @@ impl Rome {
                 .stop_after(layer - 1);
             model.forward(ids, &iv).captured[&(layer - 1, Site::Residual)].clone()
         };
-        let init = model.forward_from(
-            layer,
-            h_in.clone(),
+        // Nothing before a row's subject-last token changes while δ is optimised: keep those
+        // tokens' keys and values and run only the suffixes (delta and logits at suffix
+        // positions; about a third of the tokens).
+        let prefix: Vec<usize> = delta_pos.iter().map(|&(_, p)| p).collect();
+        let suffix_len = seqs
+            .iter()
+            .zip(&prefix)
+            .map(|(s, p)| s.len() - p)
+            .max()
+            .expect("rows");
+        let cache = model.prefix_cache(layer, h_in.clone(), &prefix, suffix_len);
+        let h_suf = suffixes(&h_in, &prefix, suffix_len);
+        let delta_pos: Vec<(usize, usize)> = (0..seqs.len()).map(|i| (i, 0)).collect();
+        let init = model.forward_suffix(
+            &cache,
+            h_suf.clone(),
             &Interventions::none().capture(layer, Site::MlpOut),
         );
         let d = model.config.hidden_size;
@@ -249,14 +263,15 @@ impl Rome {
             init.captured[&(layer, Site::MlpOut)]
                 .clone()
                 .narrow(0, 0, 1)
-                .narrow(1, delta_pos[0].1, 1)
+                .narrow(1, 0, 1)
                 .reshape([d]),
         );
-        let kl_init = activation::log_softmax(model.logits_at(init.hidden, &[(kl_row, kl_pos)]), 1);
+        let kl_init = activation::log_softmax(model.logits_at(init.hidden, &[(kl_row, 0)]), 1);
 
         let ad = model.map(&ToAutodiff);
+        let cache = cache.map(&ToAutodiff);
         let dev = model.device();
-        let h_in = Tensor::<Autodiff<B>, 3>::from_inner(h_in);
+        let h_suf = Tensor::<Autodiff<B>, 3>::from_inner(h_suf);
         let kl_init = Tensor::<Autodiff<B>, 2>::from_inner(kl_init);
         let n = labels.len();
         let labels =
@@ -267,8 +282,8 @@ impl Rome {
         // The label positions of every rewriting prompt, then the KL prompt's subject position.
         let logit_pos: Vec<(usize, usize)> = label_pos
             .iter()
-            .copied()
-            .chain([(kl_row, kl_pos)])
+            .map(|&(i, p)| (i, p - prefix[i]))
+            .chain([(kl_row, 0)])
             .collect();
         let mut delta = vec![0f32; d];
         let (mut m, mut v) = (vec![0f32; d], vec![0f32; d]);
@@ -277,7 +292,7 @@ impl Rome {
             let dt = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(delta.clone(), [d]), &dev)
                 .require_grad();
             let iv = Interventions::none().add(layer, Site::MlpOut, delta_pos.clone(), dt.clone());
-            let fwd = ad.forward_from(layer, h_in.clone(), &iv);
+            let fwd = ad.forward_suffix(&cache, h_suf.clone(), &iv);
             let logp = activation::log_softmax(ad.logits_at(fwd.hidden, &logit_pos), 1);
             // Every rewriting prompt has the same number of target tokens, so the mean over all
             // label positions is ROME's mean over prompts of the per-prompt mean NLL.

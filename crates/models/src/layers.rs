@@ -83,6 +83,23 @@ pub fn apply_rotary<B: Backend>(
     x * cos + rotated * sin
 }
 
+/// Rotary embeddings with a table per row: `x: [batch, heads, seq, head_dim]`,
+/// `cos, sin: [batch, seq, head_dim]` (rows at different positions).
+pub fn apply_rotary_rows<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 3>,
+    sin: &Tensor<B, 3>,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let cos = cos.clone().unsqueeze_dim::<4>(1).expand([b, h, s, d]);
+    let sin = sin.clone().unsqueeze_dim::<4>(1).expand([b, h, s, d]);
+    x * cos + rotated * sin
+}
+
 /// Causal mask `[rows, seq]` (true = masked) for `groups` query heads stacked per key head.
 pub fn causal_mask<B: Backend>(
     seq: usize,
@@ -107,13 +124,39 @@ pub fn grouped_attention<B: Backend>(
     v: Tensor<B, 4>,
     mask: &Tensor<B, 2, Bool>,
 ) -> Tensor<B, 4> {
-    let [b, kvh, rows, hd] = q.dims();
+    let [b, kvh, rows, _] = q.dims();
     let seq = k.dims()[2];
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
     let mask = mask
         .clone()
         .unsqueeze_dims::<4>(&[0, 1])
         .expand([b, kvh, rows, seq]);
+    masked_attention(q, k, v, mask)
+}
+
+/// [`grouped_attention`] with a mask per row `[b, rows, seq]`.
+pub fn grouped_attention_rows<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 3, Bool>,
+) -> Tensor<B, 4> {
+    let [b, kvh, rows, _] = q.dims();
+    let seq = k.dims()[2];
+    let mask = mask
+        .clone()
+        .unsqueeze_dim::<4>(1)
+        .expand([b, kvh, rows, seq]);
+    masked_attention(q, k, v, mask)
+}
+
+fn masked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    let hd = q.dims()[3];
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
     let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
     activation::softmax(scores, 3).matmul(v)
 }

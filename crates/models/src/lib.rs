@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod layers;
 pub mod llama;
 pub mod load;
+pub mod prefix;
 pub mod surface;
 pub mod tokenizer;
 
@@ -20,6 +21,7 @@ use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
 
 pub use config::{Family, ModelConfig};
 pub use llama::Llama;
+pub use prefix::PrefixCache;
 pub use surface::{Action, Forward, Intervention, Interventions, Site};
 
 /// The CPU backend kedit uses by default.

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::layers::{
-    apply_rotary, batch_ids, causal_mask, grouped_attention, linear, rms_norm, rotary_tables, silu,
+    apply_rotary, apply_rotary_rows, batch_ids, causal_mask, grouped_attention,
+    grouped_attention_rows, linear, rms_norm, rotary_tables, silu,
 };
 use crate::load::WeightSource;
+use crate::prefix::PrefixCache;
 use crate::surface::{Forward, Interventions, Site};
 use crate::{CausalLm, TensorMap};
 
@@ -184,15 +186,17 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// One block. Returns the residual output and, with `keep_kv`, this layer's keys (after
+    /// rotary) and values `[b, kv_heads, seq, head_dim]`.
     fn block(
         &self,
         l: usize,
         h: Tensor<B, 3>,
-        rope: &(Tensor<B, 2>, Tensor<B, 2>),
-        mask: &Tensor<B, 2, burn::tensor::Bool>,
+        ctx: &AttnCtx<'_, B>,
+        keep_kv: bool,
         iv: &Interventions<B>,
         captured: &mut HashMap<(usize, Site), Tensor<B, 3>>,
-    ) -> Tensor<B, 3> {
+    ) -> (Tensor<B, 3>, Option<(Tensor<B, 4>, Tensor<B, 4>)>) {
         let c = &self.config;
         let w = &self.blocks[l];
         let [b, s, _] = h.dims();
@@ -200,13 +204,27 @@ impl<B: Backend> Llama<B> {
         let groups = nh / kvh;
         let x = rms_norm(h.clone(), &w.attn_norm, c.norm_eps);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = apply_rotary(heads(linear(x.clone(), &w.wq, None), nh), &rope.0, &rope.1);
-        let k = apply_rotary(heads(linear(x.clone(), &w.wk, None), kvh), &rope.0, &rope.1);
+        let q = heads(linear(x.clone(), &w.wq, None), nh);
+        let k = heads(linear(x.clone(), &w.wk, None), kvh);
         let v = heads(linear(x, &w.wv, None), kvh);
         // Query head i reads key head i / groups (transformers' repeat_kv): stack each group's
         // queries along the rows instead of copying keys.
-        let q = q.reshape([b, kvh, groups * s, hd]);
-        let a = grouped_attention(q, k, v, mask)
+        let (k, a) = match ctx {
+            AttnCtx::Full { rope, mask } => {
+                let q = apply_rotary(q, &rope.0, &rope.1).reshape([b, kvh, groups * s, hd]);
+                let k = apply_rotary(k, &rope.0, &rope.1);
+                (k.clone(), grouped_attention(q, k, v.clone(), mask))
+            }
+            AttnCtx::Suffix { rope, mask, kv } => {
+                let q = apply_rotary_rows(q, &rope.0, &rope.1).reshape([b, kvh, groups * s, hd]);
+                let k = apply_rotary_rows(k, &rope.0, &rope.1);
+                let keys = Tensor::cat(vec![kv.0.clone(), k.clone()], 2);
+                let values = Tensor::cat(vec![kv.1.clone(), v.clone()], 2);
+                (k, grouped_attention_rows(q, keys, values, mask))
+            }
+        };
+        let kv = keep_kv.then(|| (k, v));
+        let a = a
             .reshape([b, nh, s, hd])
             .swap_dims(1, 2)
             .reshape([b, s, nh * hd]);
@@ -216,8 +234,95 @@ impl<B: Backend> Llama<B> {
         let key = silu(linear(x.clone(), &w.gate, None)) * linear(x, &w.up, None);
         let key = iv.visit(l, Site::MlpKey, key, captured);
         let m = iv.visit(l, Site::MlpOut, linear(key, &w.down, None), captured);
-        iv.visit(l, Site::Residual, h + m, captured)
+        (iv.visit(l, Site::Residual, h + m, captured), kv)
     }
+
+    /// The keys and values of each row's first `prefix_lens[i]` tokens at every layer from
+    /// `start`, from the residual stream `h` entering `start` (whole right-padded rows).
+    pub fn prefix_cache(
+        &self,
+        start: usize,
+        h: Tensor<B, 3>,
+        prefix_lens: &[usize],
+        suffix_len: usize,
+    ) -> PrefixCache<B> {
+        let c = &self.config;
+        let seq = h.dims()[1];
+        let device = h.device();
+        let rope = rotary_tables::<B>(seq, c.head_dim, c.rope_theta, &device);
+        let mask = causal_mask::<B>(seq, c.num_heads / c.num_kv_heads, &device);
+        let mut cache = PrefixCache {
+            start,
+            prefix_lens: prefix_lens.to_vec(),
+            suffix_len,
+            kv: Vec::new(),
+        };
+        let p = cache.width();
+        let ctx = AttnCtx::Full {
+            rope: &rope,
+            mask: &mask,
+        };
+        let mut h = h;
+        let none = Interventions::none();
+        for l in start..c.num_layers {
+            let (next, kv) = self.block(l, h, &ctx, true, &none, &mut HashMap::new());
+            let (k, v) = kv.expect("kept");
+            cache.kv.push((k.narrow(2, 0, p), v.narrow(2, 0, p)));
+            h = next;
+        }
+        cache
+    }
+
+    /// Run blocks `cache.start..` on the suffixes `h: [b, S, d]` (the residual stream entering
+    /// `cache.start` at each row's positions `prefix_len..prefix_len + S`, see
+    /// [`crate::prefix::suffixes`]), attending to the cached prefixes. Intervention and logit
+    /// positions are suffix positions. Equals `forward_from` on the whole rows at those positions.
+    pub fn forward_suffix(
+        &self,
+        cache: &PrefixCache<B>,
+        h: Tensor<B, 3>,
+        iv: &Interventions<B>,
+    ) -> Forward<B> {
+        let c = &self.config;
+        let device = h.device();
+        let rope = cache.rotary(c.head_dim, c.rope_theta, &device);
+        let mask = cache.mask(c.num_heads / c.num_kv_heads, &device);
+        let mut captured = HashMap::new();
+        let mut h = h;
+        for (i, l) in (cache.start..c.num_layers).enumerate() {
+            let ctx = AttnCtx::Suffix {
+                rope: &rope,
+                mask: &mask,
+                kv: &cache.kv[i],
+            };
+            h = self.block(l, h, &ctx, false, iv, &mut captured).0;
+            if iv.stop_after == Some(l) {
+                return Forward {
+                    hidden: h,
+                    captured,
+                };
+            }
+        }
+        Forward {
+            hidden: rms_norm(h, &self.norm, c.norm_eps),
+            captured,
+        }
+    }
+}
+
+/// How a block's attention sees the sequence.
+enum AttnCtx<'a, B: Backend> {
+    /// Whole rows from position 0.
+    Full {
+        rope: &'a (Tensor<B, 2>, Tensor<B, 2>),
+        mask: &'a Tensor<B, 2, Bool>,
+    },
+    /// Suffixes after a cached prefix: this layer's prefix keys and values.
+    Suffix {
+        rope: &'a (Tensor<B, 3>, Tensor<B, 3>),
+        mask: &'a Tensor<B, 3, Bool>,
+        kv: &'a (Tensor<B, 4>, Tensor<B, 4>),
+    },
 }
 
 impl<B: Backend> CausalLm<B> for Llama<B> {
@@ -246,8 +351,12 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         let mask = causal_mask::<B>(seq, c.num_heads / c.num_kv_heads, &device);
         let mut captured = HashMap::new();
         let mut h = h;
+        let ctx = AttnCtx::Full {
+            rope: &rope,
+            mask: &mask,
+        };
         for l in start..c.num_layers {
-            h = self.block(l, h, &rope, &mask, iv, &mut captured);
+            h = self.block(l, h, &ctx, false, iv, &mut captured).0;
             if iv.stop_after == Some(l) {
                 return Forward {
                     hidden: h,

@@ -1,0 +1,91 @@
+//! The prefix-cached suffix forward equals the whole-row forward at the suffix positions, with an
+//! intervention at the first suffix token (ROME's v* setting), on the tiny random Llama.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use kedit_models::prefix::suffixes;
+use kedit_models::{CausalLm, Cpu, Interventions, LanguageModel, Site};
+
+#[test]
+fn suffix_forward_matches_the_whole_rows() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
+    let lm = LanguageModel::<Cpu>::load_hf(&dir, &Default::default()).unwrap();
+    let seqs: Vec<Vec<u32>> = [
+        "Some text before. The capital of France is",
+        "The capital of France is",
+        "A much longer context template sits here. The capital of France is",
+        "France is a",
+    ]
+    .iter()
+    .map(|t| lm.encode(t).unwrap())
+    .collect();
+    // Suffixes start a few tokens from each row's end, at different absolute positions.
+    let prefix: Vec<usize> = seqs
+        .iter()
+        .map(|s| s.len().saturating_sub(4).max(1))
+        .collect();
+    let suffix_len = seqs
+        .iter()
+        .zip(&prefix)
+        .map(|(s, p)| s.len() - p)
+        .max()
+        .unwrap();
+    let start = 1;
+    let m = &lm.model;
+    let d = m.config.hidden_size;
+    let ids = m.batch(&seqs);
+    let iv0 = Interventions::none()
+        .capture(start - 1, Site::Residual)
+        .stop_after(start - 1);
+    let h = m.forward(ids, &iv0).captured[&(start - 1, Site::Residual)].clone();
+    let delta = Tensor::<Cpu, 1>::from_data(
+        TensorData::new(
+            (0..d).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            [d],
+        ),
+        &m.device(),
+    );
+
+    let full_pos: Vec<(usize, usize)> = prefix.iter().enumerate().map(|(i, &p)| (i, p)).collect();
+    let full = m.forward_from(
+        start,
+        h.clone(),
+        &Interventions::none().add(start, Site::MlpOut, full_pos, delta.clone()),
+    );
+    let cache = m.prefix_cache(start, h.clone(), &prefix, suffix_len);
+    let suf_pos: Vec<(usize, usize)> = (0..seqs.len()).map(|i| (i, 0)).collect();
+    let suf = m.forward_suffix(
+        &cache,
+        suffixes(&h, &prefix, suffix_len),
+        &Interventions::none().add(start, Site::MlpOut, suf_pos, delta),
+    );
+
+    let mut want_at = Vec::new();
+    let mut got_at = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        for p in prefix[i]..s.len() {
+            want_at.push((i, p));
+            got_at.push((i, p - prefix[i]));
+        }
+    }
+    let want = m
+        .logits_at(full.hidden, &want_at)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let got = m
+        .logits_at(suf.hidden, &got_at)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+    let worst = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |a, (w, g)| a.max((w - g).abs()));
+    assert!(
+        worst <= 1e-5 * scale,
+        "max |Δlogit| {worst} vs scale {scale}"
+    );
+}
