@@ -5,6 +5,8 @@
 //!   model and the committed data; runs in results/runs/<profile>/, reports in results/
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
+//! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median;
+//!   appends to benchmarks/results/rome-edit.jsonl
 //! - `data`: rebuild fixtures/s2rke-wikidata.json from the committed facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
 
@@ -311,6 +313,27 @@ fn main() -> Result<()> {
             bench_all(&opt("--profile", "default"), &opt("--backend", "cpu"))
         }
         Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),
+        Some("bench-rome") => {
+            let root = root();
+            let mut build = Command::new("cargo");
+            build
+                .current_dir(&root)
+                .args(["build", "-q", "--release", "-p", "kedit-benchmarks"]);
+            if has_openblas() {
+                build.args(["--features", "openblas"]);
+            }
+            run(&mut build)?;
+            let out = run(Command::new(root.join("target/release/rome-edit"))
+                .args(["--edits", &repeats.to_string()]))?;
+            let file = root.join("benchmarks/results/rome-edit.jsonl");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)?;
+            std::io::Write::write_all(&mut f, out.as_bytes())?;
+            print!("{out}");
+            Ok(())
+        }
         Some("data") => {
             // The committed dataset, rebuilt from the committed facts; CI checks the bytes.
             run(Command::new("cargo").current_dir(root()).args([
@@ -347,7 +370,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | data | reference");
             std::process::exit(2)
         }
     }

@@ -18,7 +18,10 @@ fn logits(lm: &LanguageModel<Cpu>) -> Vec<u32> {
     let ids = lm.encode("Danielle Darrieux's mother tongue is").unwrap();
     let hidden = lm
         .model
-        .forward(lm.model.batch(&[ids.clone()]), &Interventions::none())
+        .forward(
+            lm.model.batch(std::slice::from_ref(&ids)),
+            &Interventions::none(),
+        )
         .hidden;
     let l: Tensor<Cpu, 2> = lm.model.logits_at(hidden, &[(0, ids.len() - 1)]);
     l.into_data()

@@ -196,7 +196,7 @@ impl<B: Backend> Llama<B> {
         keep_kv: bool,
         iv: &Interventions<B>,
         captured: &mut HashMap<(usize, Site), Tensor<B, 3>>,
-    ) -> (Tensor<B, 3>, Option<(Tensor<B, 4>, Tensor<B, 4>)>) {
+    ) -> (Tensor<B, 3>, Option<KeysValues<B>>) {
         let c = &self.config;
         let w = &self.blocks[l];
         let [b, s, _] = h.dims();
@@ -223,7 +223,7 @@ impl<B: Backend> Llama<B> {
                 (k, grouped_attention_rows(q, keys, values, mask))
             }
         };
-        let kv = keep_kv.then(|| (k, v));
+        let kv = keep_kv.then_some((k, v));
         let a = a
             .reshape([b, nh, s, hd])
             .swap_dims(1, 2)
@@ -310,6 +310,9 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+/// A layer's keys (after rotary) and values `[b, kv_heads, seq, head_dim]`.
+type KeysValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
 /// How a block's attention sees the sequence.
 enum AttnCtx<'a, B: Backend> {
     /// Whole rows from position 0.
@@ -321,7 +324,7 @@ enum AttnCtx<'a, B: Backend> {
     Suffix {
         rope: &'a (Tensor<B, 3>, Tensor<B, 3>),
         mask: &'a Tensor<B, 3, Bool>,
-        kv: &'a (Tensor<B, 4>, Tensor<B, 4>),
+        kv: &'a KeysValues<B>,
     },
 }
 

@@ -212,7 +212,7 @@ pub fn make_plan(records: &[Record], spec: &PlanSpec) -> Result<Plan> {
 
     if let Some(d) = spec.density {
         let per = d.per_subject();
-        if spec.n % per != 0 {
+        if !spec.n.is_multiple_of(per) {
             bail!(
                 "--n {}: density {} puts {per} edits on each subject, so --n must be a multiple of {per}",
                 spec.n,
