@@ -26,6 +26,16 @@ pub const METHODS: &[MethodInfo] = &[
         batch: false,
         about: "R-ROME: ROME with the template-averaged key in the denominator",
     },
+    MethodInfo {
+        name: "ft-m",
+        batch: true,
+        about: "FT-M: fine-tune one MLP output projection, teacher-forced loss on the target",
+    },
+    MethodInfo {
+        name: "ft-l",
+        batch: true,
+        about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
+    },
 ];
 
 pub fn names() -> String {
@@ -43,10 +53,20 @@ pub fn editor<B: Backend>(
     hparams: Option<&Path>,
     lm: &LanguageModel<B>,
 ) -> Result<Box<dyn Editor<B>>> {
+    use kedit_gradient_edit::{Ft, FtHparams, Objective};
     use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
+    let ft = |objective| -> Result<Box<dyn Editor<B>>> {
+        let hp = match hparams {
+            Some(p) => FtHparams::load(p)?,
+            None => FtHparams::smollm2(),
+        };
+        Ok(Box::new(Ft::new(hp, objective)?))
+    };
     let variant = match name {
         "rome" => Variant::Original,
         "r-rome" => Variant::RRome,
+        "ft-m" => return ft(Objective::TargetNew),
+        "ft-l" => return ft(Objective::PromptLast),
         other => bail!("--method {other}: unknown method ({})", names()),
     };
     let hp = match hparams {

@@ -6,6 +6,7 @@
 //! - [`Patch`]: named weight deltas with metadata; apply and revert are exact; saved as
 //!   safetensors.
 
+pub mod hparams;
 pub mod patch;
 pub mod requests;
 

@@ -5,24 +5,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// EasyEdit keys that describe the run, not the algorithm: accepted and ignored.
-const RUN_KEYS: &[&str] = &[
-    "alg_name",
-    "model_name",
-    "device",
-    "stats_dir",
-    "model_parallel",
-    "fp16",
-    "rewrite_module_tmp",
-    "layer_module_tmp",
-    "mlp_module_tmp",
-    "attn_module_tmp",
-    "ln_f_module",
-    "lm_head_module",
-    "max_length",
-    "batch_size",
-];
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RomeHparams {
@@ -67,16 +49,8 @@ impl RomeHparams {
     }
 
     pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_saphyr::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{file}: invalid YAML: {e}"))?;
-        let serde_json::Value::Object(mut map) = value else {
-            bail!("{file}: expected a mapping of hyperparameters");
-        };
-        for k in RUN_KEYS {
-            map.remove(*k);
-        }
-        let h: Self = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let h: Self =
+            kedit_editing::hparams::parse_yaml(text, file, kedit_editing::hparams::RUN_KEYS)?;
         if h.layers.len() != 1 {
             bail!(
                 "{file}: field `layers`: ROME edits exactly one layer, got {:?}",

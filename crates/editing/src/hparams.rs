@@ -1,0 +1,39 @@
+//! EasyEdit-style YAML hyperparameters: every method's struct is read through [`parse_yaml`], so
+//! EasyEdit's files load unchanged and any unknown key is an error naming it.
+
+use anyhow::{bail, Result};
+use serde::de::DeserializeOwned;
+
+/// EasyEdit keys that describe the run, not the algorithm: accepted and ignored by every method
+/// (a method that uses one of them, e.g. FT's `rewrite_module_tmp`, leaves it out of `ignored`).
+pub const RUN_KEYS: &[&str] = &[
+    "alg_name",
+    "model_name",
+    "device",
+    "stats_dir",
+    "model_parallel",
+    "fp16",
+    "rewrite_module_tmp",
+    "layer_module_tmp",
+    "mlp_module_tmp",
+    "attn_module_tmp",
+    "ln_f_module",
+    "lm_head_module",
+    "max_length",
+    "batch_size",
+];
+
+/// Parse `text` (from `file`, for messages) into `T` after dropping the `ignored` keys. `T`
+/// should `deny_unknown_fields`, so that any other key is an error naming it.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str, ignored: &[&str]) -> Result<T> {
+    let value: serde_json::Value =
+        serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{file}: invalid YAML: {e}"))?;
+    let serde_json::Value::Object(mut map) = value else {
+        bail!("{file}: expected a mapping of hyperparameters");
+    };
+    for k in ignored {
+        map.remove(*k);
+    }
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))
+}

@@ -1,0 +1,311 @@
+//! FT-L / FT-M: Adam on the rewrite module's weights, the rest of the model frozen.
+//!
+//! The weights are plain tensors (not Burn `Module`s, see ARCHITECTURE.md), so Adam is written
+//! out on them here with torch's update rule (L2 `weight_decay` added to the gradient, bias
+//! correction), on the backend's device.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
+use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_models::{CausalLm, Interventions, LanguageModel, ToAutodiff};
+use serde::{Deserialize, Serialize};
+
+/// `norm_constraint`: EasyEdit writes `false` or an ε.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NormConstraint {
+    Off(bool),
+    Epsilon(f64),
+}
+
+impl Default for NormConstraint {
+    fn default() -> Self {
+        NormConstraint::Off(false)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtHparams {
+    pub layers: Vec<usize>,
+    /// Which projection: the MLP output (`...mlp.down_proj...`, `mlp.c_proj`, `mlp.fc_out`) or the
+    /// attention output (`...self_attn.o_proj...`, `attn.c_proj`, `attn.out_proj`).
+    pub rewrite_module_tmp: String,
+    pub num_steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    #[serde(default)]
+    pub norm_constraint: NormConstraint,
+    /// Only 0 (EasyEdit's FT configs): a KL term is not implemented.
+    #[serde(default)]
+    pub kl_factor: f64,
+    /// `prompt_last` (FT-L) or `target_new` (FT-M); the method name decides when absent.
+    #[serde(default)]
+    pub objective_optimization: Option<String>,
+    /// Accepted for symmetry with the other methods; FT draws nothing at random.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl FtHparams {
+    /// The defaults for SmolLM2-135M (see hparams/ft-smollm2.yaml for why).
+    pub fn smollm2() -> Self {
+        Self::from_yaml_str(
+            include_str!("../hparams/ft-smollm2.yaml"),
+            "ft-smollm2.yaml",
+        )
+        .expect("bundled hparams")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+        // FT uses three of the keys other methods ignore.
+        let ignored: Vec<&str> = RUN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !["rewrite_module_tmp", "batch_size", "max_length"].contains(k))
+            .collect();
+        let h: Self = parse_yaml(text, file, &ignored)?;
+        if h.layers.is_empty() {
+            bail!("{file}: field `layers`: empty");
+        }
+        if h.kl_factor != 0.0 {
+            bail!("{file}: field `kl_factor`: only 0 is supported (EasyEdit's FT value)");
+        }
+        if h.batch_size == 0 {
+            bail!("{file}: field `batch_size`: must be at least 1");
+        }
+        if let NormConstraint::Off(true) = h.norm_constraint {
+            bail!("{file}: field `norm_constraint`: expected false or a number");
+        }
+        h.matrix().with_context(|| file.to_owned())?;
+        Ok(h)
+    }
+
+    fn matrix(&self) -> Result<Matrix> {
+        let m = &self.rewrite_module_tmp;
+        if m.contains("attn") {
+            if m.contains("o_proj") || m.contains("c_proj") || m.contains("out_proj") {
+                return Ok(Matrix::AttnOut);
+            }
+        } else if m.contains("down_proj") || m.contains("c_proj") || m.contains("fc_out") {
+            return Ok(Matrix::MlpOut);
+        }
+        bail!("field `rewrite_module_tmp`: {m:?} is neither an MLP nor an attention output projection (the matrices kedit edits)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// FT-L: every target token scored at the last prompt position.
+    PromptLast,
+    /// FT-M: teacher-forced cross-entropy over the target tokens.
+    TargetNew,
+}
+
+pub struct Ft {
+    pub hparams: FtHparams,
+    pub objective: Objective,
+}
+
+impl Ft {
+    /// `objective` from the method name; a conflicting `objective_optimization` is an error.
+    pub fn new(hparams: FtHparams, objective: Objective) -> Result<Self> {
+        let want = match objective {
+            Objective::PromptLast => "prompt_last",
+            Objective::TargetNew => "target_new",
+        };
+        if let Some(o) = &hparams.objective_optimization {
+            if o != want {
+                bail!("hparams field `objective_optimization`: {o:?}, but this method is `{want}` (ft-l = prompt_last, ft-m = target_new)");
+            }
+        }
+        Ok(Self { hparams, objective })
+    }
+
+    /// Mean over the chunk of each request's loss (EasyEdit's reduction).
+    fn loss<B: Backend>(
+        &self,
+        model: &kedit_models::Llama<Autodiff<B>>,
+        chunk: &[(Vec<u32>, Vec<u32>)],
+    ) -> Tensor<Autodiff<B>, 1> {
+        let dev = model.device();
+        let mut seqs = Vec::new();
+        let mut pos = Vec::new();
+        let mut labels = Vec::new();
+        let mut weights = Vec::new();
+        for (i, (prompt, target)) in chunk.iter().enumerate() {
+            let w = 1.0 / (target.len() * chunk.len()) as f32;
+            for (j, &t) in target.iter().enumerate() {
+                let p = match self.objective {
+                    Objective::PromptLast => prompt.len() - 1,
+                    Objective::TargetNew => prompt.len() - 1 + j,
+                };
+                pos.push((i, p));
+                labels.push(t as i64);
+                weights.push(w);
+            }
+            match self.objective {
+                Objective::PromptLast => seqs.push(prompt.clone()),
+                Objective::TargetNew => {
+                    seqs.push([prompt.clone(), target[..target.len() - 1].to_vec()].concat())
+                }
+            }
+        }
+        let n = labels.len();
+        let fwd = model.forward(model.batch(&seqs), &Interventions::none());
+        let logp = activation::log_softmax(model.logits_at(fwd.hidden, &pos), 1);
+        let labels =
+            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &dev);
+        let weights = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(weights, [n, 1]), &dev);
+        (logp.gather(1, labels) * weights).sum().neg()
+    }
+
+    /// Train on `requests`; returns the weight deltas `W − W₀` as patch entries (model untouched).
+    fn train<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        requests: &[EditRequest],
+    ) -> Result<Vec<PatchEntry>> {
+        let h = &self.hparams;
+        let matrix = h.matrix()?;
+        let n_layers = lm.model.config.num_layers;
+        if let Some(&l) = h.layers.iter().find(|&&l| l >= n_layers) {
+            bail!("hparams field `layers`: layer {l} but the model has {n_layers}");
+        }
+        let data: Vec<(Vec<u32>, Vec<u32>)> = requests
+            .iter()
+            .map(|r| {
+                let prompt = lm.encode(&r.full_prompt())?;
+                let target = lm.encode(&format!(" {}", r.target_new.trim_start()))?;
+                if prompt.is_empty() || target.is_empty() {
+                    bail!("request {:?}: empty prompt or target_new", r.full_prompt());
+                }
+                Ok((prompt, target))
+            })
+            .collect::<Result<_>>()?;
+        let get = |l: usize| match matrix {
+            Matrix::MlpOut => lm.model.mlp_out(l),
+            Matrix::AttnOut => lm.model.attn_out(l),
+        };
+        let w0: Vec<Tensor<B, 2>> = h.layers.iter().map(|&l| get(l)).collect();
+        let mut w = w0.clone();
+        let mut m: Vec<Tensor<B, 2>> = w0.iter().map(Tensor::zeros_like).collect();
+        let mut v = m.clone();
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let mut t = 0i32;
+        let base = lm.model.map(&ToAutodiff);
+        for step in 0..h.num_steps {
+            let mut losses = Vec::new();
+            for chunk in data.chunks(h.batch_size) {
+                let mut model = base.clone();
+                let params: Vec<Tensor<Autodiff<B>, 2>> = w
+                    .iter()
+                    .map(|x| Tensor::from_inner(x.clone()).require_grad())
+                    .collect();
+                for (&l, p) in h.layers.iter().zip(&params) {
+                    match matrix {
+                        Matrix::MlpOut => model.set_mlp_out(l, p.clone()),
+                        Matrix::AttnOut => model.set_attn_out(l, p.clone()),
+                    }
+                }
+                let loss = self.loss(&model, chunk);
+                let lv: f64 = loss.clone().into_scalar().elem();
+                losses.push(lv);
+                // EasyEdit skips the step on a chunk that is already learnt.
+                if lv < 1e-2 {
+                    continue;
+                }
+                let grads = loss.backward();
+                t += 1;
+                for (i, p) in params.iter().enumerate() {
+                    let mut g = p
+                        .grad(&grads)
+                        .context("no gradient for the rewrite module")?;
+                    if h.weight_decay != 0.0 {
+                        g = g + w[i].clone() * h.weight_decay;
+                    }
+                    m[i] = m[i].clone() * b1 + g.clone() * (1.0 - b1);
+                    v[i] = v[i].clone() * b2 + g.square() * (1.0 - b2);
+                    let mh = m[i].clone() / (1.0 - b1.powi(t));
+                    let vh = v[i].clone() / (1.0 - b2.powi(t));
+                    w[i] = w[i].clone() - mh / (vh.sqrt() + eps) * h.lr;
+                    if let NormConstraint::Epsilon(e) = h.norm_constraint {
+                        let lo = w0[i].clone() - e;
+                        let hi = w0[i].clone() + e;
+                        w[i] = w[i].clone().max_pair(lo).min_pair(hi);
+                    }
+                }
+            }
+            let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+            tracing::debug!(step, loss = mean, "ft");
+            if mean < 1e-2 {
+                break;
+            }
+        }
+        h.layers
+            .iter()
+            .zip(w.into_iter().zip(w0))
+            .map(|(&layer, (w, w0))| {
+                let shape = w.dims();
+                let delta = (w - w0)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                Ok(PatchEntry {
+                    layer,
+                    matrix,
+                    shape,
+                    delta,
+                })
+            })
+            .collect()
+    }
+}
+
+impl<B: Backend> Editor<B> for Ft {
+    fn name(&self) -> &str {
+        match self.objective {
+            Objective::PromptLast => "ft-l",
+            Objective::TargetNew => "ft-m",
+        }
+    }
+
+    /// All requests are learnt together (batch editing); sequential editing is one request per
+    /// `apply`.
+    fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
+        let entries = self.train(lm, requests)?;
+        let mut patch = Patch {
+            entries,
+            metadata: Default::default(),
+        };
+        patch
+            .metadata
+            .insert("method".into(), <Self as Editor<B>>::name(self).into());
+        patch
+            .metadata
+            .insert("hparams".into(), serde_json::to_string(&self.hparams)?);
+        patch
+            .metadata
+            .insert("requests".into(), serde_json::to_string(requests)?);
+        patch
+            .metadata
+            .insert("model".into(), lm.source.display().to_string());
+        // Edited through the patch itself, so that a saved patch reproduces the model exactly.
+        patch.apply(&mut lm.model)?;
+        Ok(patch)
+    }
+}
