@@ -238,7 +238,7 @@ pub(crate) trait RunOnBackend {
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, ft-m, ft-l
+    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, ft-m, ft-l, kn
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format or CounterFact

@@ -36,6 +36,11 @@ pub const METHODS: &[MethodInfo] = &[
         batch: true,
         about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
     },
+    MethodInfo {
+        name: "kn",
+        batch: false,
+        about: "KN: knowledge neurons by integrated gradients, their output rows moved to the target",
+    },
 ];
 
 pub fn names() -> String {
@@ -67,6 +72,13 @@ pub fn editor<B: Backend>(
         "r-rome" => Variant::RRome,
         "ft-m" => return ft(Objective::TargetNew),
         "ft-l" => return ft(Objective::PromptLast),
+        "kn" => {
+            let hp = match hparams {
+                Some(p) => kedit_neuron_edit::KnHparams::load(p)?,
+                None => kedit_neuron_edit::KnHparams::smollm2(),
+            };
+            return Ok(Box::new(kedit_neuron_edit::Kn::new(hp)));
+        }
         other => bail!("--method {other}: unknown method ({})", names()),
     };
     let hp = match hparams {

@@ -231,7 +231,8 @@ impl<B: Backend> Llama<B> {
         let a = iv.visit(l, Site::AttnOut, linear(a, &w.wo, None), captured);
         let h = h + a;
         let x = rms_norm(h.clone(), &w.mlp_norm, c.norm_eps);
-        let key = silu(linear(x.clone(), &w.gate, None)) * linear(x, &w.up, None);
+        let gate = iv.visit(l, Site::MlpGate, linear(x.clone(), &w.gate, None), captured);
+        let key = silu(gate) * linear(x, &w.up, None);
         let key = iv.visit(l, Site::MlpKey, key, captured);
         let m = iv.visit(l, Site::MlpOut, linear(key, &w.down, None), captured);
         (iv.visit(l, Site::Residual, h + m, captured), kv)

@@ -7,6 +7,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 /// A place in a transformer block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Site {
+    /// The output of the MLP's first projection before its nonlinearity (`[.., d_ff]`): Llama's
+    /// `gate_proj` (KN's activation).
+    MlpGate,
     /// The MLP key: the input of the MLP output projection (`[.., d_ff]`).
     MlpKey,
     /// The output of the MLP (`[.., d_model]`), before it joins the residual stream.

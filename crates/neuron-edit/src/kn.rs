@@ -1,0 +1,278 @@
+//! KN: integrated-gradient attribution and the neuron edit.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
+use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnHparams {
+    /// Integrated-gradient points (`linspace(0, 1, steps)`).
+    pub steps: usize,
+    /// How many points go through the model at once (`steps % batch_size == 0`).
+    pub batch_size: usize,
+    pub adaptive_threshold: f64,
+    /// Refinement across prompts; EasyEdit edits with one prompt and `refine: false`.
+    #[serde(default)]
+    pub refine: bool,
+    /// Sharing ratio of the refinement (unused with one prompt).
+    #[serde(default)]
+    pub p: f64,
+    /// Accepted (EasyEdit's edit uses a fixed factor of 2).
+    #[serde(default)]
+    pub lr_scale: Option<f64>,
+    #[serde(default)]
+    pub n_toks: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl KnHparams {
+    pub fn smollm2() -> Self {
+        Self::from_yaml_str(
+            include_str!("../hparams/kn-smollm2.yaml"),
+            "kn-smollm2.yaml",
+        )
+        .expect("bundled hparams")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+        // KN uses `batch_size` (IG points per forward), which other methods ignore.
+        let ignored: Vec<&str> = RUN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| *k != "batch_size")
+            .collect();
+        let h: Self = parse_yaml(text, file, &ignored)?;
+        if h.steps == 0 || h.batch_size == 0 || h.steps % h.batch_size != 0 {
+            bail!(
+                "{file}: fields `steps`/`batch_size`: steps ({}) must be a positive multiple of batch_size ({})",
+                h.steps,
+                h.batch_size
+            );
+        }
+        if h.refine {
+            bail!("{file}: field `refine`: refinement needs several prompts; kedit edits with one (EasyEdit's setting), so only false");
+        }
+        Ok(h)
+    }
+}
+
+pub struct Kn {
+    pub hparams: KnHparams,
+}
+
+impl Kn {
+    pub fn new(hparams: KnHparams) -> Self {
+        Self { hparams }
+    }
+
+    /// Integrated gradients of p(`token` | `prompt`) w.r.t. the `MlpGate` activation at the last
+    /// position of `layer`: `a_j · mean_k ∂p/∂x_j (α_k a)`, `α_k = k / (steps − 1)`.
+    pub fn attribution<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        prompt: &[u32],
+        token: u32,
+        layer: usize,
+    ) -> Result<Vec<f32>> {
+        let h = &self.hparams;
+        let model = lm.model.map(&ToAutodiff);
+        let dev = lm.model.device();
+        let last = prompt.len() - 1;
+        let d_ff = lm.model.config.intermediate_size;
+        let mut sum = vec![0f64; d_ff];
+        let alphas: Vec<f32> = (0..h.steps)
+            .map(|k| {
+                if h.steps == 1 {
+                    0.0
+                } else {
+                    k as f32 / (h.steps - 1) as f32
+                }
+            })
+            .collect();
+        for chunk in alphas.chunks(h.batch_size) {
+            let seqs = vec![prompt.to_vec(); chunk.len()];
+            // One scale vector per row (the α of that row, on every neuron): x = s ⊙ a, so
+            // ∂p/∂s_j = a_j ∂p/∂x_j, the integrand times a_j.
+            let scales: Vec<Tensor<Autodiff<B>, 1>> = chunk
+                .iter()
+                .map(|&a| {
+                    Tensor::<Autodiff<B>, 1>::from_data(
+                        TensorData::new(vec![a; d_ff], [d_ff]),
+                        &dev,
+                    )
+                    .require_grad()
+                })
+                .collect();
+            let mut iv = Interventions::none();
+            for (row, s) in scales.iter().enumerate() {
+                iv = iv.scale(layer, Site::MlpGate, vec![(row, last)], s.clone());
+            }
+            let fwd = model.forward(model.batch(&seqs), &iv);
+            let pos: Vec<(usize, usize)> = (0..chunk.len()).map(|r| (r, last)).collect();
+            let probs = activation::softmax(model.logits_at(fwd.hidden, &pos), 1);
+            let idx = Tensor::<Autodiff<B>, 2, Int>::from_data(
+                TensorData::new(vec![token as i64; chunk.len()], [chunk.len(), 1]),
+                &dev,
+            );
+            let grads = probs.gather(1, idx).sum().backward();
+            for s in &scales {
+                let g: Vec<f32> = s
+                    .grad(&grads)
+                    .context("no gradient for the KN scale")?
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                sum.iter_mut().zip(&g).for_each(|(a, b)| *a += *b as f64);
+            }
+        }
+        Ok(sum.iter().map(|x| (x / h.steps as f64) as f32).collect())
+    }
+
+    /// The greedy next token after `ids`.
+    fn argmax<B: Backend>(lm: &LanguageModel<B>, ids: &[u32]) -> u32 {
+        let m = &lm.model;
+        let fwd = m.forward(m.batch(&[ids.to_vec()]), &Interventions::none());
+        let logits = m.logits_at(fwd.hidden, &[(0, ids.len() - 1)]);
+        logits.argmax(1).into_scalar().elem::<i64>() as u32
+    }
+
+    /// Attribution of every neuron at every layer for `request`'s true answer, averaged over its
+    /// tokens; `[layer][neuron]`.
+    pub fn scores<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        req: &EditRequest,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut prompt = lm.encode(&req.full_prompt())?;
+        let truth = lm.encode(&format!(" {}", req.target_true.trim_start()))?;
+        if prompt.is_empty() || truth.is_empty() {
+            bail!(
+                "request {:?}: empty prompt or target_true",
+                req.full_prompt()
+            );
+        }
+        let layers = lm.model.config.num_layers;
+        let mut total = vec![vec![0f32; lm.model.config.intermediate_size]; layers];
+        for &t in &truth {
+            for (l, row) in total.iter_mut().enumerate() {
+                let a = self.attribution(lm, &prompt, t, l)?;
+                row.iter_mut()
+                    .zip(&a)
+                    .for_each(|(x, y)| *x += y / truth.len() as f32);
+            }
+            // EasyEdit reads the next answer token after the model's own greedy token.
+            prompt.push(Self::argmax(lm, &prompt));
+        }
+        Ok(total)
+    }
+
+    /// `(layer, neuron)` pairs above the adaptive threshold.
+    pub fn neurons(&self, scores: &[Vec<f32>]) -> Vec<(usize, usize)> {
+        let max = scores
+            .iter()
+            .flatten()
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let cut = self.hparams.adaptive_threshold as f32 * max;
+        let mut out = Vec::new();
+        for (l, row) in scores.iter().enumerate() {
+            for (j, &s) in row.iter().enumerate() {
+                if s > cut {
+                    out.push((l, j));
+                }
+            }
+        }
+        out
+    }
+
+    fn delta<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        req: &EditRequest,
+    ) -> Result<Vec<PatchEntry>> {
+        let neurons = self.neurons(&self.scores(lm, req)?);
+        let prompt = lm.encode(&req.full_prompt())?;
+        let original = Self::argmax(lm, &prompt);
+        let target = lm.encode(&format!(" {}", req.target_new.trim_start()))?;
+        let embed = |t: u32| -> Result<Vec<f32>> {
+            lm.model
+                .embed
+                .clone()
+                .narrow(0, t as usize, 1)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+        };
+        let d = lm.model.config.hidden_size;
+        let mut row = embed(original)?
+            .iter()
+            .map(|x| -2.0 * x)
+            .collect::<Vec<f32>>();
+        for t in target {
+            row.iter_mut()
+                .zip(embed(t)?)
+                .for_each(|(r, e)| *r += 2.0 * e);
+        }
+        tracing::debug!(neurons = neurons.len(), "kn");
+        let d_ff = lm.model.config.intermediate_size;
+        let mut by_layer: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
+        for (l, j) in neurons {
+            let delta = by_layer.entry(l).or_insert_with(|| vec![0.0; d_ff * d]);
+            delta[j * d..(j + 1) * d].copy_from_slice(&row);
+        }
+        Ok(by_layer
+            .into_iter()
+            .map(|(layer, delta)| PatchEntry {
+                layer,
+                matrix: Matrix::MlpOut,
+                shape: [d_ff, d],
+                delta,
+            })
+            .collect())
+    }
+}
+
+impl<B: Backend> Editor<B> for Kn {
+    fn name(&self) -> &str {
+        "kn"
+    }
+
+    /// One request after another, each on the model the previous one left (KN is sequential).
+    fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
+        let mut patch = Patch::default();
+        patch.metadata.insert("method".into(), "kn".into());
+        patch
+            .metadata
+            .insert("hparams".into(), serde_json::to_string(&self.hparams)?);
+        patch
+            .metadata
+            .insert("requests".into(), serde_json::to_string(requests)?);
+        patch
+            .metadata
+            .insert("model".into(), lm.source.display().to_string());
+        for req in requests {
+            let one = Patch {
+                entries: self.delta(lm, req)?,
+                metadata: Default::default(),
+            };
+            one.apply(&mut lm.model)?;
+            patch.entries.extend(one.entries);
+        }
+        Ok(patch)
+    }
+}
