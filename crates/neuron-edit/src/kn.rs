@@ -56,7 +56,7 @@ impl KnHparams {
             .filter(|k| *k != "batch_size")
             .collect();
         let h: Self = parse_yaml(text, file, &ignored)?;
-        if h.steps == 0 || h.batch_size == 0 || h.steps % h.batch_size != 0 {
+        if h.steps == 0 || h.batch_size == 0 || !h.steps.is_multiple_of(h.batch_size) {
             bail!(
                 "{file}: fields `steps`/`batch_size`: steps ({}) must be a positive multiple of batch_size ({})",
                 h.steps,
