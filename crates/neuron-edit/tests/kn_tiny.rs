@@ -69,7 +69,7 @@ fn integrated_gradients_match_an_independent_riemann_sum() {
     let layer = 1;
     let last = ids.len() - 1;
     let cap = lm.model.forward(
-        lm.model.batch(&[ids.clone()]),
+        lm.model.batch(std::slice::from_ref(&ids)),
         &Interventions::none().capture(layer, Site::MlpGate),
     );
     let a: Vec<f64> = cap.captured[&(layer, Site::MlpGate)]
