@@ -76,18 +76,23 @@ fn has_openblas() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libopenblas.so "))
 }
 
-fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
-    let root = root();
+/// The timing binaries, in release mode, on OpenBLAS where the system has it.
+fn build_benchmarks() -> Result<()> {
     let mut build = Command::new("cargo");
     build
-        .current_dir(&root)
+        .current_dir(root())
         .args(["build", "-q", "--release", "-p", "kedit-benchmarks"]);
     if has_openblas() {
         build.args(["--features", "openblas"]);
     } else {
         eprintln!("xtask: no libopenblas: timing the pure-Rust matmul (apt-get install libopenblas-dev for the fast one)");
     }
-    run(&mut build)?;
+    run(&mut build).map(|_| ())
+}
+
+fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
+    let root = root();
+    build_benchmarks()?;
     let gguf = smollm2()?;
     let mut lines = Vec::new();
     let kedit = run(Command::new(root.join("target/release/fwd-bwd")).args([
@@ -315,14 +320,7 @@ fn main() -> Result<()> {
         Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),
         Some("bench-rome") => {
             let root = root();
-            let mut build = Command::new("cargo");
-            build
-                .current_dir(&root)
-                .args(["build", "-q", "--release", "-p", "kedit-benchmarks"]);
-            if has_openblas() {
-                build.args(["--features", "openblas"]);
-            }
-            run(&mut build)?;
+            build_benchmarks()?;
             let out = run(Command::new(root.join("target/release/rome-edit"))
                 .args(["--edits", &repeats.to_string()]))?;
             let file = root.join("benchmarks/results/rome-edit.jsonl");

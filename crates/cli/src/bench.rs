@@ -112,19 +112,11 @@ impl RunOnBackend for BenchArgs {
             shard,
             &mut results,
         )?;
-        let lines: Vec<_> = results.lines.iter().collect();
         let all = kedit_eval::summarize(
-            &lines
+            &results
+                .lines
                 .iter()
-                .map(|l| kedit_eval::CaseMetrics {
-                    case_id: l.case_id.clone(),
-                    es: l.es,
-                    ps: l.ps,
-                    ns: l.ns,
-                    em: l.em,
-                    pm: l.pm,
-                    nm: l.nm,
-                })
+                .map(|l| l.metrics())
                 .collect::<Vec<_>>(),
         );
         println!(

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
+use kedit_editing::hparams::Hparams;
 use kedit_editing::Editor;
 use kedit_models::{fetch, LanguageModel};
 
@@ -61,11 +62,10 @@ pub fn editor<B: Backend>(
     use kedit_gradient_edit::{Ft, FtHparams, Objective};
     use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
     let ft = |objective| -> Result<Box<dyn Editor<B>>> {
-        let hp = match hparams {
-            Some(p) => FtHparams::load(p)?,
-            None => FtHparams::smollm2(),
-        };
-        Ok(Box::new(Ft::new(hp, objective)?))
+        Ok(Box::new(Ft::new(
+            load(hparams, FtHparams::smollm2)?,
+            objective,
+        )?))
     };
     let variant = match name {
         "rome" => Variant::Original,
@@ -73,19 +73,12 @@ pub fn editor<B: Backend>(
         "ft-m" => return ft(Objective::TargetNew),
         "ft-l" => return ft(Objective::PromptLast),
         "kn" => {
-            let hp = match hparams {
-                Some(p) => kedit_neuron_edit::KnHparams::load(p)?,
-                None => kedit_neuron_edit::KnHparams::smollm2(),
-            };
+            let hp = load(hparams, kedit_neuron_edit::KnHparams::smollm2)?;
             return Ok(Box::new(kedit_neuron_edit::Kn::new(hp)));
         }
         other => bail!("--method {other}: unknown method ({})", names()),
     };
-    let hp = match hparams {
-        Some(p) => RomeHparams::load(p)?,
-        None => RomeHparams::smollm2(),
-    };
-    let mut rome = Rome::new(hp, variant);
+    let mut rome = Rome::new(load(hparams, RomeHparams::smollm2)?, variant);
     if rome.hparams.mom2_adjustment {
         let samples = rome.hparams.mom2_n_samples.unwrap_or(100_000);
         let m = stats::load_or_compute(
@@ -98,6 +91,14 @@ pub fn editor<B: Backend>(
         rome = rome.with_second_moment(m);
     }
     Ok(Box::new(rome))
+}
+
+/// The YAML file's hyperparameters, else the bundled defaults for the default model.
+fn load<H: Hparams>(path: Option<&Path>, bundled: fn() -> H) -> Result<H> {
+    match path {
+        Some(p) => H::load(p),
+        None => Ok(bundled()),
+    }
 }
 
 /// Check a method name before loading a model.

@@ -1,8 +1,21 @@
 //! EasyEdit-style YAML hyperparameters: every method's struct is read through [`parse_yaml`], so
 //! EasyEdit's files load unchanged and any unknown key is an error naming it.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
+
+/// A method's hyperparameters: parsed (and checked) from YAML text, or read from a file.
+pub trait Hparams: Sized {
+    fn from_yaml_str(text: &str, file: &str) -> Result<Self>;
+
+    fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+}
 
 /// EasyEdit keys that describe the run, not the algorithm: accepted and ignored by every method
 /// (a method that uses one of them, e.g. FT's `rewrite_module_tmp`, leaves it out of `ignored`).

@@ -68,6 +68,25 @@ fn set<B: Backend>(m: &mut impl CausalLm<B>, layer: usize, matrix: Matrix, w: Te
 }
 
 impl Patch {
+    /// An empty patch recording what makes it: method, hyperparameters, requests, model.
+    pub fn described<B: Backend>(
+        method: &str,
+        hparams: &impl Serialize,
+        requests: &[crate::EditRequest],
+        lm: &kedit_models::LanguageModel<B>,
+    ) -> Result<Self> {
+        let metadata = BTreeMap::from([
+            ("method".to_owned(), method.to_owned()),
+            ("hparams".to_owned(), serde_json::to_string(hparams)?),
+            ("requests".to_owned(), serde_json::to_string(requests)?),
+            ("model".to_owned(), lm.source.display().to_string()),
+        ]);
+        Ok(Self {
+            entries: Vec::new(),
+            metadata,
+        })
+    }
+
     /// Apply every delta (`W += Δ`), returning what is needed to revert exactly.
     pub fn apply<B: Backend>(&self, model: &mut impl CausalLm<B>) -> Result<Applied<B>> {
         let mut originals = Vec::new();

@@ -50,6 +50,18 @@ impl ResultLine {
     pub fn key(&self) -> (usize, usize, String) {
         (self.group, self.step, self.case_id.clone())
     }
+
+    pub fn metrics(&self) -> crate::CaseMetrics {
+        crate::CaseMetrics {
+            case_id: self.case_id.clone(),
+            es: self.es,
+            ps: self.ps,
+            ns: self.ns,
+            em: self.em,
+            pm: self.pm,
+            nm: self.nm,
+        }
+    }
 }
 
 /// An append-only JSONL results file.

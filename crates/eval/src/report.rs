@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::bench::{ResultLine, Results};
-use crate::{summarize, CaseMetrics, Summary};
+use crate::{summarize, Summary};
 
 /// Which cases of a group are scored (both after the group's last edit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,18 +83,6 @@ pub struct Report {
     pub keys: Vec<KeyRow>,
 }
 
-fn metrics(l: &ResultLine) -> CaseMetrics {
-    CaseMetrics {
-        case_id: l.case_id.clone(),
-        es: l.es,
-        ps: l.ps,
-        ns: l.ns,
-        em: l.em,
-        pm: l.pm,
-        nm: l.nm,
-    }
-}
-
 /// Every `*.jsonl` results file under `dir` (recursively), sorted by path.
 pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -122,7 +110,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
 }
 
 fn s_of(lines: &[&ResultLine]) -> Summary {
-    summarize(&lines.iter().map(|l| metrics(l)).collect::<Vec<_>>())
+    summarize(&lines.iter().map(|l| l.metrics()).collect::<Vec<_>>())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

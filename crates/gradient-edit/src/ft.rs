@@ -4,11 +4,10 @@
 //! out on them here with torch's update rule (L2 `weight_decay` added to the gradient, bias
 //! correction), on the backend's device.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor, TensorData};
+pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
 use kedit_models::{CausalLm, Interventions, LanguageModel, ToAutodiff};
@@ -64,13 +63,21 @@ impl FtHparams {
         .expect("bundled hparams")
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
-        Self::from_yaml_str(&text, &path.display().to_string())
+    fn matrix(&self) -> Result<Matrix> {
+        let m = &self.rewrite_module_tmp;
+        if m.contains("attn") {
+            if m.contains("o_proj") || m.contains("c_proj") || m.contains("out_proj") {
+                return Ok(Matrix::AttnOut);
+            }
+        } else if m.contains("down_proj") || m.contains("c_proj") || m.contains("fc_out") {
+            return Ok(Matrix::MlpOut);
+        }
+        bail!("field `rewrite_module_tmp`: {m:?} is neither an MLP nor an attention output projection (the matrices kedit edits)")
     }
+}
 
-    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+impl Hparams for FtHparams {
+    fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
         // FT uses three of the keys other methods ignore.
         let ignored: Vec<&str> = RUN_KEYS
             .iter()
@@ -92,18 +99,6 @@ impl FtHparams {
         }
         h.matrix().with_context(|| file.to_owned())?;
         Ok(h)
-    }
-
-    fn matrix(&self) -> Result<Matrix> {
-        let m = &self.rewrite_module_tmp;
-        if m.contains("attn") {
-            if m.contains("o_proj") || m.contains("c_proj") || m.contains("out_proj") {
-                return Ok(Matrix::AttnOut);
-            }
-        } else if m.contains("down_proj") || m.contains("c_proj") || m.contains("fc_out") {
-            return Ok(Matrix::MlpOut);
-        }
-        bail!("field `rewrite_module_tmp`: {m:?} is neither an MLP nor an attention output projection (the matrices kedit edits)")
     }
 }
 
@@ -287,23 +282,9 @@ impl<B: Backend> Editor<B> for Ft {
     /// All requests are learnt together (batch editing); sequential editing is one request per
     /// `apply`.
     fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
-        let entries = self.train(lm, requests)?;
-        let mut patch = Patch {
-            entries,
-            metadata: Default::default(),
-        };
-        patch
-            .metadata
-            .insert("method".into(), <Self as Editor<B>>::name(self).into());
-        patch
-            .metadata
-            .insert("hparams".into(), serde_json::to_string(&self.hparams)?);
-        patch
-            .metadata
-            .insert("requests".into(), serde_json::to_string(requests)?);
-        patch
-            .metadata
-            .insert("model".into(), lm.source.display().to_string());
+        let mut patch =
+            Patch::described(<Self as Editor<B>>::name(self), &self.hparams, requests, lm)?;
+        patch.entries = self.train(lm, requests)?;
         // Edited through the patch itself, so that a saved patch reproduces the model exactly.
         patch.apply(&mut lm.model)?;
         Ok(patch)

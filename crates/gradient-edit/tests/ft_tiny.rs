@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use kedit_editing::{EditRequest, Editor, Patch};
-use kedit_gradient_edit::ft::NormConstraint;
+use kedit_gradient_edit::ft::{Hparams, NormConstraint};
 use kedit_gradient_edit::{Ft, FtHparams, Objective};
 use kedit_models::{Cpu, LanguageModel};
 

@@ -1,8 +1,7 @@
 //! ROME hyperparameters under EasyEdit's key names, so an EasyEdit YAML loads unchanged.
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+pub use kedit_editing::hparams::Hparams;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,14 +40,10 @@ impl RomeHparams {
         )
         .expect("bundled hparams")
     }
+}
 
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
-        Self::from_yaml_str(&text, &path.display().to_string())
-    }
-
-    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+impl Hparams for RomeHparams {
+    fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
         let h: Self =
             kedit_editing::hparams::parse_yaml(text, file, kedit_editing::hparams::RUN_KEYS)?;
         if h.layers.len() != 1 {

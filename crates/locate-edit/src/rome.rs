@@ -347,19 +347,8 @@ impl<B: Backend> Editor<B> for Rome {
 
     /// Requests are applied one after another, each on the model the previous one left.
     fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
-        let mut patch = Patch::default();
-        patch
-            .metadata
-            .insert("method".into(), <Self as Editor<B>>::name(self).into());
-        patch
-            .metadata
-            .insert("hparams".into(), serde_json::to_string(&self.hparams)?);
-        patch
-            .metadata
-            .insert("requests".into(), serde_json::to_string(requests)?);
-        patch
-            .metadata
-            .insert("model".into(), lm.source.display().to_string());
+        let mut patch =
+            Patch::described(<Self as Editor<B>>::name(self), &self.hparams, requests, lm)?;
         for req in requests {
             let entry = self.compute_delta(lm, req)?;
             // The model is edited through the patch itself, so that a saved patch reproduces it.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use kedit_editing::{EditRequest, Editor, Patch};
+use kedit_locate_edit::hparams::Hparams;
 use kedit_locate_edit::{Rome, RomeHparams, Variant};
 use kedit_models::{Cpu, LanguageModel};
 

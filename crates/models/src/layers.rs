@@ -61,26 +61,15 @@ pub fn rotary_tables<B: Backend>(
     )
 }
 
-/// Apply rotary embeddings to `x: [batch, heads, seq, head_dim]`.
+/// Apply rotary embeddings to `x: [batch, heads, seq, head_dim]` with tables `[seq, head_dim]`.
 pub fn apply_rotary<B: Backend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
 ) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let cos = cos
-        .clone()
-        .unsqueeze_dims::<4>(&[0, 1])
-        .expand([b, h, s, d]);
-    let sin = sin
-        .clone()
-        .unsqueeze_dims::<4>(&[0, 1])
-        .expand([b, h, s, d]);
-    x * cos + rotated * sin
+    let [b, _, s, d] = x.dims();
+    let rows = |t: &Tensor<B, 2>| t.clone().unsqueeze_dim::<3>(0).expand([b, s, d]);
+    apply_rotary_rows(x, &rows(cos), &rows(sin))
 }
 
 /// Rotary embeddings with a table per row: `x: [batch, heads, seq, head_dim]`,

@@ -1,10 +1,9 @@
 //! KN: integrated-gradient attribution and the neuron edit.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor, TensorData};
+pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
@@ -41,14 +40,10 @@ impl KnHparams {
         )
         .expect("bundled hparams")
     }
+}
 
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read hparams", path.display()))?;
-        Self::from_yaml_str(&text, &path.display().to_string())
-    }
-
-    pub fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+impl Hparams for KnHparams {
+    fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
         // KN uses `batch_size` (IG points per forward), which other methods ignore.
         let ignored: Vec<&str> = RUN_KEYS
             .iter()
@@ -254,17 +249,7 @@ impl<B: Backend> Editor<B> for Kn {
 
     /// One request after another, each on the model the previous one left (KN is sequential).
     fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
-        let mut patch = Patch::default();
-        patch.metadata.insert("method".into(), "kn".into());
-        patch
-            .metadata
-            .insert("hparams".into(), serde_json::to_string(&self.hparams)?);
-        patch
-            .metadata
-            .insert("requests".into(), serde_json::to_string(requests)?);
-        patch
-            .metadata
-            .insert("model".into(), lm.source.display().to_string());
+        let mut patch = Patch::described("kn", &self.hparams, requests, lm)?;
         for req in requests {
             let one = Patch {
                 entries: self.delta(lm, req)?,
