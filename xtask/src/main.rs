@@ -137,44 +137,50 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
 /// A bench-all profile: what the matrix covers.
 struct Profile {
     name: &'static str,
-    /// How many of the registered methods (in registry order); `None` = all.
-    methods: Option<usize>,
+    /// Which registered methods; `None` = all.
+    methods: Option<&'static [&'static str]>,
+    /// Batch runs too, for the methods with a batch update.
+    batch: bool,
     ns: Vec<usize>,
     groups: usize,
-    /// Hyperparameters file (relative to the root) instead of each method's bundled defaults.
-    hparams: Option<&'static str>,
-    /// Expected seconds per edit on a 2-core CPU (editing + its share of evaluation), for the ETA.
-    sec_per_edit: f64,
+    /// Hyperparameters files (relative to the root) replacing a method's bundled defaults.
+    hparams: &'static [(&'static str, &'static str)],
+    /// Scales each method's measured seconds per edit for the ETA (short hparams run faster).
+    speed: f64,
 }
 
 fn profile(name: &str) -> Result<Profile> {
     Ok(match name {
-        // A first look and CI: two methods, one N, two groups, short v* optimisation.
+        // A first look and CI: ROME (short v* optimisation) against FT-M, N = 2, two group pairs.
         "smoke" => Profile {
             name: "smoke",
-            methods: Some(2),
+            methods: Some(&["rome", "ft-m"]),
+            batch: false,
             ns: vec![2],
             groups: 2,
-            hparams: Some("crates/locate-edit/hparams/rome-smollm2-smoke.yaml"),
-            sec_per_edit: 5.0,
+            hparams: &[("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml")],
+            speed: 0.4,
         },
-        // ≤ 30 minutes on a 2-core CPU with every registered method and its real hyperparameters.
+        // ≤ 30 minutes on a 2-core CPU with every registered method and its real hyperparameters:
+        // N = 3 (the first edit followed by two more), three matched group pairs per cell.
         "default" => Profile {
             name: "default",
             methods: None,
-            ns: vec![2, 3],
+            batch: true,
+            ns: vec![3],
             groups: 3,
-            hparams: None,
-            sec_per_edit: 22.0,
+            hparams: &[],
+            speed: 1.0,
         },
         // The paper's matrix, for a GPU.
         "paper" => Profile {
             name: "paper",
             methods: None,
+            batch: true,
             ns: (2..=8).collect(),
             groups: 40,
-            hparams: None,
-            sec_per_edit: 22.0,
+            hparams: &[],
+            speed: 1.0,
         },
         other => bail!("--profile {other}: expected smoke, default or paper"),
     })
@@ -197,9 +203,9 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
     }
     run(&mut build)?;
     let kedit = root.join("target/release/kedit");
-    let methods: serde_json::Value =
+    let registry: serde_json::Value =
         serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
-    let mut methods: Vec<(String, bool)> = methods
+    let methods: Vec<(String, bool, f64)> = registry
         .as_array()
         .context("kedit methods --json")?
         .iter()
@@ -207,16 +213,16 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
             (
                 m["name"].as_str().unwrap_or_default().to_owned(),
                 m["batch"].as_bool().unwrap_or(false),
+                m["sec_per_edit"].as_f64().unwrap_or(20.0),
             )
         })
+        .filter(|m| p.methods.is_none_or(|keep| keep.contains(&m.0.as_str())))
         .collect();
-    if let Some(k) = p.methods {
-        methods.truncate(k);
-    }
     // The matrix: method × strategy (batch only where the method has a batch update) × order × N.
     let mut runs = Vec::new();
-    for (m, batch) in &methods {
-        let strategies: &[&str] = if *batch {
+    let mut eta = 0.0;
+    for (m, batch, sec) in &methods {
+        let strategies: &[&str] = if *batch && p.batch {
             &["sequential", "batch"]
         } else {
             &["sequential"]
@@ -225,12 +231,13 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
             for n in &p.ns {
                 for order in ["homogeneous", "heterogeneous"] {
                     runs.push((m.clone(), s.to_string(), *n, order));
+                    // Each run also loads the model and scores the groups: ~8 s.
+                    eta += (n * p.groups) as f64 * sec * p.speed + 8.0;
                 }
             }
         }
     }
     let edits: usize = runs.iter().map(|r| r.2 * p.groups).sum();
-    let eta = edits as f64 * p.sec_per_edit;
     println!(
         "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {} runs, at most {edits} edits; ETA about {:.0} min on a 2-core CPU",
         p.name,
@@ -274,7 +281,7 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
             "--seed",
             "0",
         ]);
-        if let Some(h) = p.hparams {
+        if let Some((_, h)) = p.hparams.iter().find(|(name, _)| name == m) {
             cmd.args(["--hparams", h]);
         }
         cmd.arg("--out").arg(&runs_dir);

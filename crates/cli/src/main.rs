@@ -725,7 +725,7 @@ fn run(cli: Cli) -> Result<()> {
                 let m: Vec<_> = methods::METHODS
                     .iter()
                     .map(
-                        |m| serde_json::json!({"name": m.name, "batch": m.batch, "about": m.about}),
+                        |m| serde_json::json!({"name": m.name, "batch": m.batch, "sec_per_edit": m.sec_per_edit, "about": m.about}),
                     )
                     .collect();
                 println!("{}", serde_json::to_string(&m)?);

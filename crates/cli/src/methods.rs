@@ -13,6 +13,8 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Whether one `apply` with N requests is a real batch edit (not N sequential edits).
     pub batch: bool,
+    /// Seconds per edit on the default model on a 2-core CPU (measured; for ETAs only).
+    pub sec_per_edit: f64,
     pub about: &'static str,
 }
 
@@ -20,26 +22,31 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "rome",
         batch: false,
+        sec_per_edit: 20.0,
         about: "ROME, the original update (bare-prompt key in the denominator); the default",
     },
     MethodInfo {
         name: "r-rome",
         batch: false,
+        sec_per_edit: 20.0,
         about: "R-ROME: ROME with the template-averaged key in the denominator",
     },
     MethodInfo {
         name: "ft-m",
         batch: true,
+        sec_per_edit: 8.0,
         about: "FT-M: fine-tune one MLP output projection, teacher-forced loss on the target",
     },
     MethodInfo {
         name: "ft-l",
         batch: true,
+        sec_per_edit: 8.0,
         about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
     },
     MethodInfo {
         name: "kn",
         batch: false,
+        sec_per_edit: 25.0,
         about: "KN: knowledge neurons by integrated gradients, their output rows moved to the target",
     },
 ];
