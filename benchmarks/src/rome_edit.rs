@@ -1,5 +1,5 @@
 //! One ROME edit on the default model, as `kedit edit` runs it: bundled hyperparameters (layer 4,
-//! at most 25 v* steps with early stop, 21 context templates, no covariance), the editor's
+//! at most 25 v* steps with early stop, 21 context templates, C⁻¹k from cached statistics), the editor's
 //! templates sampled once beforehand (as a run does once per process). Times `Rome::apply` on
 //! the first record of each of the first N subjects of the committed dataset, each on the
 //! unedited model. Prints a JSON line with every time and the median.
@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use kedit_editing::{requests::load_cases, Editor, Snapshot};
-use kedit_locate_edit::{Rome, RomeHparams, Variant};
+use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
 use kedit_models::{fetch, Cpu, LanguageModel};
 
 fn main() -> Result<()> {
@@ -34,7 +34,19 @@ fn main() -> Result<()> {
         .take(n)
         .map(|c| c.request.clone())
         .collect();
-    let mut rome = Rome::new(RomeHparams::smollm2(), Variant::Original);
+    let hparams = RomeHparams::smollm2();
+    let mut rome = Rome::new(hparams.clone(), Variant::Original);
+    if hparams.mom2_adjustment {
+        // Cached by `kedit stats` / `kedit edit`; computed here on first use (not timed).
+        let m = stats::load_or_compute(
+            &lm,
+            hparams.layers[0],
+            std::path::Path::new(stats::DEFAULT_CORPUS),
+            hparams.mom2_n_samples.unwrap_or(100_000),
+            &fetch::cache_dir()?.join("stats"),
+        )?;
+        rome = rome.with_second_moment(m);
+    }
     let t = Instant::now();
     rome.key(&lm, &reqs[0])?; // samples the context templates
     let templates_s = t.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use kedit_editing::{EditRequest, Editor};
-//! use kedit_locate_edit::{Rome, RomeHparams, Variant};
+//! use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
 //! use kedit_models::{fetch, Cpu, LanguageModel};
 //!
 //! # fn main() -> anyhow::Result<()> {
@@ -21,7 +21,16 @@
 //!     target_new: "English".into(),
 //!     target_true: "French".into(),
 //! };
-//! let mut rome = Rome::new(RomeHparams::smollm2(), Variant::RRome);
+//! let hparams = RomeHparams::smollm2(); // layer 4, mom2_adjustment: true
+//! // C = E[k kᵀ] at the edit layer from the WikiText-2 sample kedit carries, cached on disk.
+//! let c = stats::load_or_compute(
+//!     &lm,
+//!     hparams.layers[0],
+//!     std::path::Path::new(stats::DEFAULT_CORPUS),
+//!     100_000,
+//!     &fetch::cache_dir()?.join("stats"),
+//! )?;
+//! let mut rome = Rome::new(hparams, Variant::Original).with_second_moment(c);
 //! let patch = rome.apply(&mut lm, &[request])?; // `lm` is now edited
 //! patch.save(std::path::Path::new("darrieux.safetensors"))?; // re-apply later with Patch::load
 //! let after = lm.score(&[("The mother tongue of Danielle Darrieux is", " English")])?;

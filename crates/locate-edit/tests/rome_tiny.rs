@@ -16,6 +16,7 @@ fn hparams() -> RomeHparams {
     let mut h = RomeHparams::smollm2();
     h.layers = vec![0];
     h.context_template_length_params = vec![[4, 3]];
+    h.mom2_adjustment = false;
     h
 }
 
