@@ -10,7 +10,7 @@ use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor,
 pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
-use kedit_models::{CausalLm, Interventions, LanguageModel, ToAutodiff};
+use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
 use serde::{Deserialize, Serialize};
 
 /// `norm_constraint`: EasyEdit writes `false` or an ε.
@@ -110,6 +110,14 @@ pub enum Objective {
     TargetNew,
 }
 
+#[derive(Default)]
+struct ChunkBatch {
+    seqs: Vec<Vec<u32>>,
+    pos: Vec<(usize, usize)>,
+    labels: Vec<i64>,
+    weights: Vec<f32>,
+}
+
 pub struct Ft {
     pub hparams: FtHparams,
     pub objective: Objective,
@@ -130,17 +138,10 @@ impl Ft {
         Ok(Self { hparams, objective })
     }
 
-    /// Mean over the chunk of each request's loss (EasyEdit's reduction).
-    fn loss<B: Backend>(
-        &self,
-        model: &kedit_models::Llama<Autodiff<B>>,
-        chunk: &[(Vec<u32>, Vec<u32>)],
-    ) -> Tensor<Autodiff<B>, 1> {
-        let dev = model.device();
-        let mut seqs = Vec::new();
-        let mut pos = Vec::new();
-        let mut labels = Vec::new();
-        let mut weights = Vec::new();
+    /// The token batch of a chunk: rows, label positions, labels and their weights (the mean
+    /// over the chunk of each request's mean over its target tokens, EasyEdit's reduction).
+    fn chunk_batch(&self, chunk: &[(Vec<u32>, Vec<u32>)]) -> ChunkBatch {
+        let mut b = ChunkBatch::default();
         for (i, (prompt, target)) in chunk.iter().enumerate() {
             let w = 1.0 / (target.len() * chunk.len()) as f32;
             for (j, &t) in target.iter().enumerate() {
@@ -148,23 +149,38 @@ impl Ft {
                     Objective::PromptLast => prompt.len() - 1,
                     Objective::TargetNew => prompt.len() - 1 + j,
                 };
-                pos.push((i, p));
-                labels.push(t as i64);
-                weights.push(w);
+                b.pos.push((i, p));
+                b.labels.push(t as i64);
+                b.weights.push(w);
             }
             match self.objective {
-                Objective::PromptLast => seqs.push(prompt.clone()),
-                Objective::TargetNew => {
-                    seqs.push([prompt.clone(), target[..target.len() - 1].to_vec()].concat())
-                }
+                Objective::PromptLast => b.seqs.push(prompt.clone()),
+                Objective::TargetNew => b
+                    .seqs
+                    .push([prompt.clone(), target[..target.len() - 1].to_vec()].concat()),
             }
         }
-        let n = labels.len();
-        let fwd = model.forward(model.batch(&seqs), &Interventions::none());
-        let logp = activation::log_softmax(model.logits_at(fwd.hidden, &pos), 1);
-        let labels =
-            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &dev);
-        let weights = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(weights, [n, 1]), &dev);
+        b
+    }
+
+    /// The chunk's loss, running the blocks from `start` on `h_in`, the (fixed) residual stream
+    /// entering the lowest trained layer.
+    fn loss<B: Backend>(
+        model: &kedit_models::Llama<Autodiff<B>>,
+        b: &ChunkBatch,
+        start: usize,
+        h_in: Tensor<B, 3>,
+    ) -> Tensor<Autodiff<B>, 1> {
+        let dev = model.device();
+        let n = b.labels.len();
+        let fwd = model.forward_from(start, Tensor::from_inner(h_in), &Interventions::none());
+        let logp = activation::log_softmax(model.logits_at(fwd.hidden, &b.pos), 1);
+        let labels = Tensor::<Autodiff<B>, 2, Int>::from_data(
+            TensorData::new(b.labels.clone(), [n, 1]),
+            &dev,
+        );
+        let weights =
+            Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(b.weights.clone(), [n, 1]), &dev);
         (logp.gather(1, labels) * weights).sum().neg()
     }
 
@@ -202,9 +218,27 @@ impl Ft {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         let mut t = 0i32;
         let base = lm.model.map(&ToAutodiff);
+        // Below the lowest trained layer nothing changes: its input is computed once per chunk.
+        let start = *h.layers.iter().min().expect("checked non-empty");
+        let chunks: Vec<(ChunkBatch, Tensor<B, 3>)> = data
+            .chunks(h.batch_size)
+            .map(|chunk| {
+                let b = self.chunk_batch(chunk);
+                let ids = lm.model.batch(&b.seqs);
+                let h_in = if start == 0 {
+                    lm.model.embed(ids)
+                } else {
+                    let iv = Interventions::none()
+                        .capture(start - 1, Site::Residual)
+                        .stop_after(start - 1);
+                    lm.model.forward(ids, &iv).captured[&(start - 1, Site::Residual)].clone()
+                };
+                (b, h_in)
+            })
+            .collect();
         for step in 0..h.num_steps {
             let mut losses = Vec::new();
-            for chunk in data.chunks(h.batch_size) {
+            for (batch, h_in) in &chunks {
                 let mut model = base.clone();
                 let params: Vec<Tensor<Autodiff<B>, 2>> = w
                     .iter()
@@ -216,7 +250,7 @@ impl Ft {
                         Matrix::AttnOut => model.set_attn_out(l, p.clone()),
                     }
                 }
-                let loss = self.loss(&model, chunk);
+                let loss = Self::loss(&model, batch, start, h_in.clone());
                 let lv: f64 = loss.clone().into_scalar().elem();
                 losses.push(lv);
                 // EasyEdit skips the step on a chunk that is already learnt.

@@ -6,7 +6,7 @@ use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor,
 pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
-use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
+use kedit_models::{CausalLm, Interventions, LanguageModel, PrefixCache, Site, ToAutodiff};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,40 @@ impl Hparams for KnHparams {
     }
 }
 
+/// What every layer's attribution for one prompt shares: the prompt's keys and values at every
+/// layer (all tokens but the last), and the residual stream entering each layer at the last token.
+struct PromptState<B: Backend> {
+    last: usize,
+    cache: PrefixCache<B>,
+    /// Per layer: `[1, 1, d_model]`.
+    entering: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PromptState<B> {
+    fn new(lm: &LanguageModel<B>, prompt: &[u32]) -> Self {
+        let m = &lm.model;
+        let last = prompt.len() - 1;
+        let h0 = m.embed(m.batch(&[prompt.to_vec()]));
+        let cache = m.prefix_cache(0, h0.clone(), &[last], 1);
+        let n = m.config.num_layers;
+        let mut iv = Interventions::none();
+        for l in 0..n - 1 {
+            iv = iv.capture(l, Site::Residual);
+        }
+        let fwd = m.forward_from(0, h0.clone(), &iv);
+        let at_last = |t: Tensor<B, 3>| t.narrow(1, last, 1);
+        let mut entering = vec![at_last(h0)];
+        for l in 0..n - 1 {
+            entering.push(at_last(fwd.captured[&(l, Site::Residual)].clone()));
+        }
+        Self {
+            last,
+            cache,
+            entering,
+        }
+    }
+}
+
 pub struct Kn {
     pub hparams: KnHparams,
 }
@@ -83,10 +117,19 @@ impl Kn {
         token: u32,
         layer: usize,
     ) -> Result<Vec<f32>> {
+        self.attribution_at(lm, &PromptState::new(lm, prompt), token, layer)
+    }
+
+    fn attribution_at<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        state: &PromptState<B>,
+        token: u32,
+        layer: usize,
+    ) -> Result<Vec<f32>> {
         let h = &self.hparams;
         let model = lm.model.map(&ToAutodiff);
         let dev = lm.model.device();
-        let last = prompt.len() - 1;
         let d_ff = lm.model.config.intermediate_size;
         let mut sum = vec![0f64; d_ff];
         let alphas: Vec<f32> = (0..h.steps)
@@ -99,7 +142,22 @@ impl Kn {
             })
             .collect();
         for chunk in alphas.chunks(h.batch_size) {
-            let seqs = vec![prompt.to_vec(); chunk.len()];
+            let rows = chunk.len();
+            // Only the last token changes: run it alone from `layer` against the prompt's cached
+            // keys and values, one row per IG point.
+            let cache = PrefixCache {
+                start: layer,
+                prefix_lens: vec![state.last; rows],
+                suffix_len: 1,
+                kv: state.cache.kv[layer..]
+                    .iter()
+                    .map(|(k, v)| (k.clone().repeat_dim(0, rows), v.clone().repeat_dim(0, rows)))
+                    .collect(),
+            }
+            .map(&ToAutodiff);
+            let h_in = Tensor::<Autodiff<B>, 3>::from_inner(
+                state.entering[layer].clone().repeat_dim(0, rows),
+            );
             // One scale vector per row (the α of that row, on every neuron): x = s ⊙ a, so
             // ∂p/∂s_j = a_j ∂p/∂x_j, the integrand times a_j.
             let scales: Vec<Tensor<Autodiff<B>, 1>> = chunk
@@ -114,13 +172,13 @@ impl Kn {
                 .collect();
             let mut iv = Interventions::none();
             for (row, s) in scales.iter().enumerate() {
-                iv = iv.scale(layer, Site::MlpGate, vec![(row, last)], s.clone());
+                iv = iv.scale(layer, Site::MlpGate, vec![(row, 0)], s.clone());
             }
-            let fwd = model.forward(model.batch(&seqs), &iv);
-            let pos: Vec<(usize, usize)> = (0..chunk.len()).map(|r| (r, last)).collect();
+            let fwd = model.forward_suffix(&cache, h_in, &iv);
+            let pos: Vec<(usize, usize)> = (0..rows).map(|r| (r, 0)).collect();
             let probs = activation::softmax(model.logits_at(fwd.hidden, &pos), 1);
             let idx = Tensor::<Autodiff<B>, 2, Int>::from_data(
-                TensorData::new(vec![token as i64; chunk.len()], [chunk.len(), 1]),
+                TensorData::new(vec![token as i64; rows], [rows, 1]),
                 &dev,
             );
             let grads = probs.gather(1, idx).sum().backward();
@@ -164,8 +222,9 @@ impl Kn {
         let layers = lm.model.config.num_layers;
         let mut total = vec![vec![0f32; lm.model.config.intermediate_size]; layers];
         for &t in &truth {
+            let state = PromptState::new(lm, &prompt);
             for (l, row) in total.iter_mut().enumerate() {
-                let a = self.attribution(lm, &prompt, t, l)?;
+                let a = self.attribution_at(lm, &state, t, l)?;
                 row.iter_mut()
                     .zip(&a)
                     .for_each(|(x, y)| *x += y / truth.len() as f32);
