@@ -161,12 +161,13 @@ fn profile(name: &str) -> Result<Profile> {
             hparams: &[("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml")],
             speed: 0.4,
         },
-        // ≤ 30 minutes on a 2-core CPU with every registered method and its real hyperparameters:
-        // N = 3 (the first edit followed by two more), three matched group pairs per cell.
+        // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
+        // hyperparameters: sequential editing (the paper's sequential panel), N = 3 (the first
+        // edit followed by two more), three matched group pairs per cell. Batch runs: `paper`.
         "default" => Profile {
             name: "default",
             methods: None,
-            batch: true,
+            batch: false,
             ns: vec![3],
             groups: 3,
             hparams: &[],
