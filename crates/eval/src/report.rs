@@ -233,6 +233,31 @@ impl Report {
             }
             o.push('\n');
         }
+        let _ = writeln!(o, "### Reading\n");
+        for r in &self.sd {
+            let verdict = if r.ci.1 < 0.0 {
+                "same-subject editing scores lower, and the 95 % interval excludes 0"
+            } else if r.sd < 0.0 {
+                "same-subject editing scores lower, but the interval includes 0 (too few groups to be sure)"
+            } else if r.ci.0 > 0.0 {
+                "same-subject editing scores higher, and the interval excludes 0"
+            } else {
+                "no difference the interval can tell from 0"
+            };
+            let _ = writeln!(
+                o,
+                "- {} {} N={} view `{}`: SD {:+.1} [{:+.1}, {:+.1}] over {} group pairs: {verdict}.",
+                r.cell.method,
+                r.cell.strategy.name(),
+                r.cell.n,
+                r.view.name(),
+                r.sd,
+                r.ci.0,
+                r.ci.1,
+                r.groups
+            );
+        }
+        o.push('\n');
         if !self.density.is_empty() {
             let _ = writeln!(
                 o,
