@@ -46,7 +46,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "kn",
         batch: false,
-        sec_per_edit: 25.0,
+        sec_per_edit: 18.0,
         about: "KN: knowledge neurons by integrated gradients, their output rows moved to the target",
     },
 ];
