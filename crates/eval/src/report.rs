@@ -387,12 +387,24 @@ impl Report {
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{method}: SD = S(homogeneous) − S(heterogeneous), points</text>\n",
             left
         );
-        let mut v = lo;
+        // Gridlines at a round step, and the zero line (SD = 0: no perturbation) always.
+        let step = [5.0, 10.0, 20.0, 25.0, 50.0, 100.0]
+            .into_iter()
+            .find(|s| (hi - lo) / s <= 8.0)
+            .unwrap_or(100.0);
+        let mut v = (lo / step).ceil() * step;
         while v <= hi + 1e-9 {
-            let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
-                w - right, y(v), y(v), if v == 0.0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0);
-            v += ((hi - lo) / 5.0).max(1.0);
+            let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+                w - right, y(v), y(v), left - 6.0, y(v) + 4.0);
+            v += step;
         }
+        let _ = writeln!(
+            o,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+            w - right,
+            y(0.0),
+            y(0.0)
+        );
         for n in (n0 as usize)..=(n1 as usize) {
             let _ = writeln!(
                 o,
