@@ -174,6 +174,9 @@ enum Command {
         samples: usize,
     },
     /// Datasets: `kedit data build` makes an S2RKE-format set from Wikidata facts.
+    #[command(
+        after_help = "Example:\n  kedit data build --facts data/pararel/trex_lms_vocab --facts data/kamel/KAMEL --relations data/pararel/pattern_data/graphs_json --out s2rke.json --seed 0"
+    )]
     Data {
         #[command(subcommand)]
         command: DataCommand,
