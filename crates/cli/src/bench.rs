@@ -116,7 +116,7 @@ impl RunOnBackend for BenchArgs {
             &results
                 .lines
                 .iter()
-                .map(|l| l.metrics())
+                .map(|l| l.metrics.clone())
                 .collect::<Vec<_>>(),
         );
         println!(

@@ -390,17 +390,11 @@ impl RunOnBackend for Keys {
             }
         }
         let n = keys.len();
-        let norm = |k: &[f32]| k.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let mut cos = vec![vec![0f64; n]; n];
         let (mut same, mut diff) = (Vec::new(), Vec::new());
         for i in 0..n {
             for j in 0..n {
-                let dot: f64 = keys[i]
-                    .iter()
-                    .zip(&keys[j])
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                cos[i][j] = dot / (norm(&keys[i]) * norm(&keys[j]));
+                cos[i][j] = kedit_eval::bench::cosine(&keys[i], &keys[j]);
                 if i < j {
                     if cases[i].subject_id == cases[j].subject_id {
                         same.push(cos[i][j])

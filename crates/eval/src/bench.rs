@@ -32,35 +32,19 @@ pub struct ResultLine {
     pub group: usize,
     /// Position of the case in the group's edit sequence (0 = the `first` edit).
     pub step: usize,
-    pub case_id: String,
     pub subject_id: String,
     pub relation: String,
     pub same_subject_as_first: bool,
     /// Cosine between this edit's key and the first edit's, on the unedited model.
     pub key_cos_first: Option<f64>,
-    pub es: f64,
-    pub ps: Option<f64>,
-    pub ns: Option<f64>,
-    pub em: f64,
-    pub pm: Option<f64>,
-    pub nm: Option<f64>,
+    /// `case_id` and the metrics, as fields of the line itself.
+    #[serde(flatten)]
+    pub metrics: crate::CaseMetrics,
 }
 
 impl ResultLine {
     pub fn key(&self) -> (usize, usize, String) {
-        (self.group, self.step, self.case_id.clone())
-    }
-
-    pub fn metrics(&self) -> crate::CaseMetrics {
-        crate::CaseMetrics {
-            case_id: self.case_id.clone(),
-            es: self.es,
-            ps: self.ps,
-            ns: self.ns,
-            em: self.em,
-            pm: self.pm,
-            nm: self.nm,
-        }
+        (self.group, self.step, self.metrics.case_id.clone())
     }
 }
 
@@ -133,7 +117,8 @@ impl Results {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// Cosine similarity, accumulated in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (n(a) * n(b))
@@ -216,7 +201,7 @@ pub fn run_plan<B: Backend>(
         let metrics = crate::evaluate(lm, &owned)?;
         snapshot.clone().restore(&mut lm.model);
         for s in missing {
-            let (c, m) = (group[s], &metrics[s]);
+            let c = group[s];
             results.append(ResultLine {
                 method: method.to_owned(),
                 strategy: plan.spec.strategy,
@@ -227,7 +212,6 @@ pub fn run_plan<B: Backend>(
                 seed: plan.spec.seed,
                 group: g.index,
                 step: s,
-                case_id: c.case_id.clone(),
                 subject_id: c.subject_id.clone(),
                 relation: c.request.relation.clone(),
                 same_subject_as_first: c.subject_id == group[0].subject_id,
@@ -235,12 +219,7 @@ pub fn run_plan<B: Backend>(
                     (Some(k), Some(k0)) if s > 0 => Some(cosine(k, k0)),
                     _ => None,
                 },
-                es: m.es,
-                ps: m.ps,
-                ns: m.ns,
-                em: m.em,
-                pm: m.pm,
-                nm: m.nm,
+                metrics: metrics[s].clone(),
             })?;
         }
         worked += 1;

@@ -110,7 +110,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
 }
 
 fn s_of(lines: &[&ResultLine]) -> Summary {
-    summarize(&lines.iter().map(|l| l.metrics()).collect::<Vec<_>>())
+    summarize(&lines.iter().map(|l| l.metrics.clone()).collect::<Vec<_>>())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

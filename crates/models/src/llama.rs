@@ -288,15 +288,29 @@ impl<B: Backend> Llama<B> {
         let device = h.device();
         let rope = cache.rotary(c.head_dim, c.rope_theta, &device);
         let mask = cache.mask(c.num_heads / c.num_kv_heads, &device);
+        self.run_blocks(cache.start, h, iv, |l| AttnCtx::Suffix {
+            rope: &rope,
+            mask: &mask,
+            kv: &cache.kv[l - cache.start],
+        })
+    }
+
+    /// Blocks `start..` with each layer's attention context, honouring `stop_after`; the final
+    /// norm when the whole stack ran.
+    fn run_blocks<'a>(
+        &self,
+        start: usize,
+        mut h: Tensor<B, 3>,
+        iv: &Interventions<B>,
+        ctx: impl Fn(usize) -> AttnCtx<'a, B>,
+    ) -> Forward<B>
+    where
+        B: 'a,
+    {
+        let c = &self.config;
         let mut captured = HashMap::new();
-        let mut h = h;
-        for (i, l) in (cache.start..c.num_layers).enumerate() {
-            let ctx = AttnCtx::Suffix {
-                rope: &rope,
-                mask: &mask,
-                kv: &cache.kv[i],
-            };
-            h = self.block(l, h, &ctx, false, iv, &mut captured).0;
+        for l in start..c.num_layers {
+            h = self.block(l, h, &ctx(l), false, iv, &mut captured).0;
             if iv.stop_after == Some(l) {
                 return Forward {
                     hidden: h,
@@ -353,25 +367,10 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         let device = h.device();
         let rope = rotary_tables::<B>(seq, c.head_dim, c.rope_theta, &device);
         let mask = causal_mask::<B>(seq, c.num_heads / c.num_kv_heads, &device);
-        let mut captured = HashMap::new();
-        let mut h = h;
-        let ctx = AttnCtx::Full {
+        self.run_blocks(start, h, iv, |_| AttnCtx::Full {
             rope: &rope,
             mask: &mask,
-        };
-        for l in start..c.num_layers {
-            h = self.block(l, h, &ctx, false, iv, &mut captured).0;
-            if iv.stop_after == Some(l) {
-                return Forward {
-                    hidden: h,
-                    captured,
-                };
-            }
-        }
-        Forward {
-            hidden: rms_norm(h, &self.norm, c.norm_eps),
-            captured,
-        }
+        })
     }
 
     fn unembed(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {

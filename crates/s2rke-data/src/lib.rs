@@ -151,13 +151,6 @@ pub fn load_facts(dir: &Path, patterns: &Patterns) -> Result<Vec<Fact>> {
     Ok(facts)
 }
 
-/// Back-compatible: ParaRel's facts and patterns from its root folder.
-pub fn load_pararel(dir: &Path) -> Result<(Vec<Fact>, Patterns)> {
-    let patterns = load_patterns(&dir.join("pattern_data/graphs_json"))?;
-    let facts = load_facts(&dir.join("trex_lms_vocab"), &patterns)?;
-    Ok((facts, patterns))
-}
-
 /// A subject: a label and the coarse type that separates its homonyms.
 type SubjectKey<'a> = (&'a str, &'static str);
 
