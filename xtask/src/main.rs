@@ -7,6 +7,8 @@
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
 //! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median;
 //!   appends to benchmarks/results/rome-edit.jsonl
+//! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
+//!   size; appends to benchmarks/results/memit-batch.jsonl
 //! - `data`: rebuild fixtures/s2rke-wikidata.json from the committed facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
 
@@ -341,6 +343,26 @@ fn main() -> Result<()> {
             print!("{out}");
             Ok(())
         }
+        Some("bench-memit") => {
+            let root = root();
+            build_benchmarks()?;
+            let sizes = args
+                .iter()
+                .position(|a| a == "--sizes")
+                .and_then(|i| args.get(i + 1))
+                .map_or("1,10,100", String::as_str);
+            let out = run(
+                Command::new(root.join("target/release/memit-batch")).args(["--sizes", sizes])
+            )?;
+            let file = root.join("benchmarks/results/memit-batch.jsonl");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)?;
+            std::io::Write::write_all(&mut f, out.as_bytes())?;
+            print!("{out}");
+            Ok(())
+        }
         Some("data") => {
             // The committed dataset, rebuilt from the committed facts; CI checks the bytes.
             run(Command::new("cargo").current_dir(root()).args([
@@ -371,13 +393,17 @@ fn main() -> Result<()> {
         Some("reference") => {
             let py = venv()?;
             let gguf = smollm2()?;
+            print!(
+                "{}",
+                run(Command::new(&py).arg(root().join("fixtures/reference/memit_solve.py")))?
+            );
             run(Command::new(py)
                 .arg(root().join("fixtures/reference/make_reference.py"))
                 .arg(gguf))
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | data | reference");
             std::process::exit(2)
         }
     }

@@ -112,7 +112,7 @@ enum Command {
     /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
     /// `apply` and evaluates them together.
     #[command(
-        after_help = "Example:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json"
+        after_help = "Examples:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 50 --batch\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --batch-size 5 --arrange same-subject --limit 50"
     )]
     Edit {
         #[command(flatten)]
@@ -122,9 +122,20 @@ enum Command {
         /// Apply all requests in one edit instead of one at a time
         #[arg(long)]
         batch: bool,
+        /// Apply the requests in batches of K (each on the unedited model)
+        #[arg(long, value_name = "K")]
+        batch_size: Option<usize>,
+        /// With --batch-size K: take blocks of K subjects with K records each; `same-subject`
+        /// batches one subject's K records, `mixed` one record of each of K subjects (the same
+        /// records in both, for comparing same-subject with different-subject batches)
+        #[arg(long, value_enum)]
+        arrange: Option<Arrange>,
         /// Only the first N cases
         #[arg(long)]
         limit: Option<usize>,
+        /// Leave out the first N cases (before --limit; e.g. a development split)
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
         /// Only the first record of each subject
         #[arg(long)]
         one_per_subject: bool,
@@ -135,10 +146,11 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// The keys ROME writes each request under, their cosine matrix, and the mean cosine between
-    /// requests of the same subject and of different subjects.
+    /// The keys a locate-then-edit method writes each request under (at every edited layer), their
+    /// cosine matrix, and the mean cosine between requests of the same subject and of different
+    /// subjects.
     #[command(
-        after_help = "Example:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --subjects 5 --per-subject 3"
+        after_help = "Examples:\n  kedit keys --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --subjects 5 --per-subject 3\n  kedit keys --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --subjects 5 --per-subject 3"
     )]
     Keys {
         #[command(flatten)]
@@ -241,7 +253,7 @@ pub(crate) trait RunOnBackend {
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, ft-m, ft-l, kn
+    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, pmet, ft-m, ft-l, kn
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format or CounterFact
@@ -265,10 +277,55 @@ impl MethodArgs {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Arrange {
+    SameSubject,
+    Mixed,
+}
+
+/// Blocks of `k` subjects with at least `k` records, `k` records each, ordered so that
+/// consecutive runs of `k` cases are one subject's (`SameSubject`) or `k` subjects' (`Mixed`).
+fn arrange(
+    cases: Vec<kedit_editing::EditCase>,
+    k: usize,
+    how: Arrange,
+) -> Vec<kedit_editing::EditCase> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_subject: std::collections::HashMap<String, Vec<kedit_editing::EditCase>> =
+        Default::default();
+    for c in cases {
+        if !by_subject.contains_key(&c.subject_id) {
+            order.push(c.subject_id.clone());
+        }
+        by_subject.entry(c.subject_id.clone()).or_default().push(c);
+    }
+    let full: Vec<Vec<kedit_editing::EditCase>> = order
+        .iter()
+        .map(|s| by_subject.remove(s).expect("seen"))
+        .filter(|g| g.len() >= k)
+        .collect();
+    let mut out = Vec::new();
+    for block in full.chunks_exact(k) {
+        for a in 0..k {
+            for b in 0..k {
+                let (s, r) = match how {
+                    Arrange::SameSubject => (a, b),
+                    Arrange::Mixed => (b, a),
+                };
+                out.push(block[s][r].clone());
+            }
+        }
+    }
+    out
+}
+
 struct Edit {
     m: MethodArgs,
     batch: bool,
+    batch_size: Option<usize>,
+    arrange: Option<Arrange>,
     limit: Option<usize>,
+    skip: usize,
     one_per_subject: bool,
     patch_out: Option<PathBuf>,
     report: Option<PathBuf>,
@@ -281,6 +338,14 @@ impl RunOnBackend for Edit {
             let mut seen = std::collections::HashSet::new();
             cases.retain(|c| seen.insert(c.subject_id.clone()));
         }
+        if self.batch_size == Some(0) {
+            bail!("--batch-size 0: a batch needs at least one request");
+        }
+        if let Some(how) = self.arrange {
+            let k = self.batch_size.context("--arrange needs --batch-size K")?;
+            cases = arrange(cases, k, how);
+        }
+        cases.drain(..self.skip.min(cases.len()));
         if let Some(n) = self.limit {
             cases.truncate(n);
         }
@@ -295,29 +360,31 @@ impl RunOnBackend for Edit {
         let started = std::time::Instant::now();
         // Every editable matrix as it was, to put back exactly after each case.
         let snapshot = kedit_editing::Snapshot::take(&lm.model);
-        if self.batch {
-            let reqs: Vec<_> = cases.iter().map(|c| c.request.clone()).collect();
-            last_patch = Some(rome.apply(&mut lm, &reqs)?);
-            post = kedit_eval::evaluate(&lm, &cases)?;
-        } else {
-            for (i, case) in cases.iter().enumerate() {
-                let t = std::time::Instant::now();
-                let patch = rome.apply(&mut lm, std::slice::from_ref(&case.request))?;
-                let m = kedit_eval::evaluate(&lm, std::slice::from_ref(case))?.remove(0);
-                tracing::info!(
-                    "case {}/{} {}: es {:.2} ps {:?} ns {:?} ({:.1} s)",
-                    i + 1,
-                    cases.len(),
-                    case.case_id,
-                    m.es,
-                    m.ps,
-                    m.ns,
-                    t.elapsed().as_secs_f64()
-                );
-                post.push(m);
-                snapshot.clone().restore(&mut lm.model);
-                last_patch = Some(patch);
-            }
+        let size = match (self.batch_size, self.batch) {
+            (Some(k), _) => k,
+            (None, true) => cases.len(),
+            (None, false) => 1,
+        };
+        let batches = cases.len().div_ceil(size);
+        for (i, chunk) in cases.chunks(size).enumerate() {
+            let t = std::time::Instant::now();
+            let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
+            let patch = rome.apply(&mut lm, &reqs)?;
+            let m = kedit_eval::evaluate(&lm, chunk)?;
+            let s = kedit_eval::summarize(&m);
+            tracing::info!(
+                "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
+                if size == 1 { "case" } else { "batch" },
+                i + 1,
+                chunk[0].case_id,
+                s.es,
+                s.ps,
+                s.ns,
+                t.elapsed().as_secs_f64()
+            );
+            post.extend(m);
+            snapshot.clone().restore(&mut lm.model);
+            last_patch = Some(patch);
         }
         let elapsed = started.elapsed().as_secs_f64();
         if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
@@ -379,31 +446,19 @@ impl RunOnBackend for Keys {
         });
         let lm = LanguageModel::<B>::load(spec, device)?;
         let mut editor = self.m.editor(&lm)?;
-        let mut keys: Vec<Vec<f32>> = Vec::new();
+        // keys[c] = (layer, key) for every edited layer.
+        let mut keys: Vec<Vec<(usize, Vec<f32>)>> = Vec::new();
         for c in &cases {
-            match editor.key(&lm, &c.request)? {
-                Some(k) => keys.push(k),
-                None => bail!(
+            let k = editor.layer_keys(&lm, &c.request)?;
+            if k.is_empty() {
+                bail!(
                     "--method {}: this method writes under no key",
                     self.m.method
-                ),
+                );
             }
+            keys.push(k);
         }
         let n = keys.len();
-        let mut cos = vec![vec![0f64; n]; n];
-        let (mut same, mut diff) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            for j in 0..n {
-                cos[i][j] = kedit_eval::bench::cosine(&keys[i], &keys[j]);
-                if i < j {
-                    if cases[i].subject_id == cases[j].subject_id {
-                        same.push(cos[i][j])
-                    } else {
-                        diff.push(cos[i][j])
-                    }
-                }
-            }
-        }
         let mean = |v: &[f64]| {
             if v.is_empty() {
                 f64::NAN
@@ -411,29 +466,52 @@ impl RunOnBackend for Keys {
                 v.iter().sum::<f64>() / v.len() as f64
             }
         };
-        print!("{:>10}", "");
-        for c in &cases {
-            print!(" {:>7}", c.case_id);
-        }
-        println!();
-        for (i, c) in cases.iter().enumerate() {
-            print!("{:>10}", c.case_id);
-            for x in &cos[i] {
-                print!(" {x:>7.3}");
+        let mut layers = Vec::new();
+        for (li, (layer, _)) in keys[0].iter().enumerate() {
+            let mut cos = vec![vec![0f64; n]; n];
+            let (mut same, mut diff) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                for j in 0..n {
+                    cos[i][j] = kedit_eval::bench::cosine(&keys[i][li].1, &keys[j][li].1);
+                    if i < j {
+                        if cases[i].subject_id == cases[j].subject_id {
+                            same.push(cos[i][j])
+                        } else {
+                            diff.push(cos[i][j])
+                        }
+                    }
+                }
+            }
+            println!("layer {layer}");
+            print!("{:>10}", "");
+            for c in &cases {
+                print!(" {:>7}", c.case_id);
             }
             println!();
+            for (i, c) in cases.iter().enumerate() {
+                print!("{:>10}", c.case_id);
+                for x in &cos[i] {
+                    print!(" {x:>7.3}");
+                }
+                println!();
+            }
+            println!(
+                "layer {layer}: mean cosine: same subject {:.3} ({} pairs), different subjects {:.3} ({} pairs)",
+                mean(&same),
+                same.len(),
+                mean(&diff),
+                diff.len()
+            );
+            layers.push(serde_json::json!({"layer": layer, "cosine": cos,
+                "same_subject": mean(&same), "different_subject": mean(&diff)}));
         }
-        println!(
-            "mean cosine: same subject {:.3} ({} pairs), different subjects {:.3} ({} pairs)",
-            mean(&same),
-            same.len(),
-            mean(&diff),
-            diff.len()
-        );
         if let Some(out) = &self.report {
             let ids: Vec<&str> = cases.iter().map(|c| c.case_id.as_str()).collect();
-            let r = serde_json::json!({"case_ids": ids, "cosine": cos, "same_subject": mean(&same),
-                "different_subject": mean(&diff), "method": self.m.method});
+            // The first layer's numbers also at the top level (the format of single-layer runs).
+            let first = &layers[0];
+            let r = serde_json::json!({"case_ids": ids, "cosine": first["cosine"],
+                "same_subject": first["same_subject"], "different_subject": first["different_subject"],
+                "layers": layers, "method": self.m.method});
             std::fs::write(out, serde_json::to_string_pretty(&r)?)?;
         }
         Ok(())
@@ -457,14 +535,20 @@ impl RunOnBackend for Stats {
             "{:>6} {:>9} {:>14} {:>14}",
             "layer", "samples", "trace(C)", "max |C_ij|"
         );
-        for &layer in &self.layers {
-            if layer >= lm.model.config.num_layers {
-                bail!(
-                    "--layers {layer}: the model has {} layers",
-                    lm.model.config.num_layers
-                );
-            }
-            let m = stats::load_or_compute(&lm, layer, &corpus, self.samples, &cache)?;
+        if let Some(layer) = self
+            .layers
+            .iter()
+            .find(|&&l| l >= lm.model.config.num_layers)
+        {
+            bail!(
+                "--layers {layer}: the model has {} layers",
+                lm.model.config.num_layers
+            );
+        }
+        // Layers not cached yet are computed in one pass over the corpus.
+        let moments =
+            stats::load_or_compute_layers(&lm, &self.layers, &corpus, self.samples, &cache)?;
+        for (m, &layer) in moments.iter().zip(&self.layers) {
             let trace: f64 = (0..m.dim).map(|i| m.c[i * m.dim + i]).sum();
             let max = m.c.iter().fold(0f64, |a, b| a.max(b.abs()));
             println!("{layer:>6} {:>9} {trace:>14.4} {max:>14.4}", m.samples);
@@ -619,7 +703,10 @@ fn run(cli: Cli) -> Result<()> {
             model,
             method,
             batch,
+            batch_size,
+            arrange,
             limit,
+            skip,
             one_per_subject,
             patch_out,
             report,
@@ -628,7 +715,10 @@ fn run(cli: Cli) -> Result<()> {
             Edit {
                 m: method,
                 batch,
+                batch_size,
+                arrange,
                 limit,
+                skip,
                 one_per_subject,
                 patch_out,
                 report,

@@ -32,6 +32,18 @@ pub const METHODS: &[MethodInfo] = &[
         about: "R-ROME: ROME with the template-averaged key in the denominator",
     },
     MethodInfo {
+        name: "memit",
+        batch: true,
+        sec_per_edit: 10.0,
+        about: "MEMIT: batch edit over several MLP layers, f64 least-squares update per layer",
+    },
+    MethodInfo {
+        name: "pmet",
+        batch: true,
+        sec_per_edit: 10.0,
+        about: "PMET: MEMIT with attention and MLP targets optimised jointly, only the MLP written",
+    },
+    MethodInfo {
         name: "ft-m",
         batch: true,
         sec_per_edit: 8.0,
@@ -67,7 +79,7 @@ pub fn editor<B: Backend>(
     lm: &LanguageModel<B>,
 ) -> Result<Box<dyn Editor<B>>> {
     use kedit_gradient_edit::{Ft, FtHparams, Objective};
-    use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
+    use kedit_locate_edit::{stats, Memit, MemitHparams, Rome, RomeHparams, Variant};
     let ft = |objective| -> Result<Box<dyn Editor<B>>> {
         Ok(Box::new(Ft::new(
             load(hparams, FtHparams::smollm2)?,
@@ -79,6 +91,24 @@ pub fn editor<B: Backend>(
         "r-rome" => Variant::RRome,
         "ft-m" => return ft(Objective::TargetNew),
         "ft-l" => return ft(Objective::PromptLast),
+        "memit" | "pmet" => {
+            let (hp, make): (_, fn(MemitHparams) -> Memit) = if name == "memit" {
+                (load(hparams, MemitHparams::smollm2)?, Memit::new)
+            } else {
+                (
+                    load(hparams, MemitHparams::smollm2_pmet)?,
+                    kedit_locate_edit::pmet,
+                )
+            };
+            let m = stats::load_or_compute_layers(
+                lm,
+                &hp.layers,
+                Path::new(stats::DEFAULT_CORPUS),
+                hp.mom2_n_samples.unwrap_or(100_000),
+                &fetch::cache_dir()?.join("stats"),
+            )?;
+            return Ok(Box::new(make(hp).with_second_moments(m)));
+        }
         "kn" => {
             let hp = load(hparams, kedit_neuron_edit::KnHparams::smollm2)?;
             return Ok(Box::new(kedit_neuron_edit::Kn::new(hp)));

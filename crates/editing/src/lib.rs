@@ -56,13 +56,27 @@ pub trait Editor<B: Backend> {
         requests: &[EditRequest],
     ) -> Result<Patch>;
 
-    /// The key the method writes `request` under (the MLP key at the subject's last token, for
-    /// locate-then-edit methods), read on the model as it is; `None` for methods without one.
-    fn key(
+    /// The keys the method writes `request` under at each edited layer, `(layer, key)` (the MLP
+    /// key at the subject's last token, for locate-then-edit methods), read on the model as it
+    /// is; empty for methods without keys.
+    fn layer_keys(
         &mut self,
         _model: &kedit_models::LanguageModel<B>,
         _request: &EditRequest,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
+        Ok(Vec::new())
+    }
+
+    /// The key at the first edited layer; `None` for methods without keys.
+    fn key(
+        &mut self,
+        model: &kedit_models::LanguageModel<B>,
+        request: &EditRequest,
     ) -> Result<Option<Vec<f32>>> {
-        Ok(None)
+        Ok(self
+            .layer_keys(model, request)?
+            .into_iter()
+            .next()
+            .map(|(_, k)| k))
     }
 }

@@ -61,3 +61,109 @@ impl Hparams for RomeHparams {
         Ok(h)
     }
 }
+
+/// MEMIT and PMET hyperparameters under EasyEdit's key names (both methods' YAML files load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemitHparams {
+    /// The edited layers, in order; z is computed at the last.
+    pub layers: Vec<usize>,
+    /// EasyEdit's only value is `all`.
+    #[serde(default)]
+    pub layer_selection: Option<String>,
+    pub fact_token: String,
+    pub v_num_grad_steps: usize,
+    pub v_lr: f64,
+    /// Ignored: the loss is always read at the last layer (EasyEdit's value is the last layer).
+    #[serde(default)]
+    pub v_loss_layer: Option<usize>,
+    pub v_weight_decay: f64,
+    pub clamp_norm_factor: f64,
+    pub kl_factor: f64,
+    /// Accepted for EasyEdit's files; MEMIT and PMET always use C (λ is their only damping).
+    #[serde(default)]
+    pub mom2_adjustment: Option<bool>,
+    /// λ in `ΔW = R Kᵀ (λC + K Kᵀ)⁻¹`.
+    pub mom2_update_weight: f64,
+    #[serde(default)]
+    pub mom2_dataset: Option<String>,
+    #[serde(default)]
+    pub mom2_n_samples: Option<usize>,
+    #[serde(default)]
+    pub mom2_dtype: Option<String>,
+    /// kedit's own (MEMIT hard-codes it): `[[10, 5]]`, the bare prompt plus one sampled prefix
+    /// of up to 10 tokens per starter word.
+    #[serde(default = "memit_templates")]
+    pub context_template_length_params: Vec<[usize; 2]>,
+    /// kedit's own: the seed of the context-template sampler.
+    #[serde(default)]
+    pub seed: u64,
+    /// PMET: the NLL weight of its adaptive loss (EasyEdit's key; 1 in every released file).
+    #[serde(default)]
+    pub nll_loss_factor: Option<f64>,
+    /// PMET: the modules written; only the MLP output projection is supported (the released
+    /// configs write only it).
+    #[serde(default)]
+    pub rewrite_module_tmps: Option<Vec<String>>,
+}
+
+fn memit_templates() -> Vec<[usize; 2]> {
+    vec![[10, 5]]
+}
+
+impl MemitHparams {
+    /// MEMIT's defaults for SmolLM2-135M (see hparams/memit-smollm2.yaml for why).
+    pub fn smollm2() -> Self {
+        Self::from_yaml_str(
+            include_str!("../hparams/memit-smollm2.yaml"),
+            "memit-smollm2.yaml",
+        )
+        .expect("bundled hparams")
+    }
+
+    /// PMET's defaults for SmolLM2-135M (see hparams/pmet-smollm2.yaml).
+    pub fn smollm2_pmet() -> Self {
+        Self::from_yaml_str(
+            include_str!("../hparams/pmet-smollm2.yaml"),
+            "pmet-smollm2.yaml",
+        )
+        .expect("bundled hparams")
+    }
+}
+
+impl Hparams for MemitHparams {
+    fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
+        let h: Self =
+            kedit_editing::hparams::parse_yaml(text, file, kedit_editing::hparams::RUN_KEYS)?;
+        if h.layers.is_empty() || h.layers.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "{file}: field `layers`: expected increasing layer numbers, got {:?}",
+                h.layers
+            );
+        }
+        if h.fact_token != "subject_last" {
+            bail!(
+                "{file}: field `fact_token`: only `subject_last` is supported, got {:?}",
+                h.fact_token
+            );
+        }
+        if let Some(s) = h.layer_selection.as_deref().filter(|s| *s != "all") {
+            bail!("{file}: field `layer_selection`: only `all` is supported, got {s:?}");
+        }
+        if h.mom2_update_weight.is_nan() || h.mom2_update_weight <= 0.0 {
+            bail!(
+                "{file}: field `mom2_update_weight`: must be > 0 (it is the only damping), got {}",
+                h.mom2_update_weight
+            );
+        }
+        if let Some(m) = h
+            .rewrite_module_tmps
+            .iter()
+            .flatten()
+            .find(|m| !m.contains("mlp"))
+        {
+            bail!("{file}: field `rewrite_module_tmps`: only the MLP output projection can be written, got {m:?}");
+        }
+        Ok(h)
+    }
+}

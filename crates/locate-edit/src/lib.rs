@@ -1,4 +1,4 @@
-//! kedit-locate-edit: locate-then-edit methods. Today: ROME and its R-ROME fix.
+//! kedit-locate-edit: locate-then-edit methods: ROME (and its R-ROME fix), MEMIT and PMET.
 //!
 //! ROME rewrites one MLP output projection with a rank-one update `ΔW = u ⊗ r`: `u` is the
 //! (normalised) key the subject produces at that layer, `r` moves the layer's output for that key
@@ -39,10 +39,22 @@
 //! # }
 //! ```
 
+//!
+//! MEMIT and PMET write many facts at once over several layers (`Memit::new`, `pmet::pmet`); they
+//! share with ROME the template prompts and keys (`kv`), the target optimisation (`z`) and the
+//! statistics (`stats`), and add an f64 least-squares update (`solve`).
+
 pub mod hparams;
+pub mod kv;
+pub mod memit;
+pub mod pmet;
 pub mod rome;
+pub mod solve;
 pub mod stats;
 pub mod templates;
+pub mod z;
 
-pub use hparams::RomeHparams;
+pub use hparams::{MemitHparams, RomeHparams};
+pub use memit::Memit;
+pub use pmet::pmet;
 pub use rome::{Rome, Variant};

@@ -65,6 +65,17 @@ pub fn compute<B: Backend>(
     corpus: &str,
     samples: usize,
 ) -> Result<SecondMoment> {
+    Ok(compute_layers(lm, &[layer], corpus, samples)?.remove(0))
+}
+
+/// `C` at each of `layers` from one pass over the corpus (MEMIT and PMET need several layers;
+/// the forward pass up to the highest is shared).
+pub fn compute_layers<B: Backend>(
+    lm: &LanguageModel<B>,
+    layers: &[usize],
+    corpus: &str,
+    samples: usize,
+) -> Result<Vec<SecondMoment>> {
     let ids = lm.encode(corpus)?;
     if ids.len() < samples {
         bail!(
@@ -72,57 +83,67 @@ pub fn compute<B: Backend>(
             ids.len()
         );
     }
+    let top = *layers.iter().max().context("no layers")?;
     let seqs: Vec<Vec<u32>> = ids[..samples]
         .chunks(SEQ_LEN)
         .map(<[u32]>::to_vec)
         .collect();
     let d = lm.model.config.intermediate_size;
-    let mut c = vec![0f64; d * d];
+    let mut cs = vec![vec![0f64; d * d]; layers.len()];
     let bar = indicatif::ProgressBar::new(samples as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "stats layer {msg} {bar:40} {pos}/{len} tokens eta {eta}",
+            "stats layers {msg} {bar:40} {pos}/{len} tokens eta {eta}",
         )
         .expect("template"),
     );
-    bar.set_message(layer.to_string());
+    bar.set_message(format!("{layers:?}"));
     for batch in seqs.chunks(BATCH) {
-        let iv = Interventions::none()
-            .capture(layer, Site::MlpKey)
-            .stop_after(layer);
+        let mut iv = Interventions::none().stop_after(top);
+        for &l in layers {
+            iv = iv.capture(l, Site::MlpKey);
+        }
         let fwd = lm.model.forward(lm.model.batch(batch), &iv);
-        let keys = fwd.captured[&(layer, Site::MlpKey)].clone();
-        // Only real tokens: right padding sits at the end of each row.
-        let rows: Vec<Tensor<B, 2>> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                keys.clone()
-                    .narrow(0, i, 1)
-                    .narrow(1, 0, q.len())
-                    .reshape([q.len(), d])
-            })
-            .collect();
-        let k = Tensor::cat(rows, 0);
-        let kk: Vec<f32> = k
-            .clone()
-            .transpose()
-            .matmul(k)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32");
-        c.iter_mut().zip(&kk).for_each(|(a, b)| *a += *b as f64);
+        for (c, l) in cs.iter_mut().zip(layers) {
+            let keys = fwd.captured[&(*l, Site::MlpKey)].clone();
+            // Only real tokens: right padding sits at the end of each row.
+            let rows: Vec<Tensor<B, 2>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    keys.clone()
+                        .narrow(0, i, 1)
+                        .narrow(1, 0, q.len())
+                        .reshape([q.len(), d])
+                })
+                .collect();
+            let k = Tensor::cat(rows, 0);
+            let kk: Vec<f32> = k
+                .clone()
+                .transpose()
+                .matmul(k)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32");
+            c.iter_mut().zip(&kk).for_each(|(a, b)| *a += *b as f64);
+        }
         bar.inc(batch.iter().map(Vec::len).sum::<usize>() as u64);
     }
     bar.finish_and_clear();
-    c.iter_mut().for_each(|x| *x /= samples as f64);
-    Ok(SecondMoment {
-        layer,
-        samples,
-        dim: d,
-        c,
-    })
+    Ok(cs
+        .into_iter()
+        .zip(layers)
+        .map(|(mut c, &layer)| {
+            c.iter_mut().for_each(|x| *x /= samples as f64);
+            SecondMoment {
+                layer,
+                samples,
+                dim: d,
+                c,
+            }
+        })
+        .collect())
 }
 
 /// `C` from the cache, or computed and cached. The cache file is keyed by model, corpus, layer
@@ -134,48 +155,95 @@ pub fn load_or_compute<B: Backend>(
     samples: usize,
     cache: &Path,
 ) -> Result<SecondMoment> {
+    Ok(load_or_compute_layers(lm, &[layer], corpus_path, samples, cache)?.remove(0))
+}
+
+/// [`load_or_compute`] for several layers: the missing ones are computed in one pass.
+pub fn load_or_compute_layers<B: Backend>(
+    lm: &LanguageModel<B>,
+    layers: &[usize],
+    corpus_path: &Path,
+    samples: usize,
+    cache: &Path,
+) -> Result<Vec<SecondMoment>> {
     let corpus = std::fs::read(corpus_path)
         .with_context(|| format!("{}: cannot read corpus", corpus_path.display()))?;
     let corpus_sha = sha256_hex(&corpus)[..16].to_owned();
     let model = model_id(&lm.source)?;
-    let file = cache.join(format!(
-        "{model}-{corpus_sha}-layer{layer}-f64-mom2-{samples}.safetensors"
-    ));
-    let meta = [
-        ("model", model.clone()),
-        ("corpus_sha256", corpus_sha.clone()),
-        ("layer", layer.to_string()),
-        ("samples", samples.to_string()),
-    ];
-    if let Ok(bytes) = std::fs::read(&file) {
-        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{}: bad cache file", file.display()))?;
-        let md = m.metadata().clone().unwrap_or_default();
-        if meta.iter().all(|(k, v)| md.get(*k) == Some(v)) {
-            let st = safetensors::SafeTensors::deserialize(&bytes)?;
-            let t = st.tensor("mom2")?;
-            let c: Vec<f64> = t
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            tracing::info!(
-                "second moment of layer {layer} from cache {}",
-                file.display()
-            );
-            return Ok(SecondMoment {
-                layer,
-                samples,
-                dim: t.shape()[0],
-                c,
-            });
-        }
-        tracing::warn!("{}: metadata does not match; recomputing", file.display());
+    let entry = |layer: usize| {
+        let file = cache.join(format!(
+            "{model}-{corpus_sha}-layer{layer}-f64-mom2-{samples}.safetensors"
+        ));
+        let meta = [
+            ("model", model.clone()),
+            ("corpus_sha256", corpus_sha.clone()),
+            ("layer", layer.to_string()),
+            ("samples", samples.to_string()),
+        ];
+        (file, meta)
+    };
+    let mut found: Vec<Option<SecondMoment>> = Vec::with_capacity(layers.len());
+    for &layer in layers {
+        let (file, meta) = entry(layer);
+        found.push(read_cached(&file, &meta, layer, samples)?);
     }
-    let text = String::from_utf8_lossy(&corpus);
-    let m = compute(lm, layer, &text, samples)?;
-    std::fs::create_dir_all(cache)
-        .with_context(|| format!("{}: cannot create stats cache", cache.display()))?;
+    let missing: Vec<usize> = layers
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(l, _)| *l)
+        .collect();
+    if !missing.is_empty() {
+        let text = String::from_utf8_lossy(&corpus);
+        let computed = compute_layers(lm, &missing, &text, samples)?;
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("{}: cannot create stats cache", cache.display()))?;
+        for m in computed {
+            let (file, meta) = entry(m.layer);
+            write_cached(&file, &meta, &m)?;
+            let i = layers.iter().position(|l| *l == m.layer).expect("asked");
+            found[i] = Some(m);
+        }
+    }
+    Ok(found.into_iter().map(|m| m.expect("filled")).collect())
+}
+
+fn read_cached(
+    file: &Path,
+    meta: &[(&str, String)],
+    layer: usize,
+    samples: usize,
+) -> Result<Option<SecondMoment>> {
+    let Ok(bytes) = std::fs::read(file) else {
+        return Ok(None);
+    };
+    let (_, m) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: bad cache file", file.display()))?;
+    let md = m.metadata().clone().unwrap_or_default();
+    if !meta.iter().all(|(k, v)| md.get(*k) == Some(v)) {
+        tracing::warn!("{}: metadata does not match; recomputing", file.display());
+        return Ok(None);
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let t = st.tensor("mom2")?;
+    let c: Vec<f64> = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    tracing::info!(
+        "second moment of layer {layer} from cache {}",
+        file.display()
+    );
+    Ok(Some(SecondMoment {
+        layer,
+        samples,
+        dim: t.shape()[0],
+        c,
+    }))
+}
+
+fn write_cached(file: &Path, meta: &[(&str, String)], m: &SecondMoment) -> Result<()> {
     let bytes: Vec<u8> = m.c.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![m.dim, m.dim], &bytes)?;
@@ -186,8 +254,8 @@ pub fn load_or_compute<B: Backend>(
     let out = safetensors::serialize([("mom2", view)], Some(md))?;
     let tmp = file.with_extension("partial");
     std::fs::write(&tmp, out)?;
-    std::fs::rename(&tmp, &file)?;
-    Ok(m)
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }
 
 impl SecondMoment {

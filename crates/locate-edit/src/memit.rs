@@ -1,0 +1,263 @@
+//! MEMIT (Meng et al. 2023), methods.md §3.3: many facts at once, spread over several MLP layers.
+//! A target z per request at the last edit layer; then, layer by layer on the partly edited
+//! model, the residual between z and what the model now gives is divided among the layers left
+//! and written with one f64 least-squares update per layer ([`crate::solve`]). PMET is the same
+//! procedure with another target and spread ([`crate::pmet`]), so both run through [`Memit`].
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_models::{LanguageModel, Site};
+
+use crate::hparams::MemitHparams;
+use crate::kv::{at_subject, norm, request_keys, template_prompts, Average, Prompt};
+use crate::solve;
+use crate::stats::SecondMoment;
+use crate::templates::TemplateCache;
+use crate::z::{self, ZSpec};
+
+/// What distinguishes MEMIT from PMET.
+#[derive(Debug)]
+pub struct Flavor {
+    pub name: &'static str,
+    /// The sites optimised together at the last edit layer.
+    pub z_sites: &'static [Site],
+    /// Which of them is the target the MLP updates must reach.
+    pub target: usize,
+    /// PMET's adaptive NLL weight and KL stop.
+    pub adaptive: bool,
+    /// The divisor of the residual when `layers_left` layers remain (this one included).
+    pub spread: fn(layers_left: usize) -> f64,
+}
+
+/// MEMIT: z on the residual stream, residual divided evenly over the layers left.
+pub const MEMIT: Flavor = Flavor {
+    name: "memit",
+    z_sites: &[Site::Residual],
+    target: 0,
+    adaptive: false,
+    spread: |left| left as f64,
+};
+
+pub struct Memit {
+    pub hparams: MemitHparams,
+    pub flavor: &'static Flavor,
+    templates: TemplateCache,
+    /// `C` of every edit layer, in `hparams.layers` order.
+    mom2: Vec<SecondMoment>,
+    /// Seconds the last `apply` spent on the targets and on the layer updates (for benchmarks).
+    pub last_timing: Option<(f64, f64)>,
+}
+
+impl Memit {
+    pub fn new(hparams: MemitHparams) -> Self {
+        Self::with_flavor(hparams, &MEMIT)
+    }
+
+    pub fn with_flavor(hparams: MemitHparams, flavor: &'static Flavor) -> Self {
+        Self {
+            hparams,
+            flavor,
+            templates: TemplateCache::default(),
+            mom2: Vec::new(),
+            last_timing: None,
+        }
+    }
+
+    /// Supply `C` for every edit layer (`stats::load_or_compute_layers`; `kedit edit` loads them).
+    pub fn with_second_moments(mut self, mom2: Vec<SecondMoment>) -> Self {
+        self.mom2 = mom2;
+        self
+    }
+
+    fn check<B: Backend>(&self, lm: &LanguageModel<B>) -> Result<()> {
+        let h = &self.hparams;
+        let n = lm.model.config.num_layers;
+        if let Some(l) = h.layers.iter().find(|&&l| l >= n) {
+            bail!("hparams field `layers`: layer {l} but the model has {n}");
+        }
+        let have: Vec<usize> = self.mom2.iter().map(|m| m.layer).collect();
+        if have != h.layers {
+            bail!(
+                "{} needs the second moment of layers {:?}, has {have:?} (Memit::with_second_moments; `kedit edit` loads them)",
+                self.flavor.name,
+                h.layers
+            );
+        }
+        Ok(())
+    }
+
+    fn prompts<B: Backend>(
+        &mut self,
+        lm: &LanguageModel<B>,
+        requests: &[EditRequest],
+    ) -> Result<Vec<Vec<Vec<Prompt>>>> {
+        let h = &self.hparams;
+        let groups = self
+            .templates
+            .get(lm, &h.context_template_length_params, h.seed)?;
+        requests
+            .iter()
+            .map(|r| template_prompts(lm, &groups, r))
+            .collect()
+    }
+
+    /// The key each edit layer would write `request` under, on the model as it is.
+    pub fn layer_keys<B: Backend>(
+        &mut self,
+        lm: &LanguageModel<B>,
+        request: &EditRequest,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
+        let prompts = self.prompts(lm, std::slice::from_ref(request))?;
+        Ok(self
+            .hparams
+            .layers
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    request_keys(lm, l, &prompts, Average::ByGroup).0.remove(0),
+                )
+            })
+            .collect())
+    }
+
+    /// The targets at the last edit layer, one per request, on the model as it is.
+    fn targets<B: Backend>(
+        &self,
+        lm: &LanguageModel<B>,
+        requests: &[EditRequest],
+        prompts: &[Vec<Vec<Prompt>>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let h = &self.hparams;
+        let spec = ZSpec {
+            layer: *h.layers.last().expect("checked"),
+            sites: self.flavor.z_sites.to_vec(),
+            steps: h.v_num_grad_steps,
+            lr: h.v_lr,
+            weight_decay: h.v_weight_decay,
+            clamp_norm_factor: h.clamp_norm_factor,
+            kl_factor: h.kl_factor,
+            adaptive_nll: self
+                .flavor
+                .adaptive
+                .then(|| h.nll_loss_factor.unwrap_or(1.0)),
+        };
+        let bar = indicatif::ProgressBar::new(requests.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{} targets {{bar:40}} {{pos}}/{{len}} eta {{eta}}",
+                self.flavor.name
+            ))
+            .expect("template"),
+        );
+        let mut out = Vec::with_capacity(requests.len());
+        for (req, p) in requests.iter().zip(prompts) {
+            let flat: Vec<&Prompt> = p.iter().flatten().collect();
+            out.push(z::optimize(lm, req, &flat, &spec)?.target(self.flavor.target));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// Edit every request at once; `lm` is left edited, layer by layer, through the entries.
+    fn edit<B: Backend>(
+        &mut self,
+        lm: &mut LanguageModel<B>,
+        requests: &[EditRequest],
+    ) -> Result<Vec<PatchEntry>> {
+        self.check(lm)?;
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = std::time::Instant::now();
+        let prompts = self.prompts(lm, requests)?;
+        let zs = self.targets(lm, requests, &prompts)?;
+        let targets_s = started.elapsed().as_secs_f64();
+        let h = self.hparams.clone();
+        let z_layer = *h.layers.last().expect("checked");
+        let z_site = self.flavor.z_sites[self.flavor.target];
+        let bare: Vec<&Prompt> = prompts.iter().map(|p| &p[0][0]).collect();
+        let z0 = at_subject(lm, z_layer, z_site, &bare);
+        let mut entries = Vec::with_capacity(h.layers.len());
+        for (i, &layer) in h.layers.iter().enumerate() {
+            let (keys, _) = request_keys(lm, layer, &prompts, Average::ByGroup);
+            let cur = at_subject(lm, z_layer, z_site, &bare);
+            tracing::debug!(
+                layer,
+                left = residual_left(&zs, &cur, &z0),
+                "{}: share of z - z₀ still missing",
+                self.flavor.name
+            );
+            let spread = (self.flavor.spread)(h.layers.len() - i);
+            let resid: Vec<Vec<f64>> = zs
+                .iter()
+                .zip(&cur)
+                .map(|(z, c)| {
+                    z.iter()
+                        .zip(c)
+                        .map(|(a, b)| (*a as f64 - *b as f64) / spread)
+                        .collect()
+                })
+                .collect();
+            let delta = solve::update(&self.mom2[i], h.mom2_update_weight, &keys, &resid)?;
+            let entry = PatchEntry {
+                layer,
+                matrix: Matrix::MlpOut,
+                shape: [self.mom2[i].dim, zs[0].len()],
+                delta,
+            };
+            tracing::debug!(layer, "{} layer written", self.flavor.name);
+            // The next layer's keys and residual are read on the model edited so far.
+            Patch {
+                entries: vec![entry.clone()],
+                metadata: Default::default(),
+            }
+            .apply(&mut lm.model)?;
+            entries.push(entry);
+        }
+        let cur = at_subject(lm, z_layer, z_site, &bare);
+        tracing::debug!(
+            left = residual_left(&zs, &cur, &z0),
+            "{}: share of z - z₀ missing after the last layer",
+            self.flavor.name
+        );
+        self.last_timing = Some((targets_s, started.elapsed().as_secs_f64() - targets_s));
+        Ok(entries)
+    }
+}
+
+/// Mean over requests of ‖z − current‖ / ‖z − z₀‖: how much of the wanted change is not yet made.
+fn residual_left(zs: &[Vec<f32>], cur: &[Vec<f32>], z0: &[Vec<f32>]) -> f32 {
+    let dist =
+        |a: &[f32], b: &[f32]| norm(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+    zs.iter()
+        .zip(cur)
+        .zip(z0)
+        .map(|((z, c), z0)| dist(z, c) / dist(z, z0).max(1e-12))
+        .sum::<f32>()
+        / zs.len() as f32
+}
+
+impl<B: Backend> Editor<B> for Memit {
+    fn name(&self) -> &str {
+        self.flavor.name
+    }
+
+    /// All requests in one batch update; sequential editing is repeated `apply` (statistics and
+    /// templates are kept).
+    fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
+        let mut patch = Patch::described(self.flavor.name, &self.hparams, requests, lm)?;
+        patch.entries = self.edit(lm, requests)?;
+        Ok(patch)
+    }
+
+    fn layer_keys(
+        &mut self,
+        lm: &LanguageModel<B>,
+        request: &EditRequest,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
+        Memit::layer_keys(self, lm, request)
+    }
+}
