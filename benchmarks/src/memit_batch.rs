@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use kedit_editing::{requests::load_cases, Editor, Snapshot};
+use kedit_editing::{Editor, Snapshot};
 use kedit_locate_edit::{stats, Memit, MemitHparams};
-use kedit_models::{fetch, Cpu, LanguageModel};
+use kedit_models::fetch;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,17 +24,7 @@ fn main() -> Result<()> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let mut lm = LanguageModel::<Cpu>::load_gguf(&fetch::smollm2()?, &Default::default())?;
-    let cases = load_cases(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fixtures/s2rke-wikidata.json"
-    )))?;
-    let mut seen = std::collections::HashSet::new();
-    let reqs: Vec<_> = cases
-        .iter()
-        .filter(|c| seen.insert(c.subject_id.clone()))
-        .map(|c| c.request.clone())
-        .collect();
+    let (mut lm, reqs) = kedit_benchmarks::smollm2_and_requests()?;
     let hparams = MemitHparams::smollm2();
     let m = stats::load_or_compute_layers(
         &lm,

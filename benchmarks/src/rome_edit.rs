@@ -9,9 +9,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use kedit_editing::{requests::load_cases, Editor, Snapshot};
+use kedit_editing::{Editor, Snapshot};
 use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
-use kedit_models::{fetch, Cpu, LanguageModel};
+use kedit_models::fetch;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -22,18 +22,8 @@ fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(5);
-    let mut lm = LanguageModel::<Cpu>::load_gguf(&fetch::smollm2()?, &Default::default())?;
-    let cases = load_cases(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fixtures/s2rke-wikidata.json"
-    )))?;
-    let mut seen = std::collections::HashSet::new();
-    let reqs: Vec<_> = cases
-        .iter()
-        .filter(|c| seen.insert(c.subject_id.clone()))
-        .take(n)
-        .map(|c| c.request.clone())
-        .collect();
+    let (mut lm, all) = kedit_benchmarks::smollm2_and_requests()?;
+    let reqs = &all[..n.min(all.len())];
     let hparams = RomeHparams::smollm2();
     let mut rome = Rome::new(hparams.clone(), Variant::Original);
     if hparams.mom2_adjustment {
@@ -52,7 +42,7 @@ fn main() -> Result<()> {
     let templates_s = t.elapsed().as_secs_f64();
     let snapshot = Snapshot::take(&lm.model);
     let mut times = Vec::new();
-    for r in &reqs {
+    for r in reqs {
         let t = Instant::now();
         rome.apply(&mut lm, std::slice::from_ref(r))?;
         times.push(t.elapsed().as_secs_f64());

@@ -36,6 +36,17 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Append a harness's JSON lines to its results file, and show them.
+fn record(file: &Path, out: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    std::io::Write::write_all(&mut f, out.as_bytes())?;
+    print!("{out}");
+    Ok(())
+}
+
 /// A venv with transformers, torch (CPU use) and gguf, made once under target/.
 fn venv() -> Result<PathBuf> {
     let dir = root().join(".venv");
@@ -334,14 +345,7 @@ fn main() -> Result<()> {
             build_benchmarks()?;
             let out = run(Command::new(root.join("target/release/rome-edit"))
                 .args(["--edits", &repeats.to_string()]))?;
-            let file = root.join("benchmarks/results/rome-edit.jsonl");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)?;
-            std::io::Write::write_all(&mut f, out.as_bytes())?;
-            print!("{out}");
-            Ok(())
+            record(&root.join("benchmarks/results/rome-edit.jsonl"), &out)
         }
         Some("bench-memit") => {
             let root = root();
@@ -354,14 +358,7 @@ fn main() -> Result<()> {
             let out = run(
                 Command::new(root.join("target/release/memit-batch")).args(["--sizes", sizes])
             )?;
-            let file = root.join("benchmarks/results/memit-batch.jsonl");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)?;
-            std::io::Write::write_all(&mut f, out.as_bytes())?;
-            print!("{out}");
-            Ok(())
+            record(&root.join("benchmarks/results/memit-batch.jsonl"), &out)
         }
         Some("data") => {
             // The committed dataset, rebuilt from the committed facts; CI checks the bytes.

@@ -80,6 +80,9 @@ pub fn editor<B: Backend>(
 ) -> Result<Box<dyn Editor<B>>> {
     use kedit_gradient_edit::{Ft, FtHparams, Objective};
     use kedit_locate_edit::{stats, Memit, MemitHparams, Rome, RomeHparams, Variant};
+    if let Some(path) = hparams {
+        kedit_editing::hparams::check_module_names(path, lm.model.config.family)?;
+    }
     let ft = |objective| -> Result<Box<dyn Editor<B>>> {
         Ok(Box::new(Ft::new(
             load(hparams, FtHparams::smollm2)?,

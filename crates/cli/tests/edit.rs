@@ -12,8 +12,15 @@ const REQUESTS: &str = r#"[{"subjectID": 0, "subject": {"name": "France"}, "Star
    "paraphrase_prompts": ["France's capital is"], "neighborhood_prompts": ["The capital of Italy is"]},
   {"requested_rewrite": {"prompt": "{} plays the", "target_true": "guitar", "target_new": "piano"}}]}]"#;
 
+/// Every family's checkpoint folder works with `--model`: Llama, GPT-2, GPT-J.
 #[test]
 fn edit_writes_a_report_and_keys_a_cosine_matrix() {
+    for family in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
+        edit_and_keys(family);
+    }
+}
+
+fn edit_and_keys(family: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (h, r, rep) = (
         dir.path().join("h.yaml"),
@@ -22,7 +29,16 @@ fn edit_writes_a_report_and_keys_a_cosine_matrix() {
     );
     std::fs::write(&h, HPARAMS).unwrap();
     std::fs::write(&r, REQUESTS).unwrap();
-    let model = fixture("tiny-llama");
+    let model = fixture(family);
+    let (ok, out, err) = kedit(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "-n",
+        "3",
+        "The capital of France is",
+    ]);
+    assert!(ok && !out.trim().is_empty(), "{family} generate: {err}");
     let (ok, out, err) = kedit(&[
         "edit",
         "--model",
@@ -92,4 +108,37 @@ fn unknown_hparams_key_and_bad_request_are_one_line_errors() {
         err.contains("r.json") && err.contains("Star_Topology[1]") && err.contains("target_true"),
         "{err}"
     );
+}
+
+/// EasyEdit's module names resolve per family: a GPT-2 file on a Llama model is an error.
+#[test]
+fn module_names_of_another_family_are_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, r) = (dir.path().join("h.yaml"), dir.path().join("r.json"));
+    std::fs::write(
+        &h,
+        format!("{HPARAMS}rewrite_module_tmp: transformer.h.{{}}.mlp.c_proj\n"),
+    )
+    .unwrap();
+    std::fs::write(&r, REQUESTS).unwrap();
+    let args = |model: &str| {
+        kedit(&[
+            "keys",
+            "--model",
+            fixture(model).to_str().unwrap(),
+            "--requests",
+            r.to_str().unwrap(),
+            "--hparams",
+            h.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = args("tiny-llama");
+    assert!(
+        !ok && err.lines().count() == 1
+            && err.contains("rewrite_module_tmp")
+            && err.contains("model.layers.{}.mlp.down_proj"),
+        "{err}"
+    );
+    let (ok, _, err) = args("tiny-gpt2");
+    assert!(ok, "GPT-2's own name resolves: {err}");
 }

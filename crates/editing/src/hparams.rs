@@ -50,3 +50,29 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str, ignored: &[&str])
     serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| anyhow::anyhow!("{file}: {e}"))
 }
+
+/// EasyEdit's `rewrite_module_tmp(s)` name Hugging Face modules, so a file resolves on one family
+/// only: each must be this family's MLP or attention output projection (the matrices kedit
+/// edits), else a one-line error naming the file, the field and the name it expected.
+pub fn check_module_names(path: &Path, family: kedit_models::Family) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read hparams", path.display()))?;
+    let value: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", path.display()))?;
+    let known = [family.mlp_out_module(), family.attn_out_module()];
+    for field in ["rewrite_module_tmp", "rewrite_module_tmps"] {
+        let names: Vec<&str> = match value.get(field) {
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => continue,
+        };
+        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+            bail!(
+                "{}: field `{field}`: `{bad}` is not a module of this {family:?} model (its MLP output projection is `{}`)",
+                path.display(),
+                family.mlp_out_module()
+            );
+        }
+    }
+    Ok(())
+}

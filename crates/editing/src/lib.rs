@@ -46,6 +46,9 @@ pub struct EditCase {
     pub neighborhood_prompts: Vec<String>,
 }
 
+/// `(layer, key)` for every layer a method writes.
+pub type LayerKeys = Vec<(usize, Vec<f32>)>;
+
 /// An editing method. Sequential editing is repeated `apply` with one request; batch editing is
 /// one `apply` with many. The model is left edited; the returned patch reverts or re-applies it.
 pub trait Editor<B: Backend> {
@@ -63,7 +66,7 @@ pub trait Editor<B: Backend> {
         &mut self,
         _model: &kedit_models::LanguageModel<B>,
         _request: &EditRequest,
-    ) -> Result<Vec<(usize, Vec<f32>)>> {
+    ) -> Result<LayerKeys> {
         Ok(Vec::new())
     }
 

@@ -166,7 +166,7 @@ impl Ft {
     /// The chunk's loss, running the blocks from `start` on `h_in`, the (fixed) residual stream
     /// entering the lowest trained layer.
     fn loss<B: Backend>(
-        model: &kedit_models::Llama<Autodiff<B>>,
+        model: &kedit_models::Transformer<Autodiff<B>>,
         b: &ChunkBatch,
         start: usize,
         h_in: Tensor<B, 3>,

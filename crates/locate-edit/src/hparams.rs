@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 pub use kedit_editing::hparams::Hparams;
+use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,33 +32,39 @@ pub struct RomeHparams {
     pub seed: u64,
 }
 
+/// The hyperparameters file kedit carries in `hparams/`, parsed (and checked) at first use.
+macro_rules! bundled {
+    ($file:literal) => {
+        Self::from_yaml_str(include_str!(concat!("../hparams/", $file)), $file)
+            .expect("bundled hparams")
+    };
+}
+
+/// Where keys are read: `subject_last` is the only choice EasyEdit ships.
+fn fact_token(file: &str, token: &str) -> Result<()> {
+    if token != "subject_last" {
+        bail!("{file}: field `fact_token`: only `subject_last` is supported, got {token:?}");
+    }
+    Ok(())
+}
+
 impl RomeHparams {
     /// The defaults for SmolLM2-135M (see hparams/rome-smollm2.yaml for why).
     pub fn smollm2() -> Self {
-        Self::from_yaml_str(
-            include_str!("../hparams/rome-smollm2.yaml"),
-            "rome-smollm2.yaml",
-        )
-        .expect("bundled hparams")
+        bundled!("rome-smollm2.yaml")
     }
 }
 
 impl Hparams for RomeHparams {
     fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
-        let h: Self =
-            kedit_editing::hparams::parse_yaml(text, file, kedit_editing::hparams::RUN_KEYS)?;
+        let h: Self = parse_yaml(text, file, RUN_KEYS)?;
         if h.layers.len() != 1 {
             bail!(
                 "{file}: field `layers`: ROME edits exactly one layer, got {:?}",
                 h.layers
             );
         }
-        if h.fact_token != "subject_last" {
-            bail!(
-                "{file}: field `fact_token`: only `subject_last` is supported, got {:?}",
-                h.fact_token
-            );
-        }
+        fact_token(file, &h.fact_token)?;
         Ok(h)
     }
 }
@@ -114,39 +121,25 @@ fn memit_templates() -> Vec<[usize; 2]> {
 impl MemitHparams {
     /// MEMIT's defaults for SmolLM2-135M (see hparams/memit-smollm2.yaml for why).
     pub fn smollm2() -> Self {
-        Self::from_yaml_str(
-            include_str!("../hparams/memit-smollm2.yaml"),
-            "memit-smollm2.yaml",
-        )
-        .expect("bundled hparams")
+        bundled!("memit-smollm2.yaml")
     }
 
     /// PMET's defaults for SmolLM2-135M (see hparams/pmet-smollm2.yaml).
     pub fn smollm2_pmet() -> Self {
-        Self::from_yaml_str(
-            include_str!("../hparams/pmet-smollm2.yaml"),
-            "pmet-smollm2.yaml",
-        )
-        .expect("bundled hparams")
+        bundled!("pmet-smollm2.yaml")
     }
 }
 
 impl Hparams for MemitHparams {
     fn from_yaml_str(text: &str, file: &str) -> Result<Self> {
-        let h: Self =
-            kedit_editing::hparams::parse_yaml(text, file, kedit_editing::hparams::RUN_KEYS)?;
+        let h: Self = parse_yaml(text, file, RUN_KEYS)?;
         if h.layers.is_empty() || h.layers.windows(2).any(|w| w[0] >= w[1]) {
             bail!(
                 "{file}: field `layers`: expected increasing layer numbers, got {:?}",
                 h.layers
             );
         }
-        if h.fact_token != "subject_last" {
-            bail!(
-                "{file}: field `fact_token`: only `subject_last` is supported, got {:?}",
-                h.fact_token
-            );
-        }
+        fact_token(file, &h.fact_token)?;
         if let Some(s) = h.layer_selection.as_deref().filter(|s| *s != "all") {
             bail!("{file}: field `layer_selection`: only `all` is supported, got {s:?}");
         }

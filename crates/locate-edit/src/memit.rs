@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
-use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_editing::{EditRequest, Editor, LayerKeys, Matrix, Patch, PatchEntry};
 use kedit_models::{LanguageModel, Site};
 
 use crate::hparams::MemitHparams;
@@ -107,7 +107,7 @@ impl Memit {
         &mut self,
         lm: &LanguageModel<B>,
         request: &EditRequest,
-    ) -> Result<Vec<(usize, Vec<f32>)>> {
+    ) -> Result<LayerKeys> {
         let prompts = self.prompts(lm, std::slice::from_ref(request))?;
         Ok(self
             .hparams
@@ -253,11 +253,7 @@ impl<B: Backend> Editor<B> for Memit {
         Ok(patch)
     }
 
-    fn layer_keys(
-        &mut self,
-        lm: &LanguageModel<B>,
-        request: &EditRequest,
-    ) -> Result<Vec<(usize, Vec<f32>)>> {
+    fn layer_keys(&mut self, lm: &LanguageModel<B>, request: &EditRequest) -> Result<LayerKeys> {
         Memit::layer_keys(self, lm, request)
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_editing::{EditRequest, Editor, LayerKeys, Matrix, Patch, PatchEntry};
 use kedit_models::{CausalLm, LanguageModel, Site};
 
 use crate::hparams::RomeHparams;
@@ -179,11 +179,7 @@ impl<B: Backend> Editor<B> for Rome {
         Ok(patch)
     }
 
-    fn layer_keys(
-        &mut self,
-        lm: &LanguageModel<B>,
-        request: &EditRequest,
-    ) -> Result<Vec<(usize, Vec<f32>)>> {
+    fn layer_keys(&mut self, lm: &LanguageModel<B>, request: &EditRequest) -> Result<LayerKeys> {
         Ok(vec![(
             self.hparams.layers[0],
             Rome::key(self, lm, request)?,

@@ -12,6 +12,32 @@ use crate::load::gguf::GgufFile;
 pub enum Family {
     /// Llama-2 and relatives (SmolLM2, Mistral-style GQA): RMSNorm, rotary, SwiGLU.
     Llama,
+    /// GPT-2: learned positions, LayerNorm, fused `c_attn`, `Conv1D` weights, GELU, tied output.
+    Gpt2,
+    /// GPT-J: one LayerNorm feeding attention and MLP in parallel, partial interleaved rotary,
+    /// untied `lm_head` with bias.
+    GptJ,
+}
+
+impl Family {
+    /// The Hugging Face module of the MLP output projection, `{}` for the layer: EasyEdit's
+    /// `rewrite_module_tmp` for ROME/MEMIT/PMET/FT on this family.
+    pub fn mlp_out_module(self) -> &'static str {
+        match self {
+            Family::Llama => "model.layers.{}.mlp.down_proj",
+            Family::Gpt2 => "transformer.h.{}.mlp.c_proj",
+            Family::GptJ => "transformer.h.{}.mlp.fc_out",
+        }
+    }
+
+    /// The Hugging Face module of the attention output projection, `{}` for the layer.
+    pub fn attn_out_module(self) -> &'static str {
+        match self {
+            Family::Llama => "model.layers.{}.self_attn.o_proj",
+            Family::Gpt2 => "transformer.h.{}.attn.c_proj",
+            Family::GptJ => "transformer.h.{}.attn.out_proj",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +50,9 @@ pub struct ModelConfig {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Leading dimensions of each head that get rotary embeddings (0: none, GPT-2's learned
+    /// positions; `head_dim`: Llama).
+    pub rotary_dim: usize,
     pub norm_eps: f64,
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
@@ -54,8 +83,9 @@ impl ModelConfig {
         let model_type = cfg.get("model_type").and_then(Json::as_str).unwrap_or("");
         match model_type {
             "llama" | "mistral" => {}
+            "gpt2" | "gptj" => return Self::from_gpt_json(&cfg, model_type, file),
             other => bail!(
-                "{}: model_type `{other}` is not supported (llama)",
+                "{}: field `model_type`: `{other}` is not supported (llama, mistral, gpt2, gptj)",
                 file.display()
             ),
         }
@@ -77,6 +107,10 @@ impl ModelConfig {
                 .get("head_dim")
                 .and_then(Json::as_u64)
                 .map_or(hidden_size / num_heads, |v| v as usize),
+            rotary_dim: cfg
+                .get("head_dim")
+                .and_then(Json::as_u64)
+                .map_or(hidden_size / num_heads, |v| v as usize),
             norm_eps: cfg
                 .get("rms_norm_eps")
                 .and_then(Json::as_f64)
@@ -95,6 +129,62 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)
                 .unwrap_or(false),
+            bos_token_id: tok("bos_token_id"),
+            eos_token_id: tok("eos_token_id"),
+        })
+    }
+
+    /// GPT-2 and GPT-J `config.json` (`n_embd`, `n_layer`, `n_head`, `n_inner`, ...).
+    fn from_gpt_json(cfg: &Json, model_type: &str, file: &Path) -> Result<Self> {
+        let gptj = model_type == "gptj";
+        let hidden_size = req_usize(cfg, "n_embd", file)?;
+        let num_heads = req_usize(cfg, "n_head", file)?;
+        let head_dim = hidden_size / num_heads;
+        let rotary_dim = if gptj {
+            cfg.get("rotary_dim")
+                .and_then(Json::as_u64)
+                .map_or(head_dim, |v| v as usize)
+        } else {
+            0
+        };
+        if rotary_dim > head_dim || rotary_dim % 2 == 1 {
+            bail!(
+                "{}: field `rotary_dim`: {rotary_dim} must be even and at most the head size {head_dim}",
+                file.display()
+            );
+        }
+        let act = cfg
+            .get("activation_function")
+            .and_then(Json::as_str)
+            .unwrap_or("gelu_new");
+        if act != "gelu_new" {
+            bail!(
+                "{}: field `activation_function`: `{act}` is not supported (gelu_new)",
+                file.display()
+            );
+        }
+        let tok = |k: &str| cfg.get(k).and_then(Json::as_u64).map(|v| v as u32);
+        Ok(Self {
+            family: if gptj { Family::GptJ } else { Family::Gpt2 },
+            vocab_size: req_usize(cfg, "vocab_size", file)?,
+            hidden_size,
+            intermediate_size: cfg
+                .get("n_inner")
+                .and_then(Json::as_u64)
+                .map_or(4 * hidden_size, |v| v as usize),
+            num_layers: req_usize(cfg, "n_layer", file)?,
+            num_heads,
+            num_kv_heads: num_heads,
+            head_dim,
+            rotary_dim,
+            norm_eps: cfg
+                .get("layer_norm_epsilon")
+                .and_then(Json::as_f64)
+                .unwrap_or(1e-5),
+            rope_theta: 10000.0,
+            max_position_embeddings: req_usize(cfg, "n_positions", file)?,
+            // GPT-2 always ties its output to the embeddings; GPT-J never does.
+            tie_word_embeddings: !gptj,
             bos_token_id: tok("bos_token_id"),
             eos_token_id: tok("eos_token_id"),
         })
@@ -136,6 +226,9 @@ impl ModelConfig {
             num_heads,
             num_kv_heads: num("attention.head_count_kv").unwrap_or(num_heads),
             head_dim: num("attention.key_length").unwrap_or(hidden_size / num_heads),
+            rotary_dim: num("rope.dimension_count")
+                .or_else(|_| num("attention.key_length"))
+                .unwrap_or(hidden_size / num_heads),
             norm_eps: g
                 .get("llama.attention.layer_norm_rms_epsilon")
                 .and_then(|v| v.as_f64())

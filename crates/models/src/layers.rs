@@ -24,6 +24,28 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() / (x.neg().exp() + 1.0)
 }
 
+/// LayerNorm over the last axis (GPT-2, GPT-J): biased variance, as torch computes it.
+pub fn layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    w: &Tensor<B, 1>,
+    b: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let mean = x.clone().mean_dim(2);
+    let x = x - mean;
+    let var = x.clone().square().mean_dim(2);
+    let x = x * (var + eps).sqrt().recip();
+    x * w.clone().unsqueeze_dims::<3>(&[0, 1]) + b.clone().unsqueeze_dims::<3>(&[0, 1])
+}
+
+/// GELU with the tanh approximation (`gelu_new`, GPT-2 and GPT-J), from primitive ops.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
 /// Llama's RMSNorm, computed as transformers does: `w * x / sqrt(mean(x²) + eps)`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let var = x.clone().square().mean_dim(2);
@@ -32,27 +54,33 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tens
 }
 
 /// cos and sin tables `[seq, head_dim]` for positions `0..seq` in transformers' "rotate half"
-/// layout (the two halves of a head hold the same frequencies).
+/// layout (the two halves of a head hold the same frequencies). Only the first `rotary_dim / 2`
+/// dimensions of each half rotate (frequencies `θ^(-2i/rotary_dim)`); the rest pass through
+/// (cos 1, sin 0): GPT-J's partial rotary once its interleaved dimensions are reordered at load.
 pub fn rotary_tables<B: Backend>(
     seq: usize,
     head_dim: usize,
+    rotary_dim: usize,
     theta: f64,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     // transformers computes inv_freq and the angles in f32; do the same so that long positions
     // round the same way.
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+    let inv: Vec<Option<f32>> = (0..half)
+        .map(|i| {
+            (i < rotary_dim / 2)
+                .then(|| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32))
+        })
         .collect();
     let mut cos = Vec::with_capacity(seq * head_dim);
     let mut sin = Vec::with_capacity(seq * head_dim);
     for p in 0..seq {
         // Both halves of the head repeat the same frequencies.
         for f in inv.iter().chain(&inv) {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            let a = f.map(|f| p as f32 * f);
+            cos.push(a.map_or(1.0, f32::cos));
+            sin.push(a.map_or(0.0, f32::sin));
         }
     }
     (

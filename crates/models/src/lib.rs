@@ -1,17 +1,21 @@
 //! kedit-models: the language model under edit.
 //!
-//! Families live one per file (`llama.rs`); they share `layers.rs` and expose one editing surface,
-//! [`CausalLm`]. [`LanguageModel`] pairs a model with its tokenizer and offers `score` and
+//! Families live one per file (`llama.rs`, `gpt2.rs`, `gptj.rs`: how each stores its weights and
+//! which pieces it uses); they share one decoder (`transformer.rs`) and its layers (`layers.rs`)
+//! and expose one editing surface, [`CausalLm`]. [`LanguageModel`] pairs a model with its tokenizer and offers `score` and
 //! `generate`. All model code is generic over a Burn backend `B`.
 
 pub mod config;
 pub mod fetch;
+pub mod gpt2;
+pub mod gptj;
 pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod prefix;
 pub mod surface;
 pub mod tokenizer;
+pub mod transformer;
 
 use std::path::{Path, PathBuf};
 
@@ -20,9 +24,9 @@ use burn::backend::Autodiff;
 use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
 
 pub use config::{Family, ModelConfig};
-pub use llama::Llama;
 pub use prefix::PrefixCache;
 pub use surface::{Action, Forward, Intervention, Interventions, Site};
+pub use transformer::Transformer;
 
 /// The CPU backend kedit uses by default.
 #[cfg(not(feature = "flex"))]
@@ -98,7 +102,7 @@ impl TargetScore {
 
 /// A model with its tokenizer.
 pub struct LanguageModel<B: Backend> {
-    pub model: Llama<B>,
+    pub model: Transformer<B>,
     pub tokenizer: tokenizers::Tokenizer,
     /// Where the weights came from (for patch metadata and messages).
     pub source: PathBuf,
@@ -152,7 +156,7 @@ impl<B: Backend> LanguageModel<B> {
         let config = ModelConfig::from_gguf(&g)?;
         let tokenizer = tokenizer::from_gguf(&g)?;
         let model =
-            Llama::load(config, &g, device).with_context(|| format!("{}", path.display()))?;
+            Transformer::load(config, &g, device).with_context(|| format!("{}", path.display()))?;
         Ok(Self {
             model,
             tokenizer,
@@ -164,7 +168,7 @@ impl<B: Backend> LanguageModel<B> {
         let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
         let tokenizer = tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let st = load::safetensors::SafetensorsFolder::open(dir)?;
-        let model = Llama::load(config, &st, device)?;
+        let model = Transformer::load(config, &st, device)?;
         Ok(Self {
             model,
             tokenizer,

@@ -63,13 +63,14 @@ impl<B: Backend> PrefixCache<B> {
     pub(crate) fn rotary(
         &self,
         head_dim: usize,
+        rotary_dim: usize,
         theta: f64,
         device: &B::Device,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let s = self.suffix_len;
         let b = self.prefix_lens.len();
         let max = self.prefix_lens.iter().max().unwrap_or(&0) + s;
-        let (cos, sin) = rotary_tables::<B>(max, head_dim, theta, device);
+        let (cos, sin) = rotary_tables::<B>(max, head_dim, rotary_dim, theta, device);
         let idx: Vec<i64> = self
             .prefix_lens
             .iter()

@@ -42,12 +42,20 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
 }
 
-/// Gradients in f64 so that central differences (eps 1e-5) are accurate to ~1e-9.
+/// Gradients in f64 so that central differences (eps 1e-5) are accurate to ~1e-9; for every
+/// family (Llama, GPT-2, GPT-J).
 #[test]
 fn gradients_match_finite_differences() {
     let dev = Default::default();
     let _ = burn::tensor::backend::set_default_float_dtype::<F64>(&dev, DType::F64);
-    let lm = LanguageModel::<F64>::load_hf(&fixture("tiny-llama"), &dev).unwrap();
+    for name in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
+        check(name);
+    }
+}
+
+fn check(name: &str) {
+    let dev = Default::default();
+    let lm = LanguageModel::<F64>::load_hf(&fixture(name), &dev).unwrap();
     let prompt = lm.encode("The capital of France is").unwrap();
     let target = lm.encode(" Rome").unwrap();
     let ids = [prompt.clone(), target].concat();
@@ -85,7 +93,7 @@ fn gradients_match_finite_differences() {
         let rel = (fd - g[i]).abs() / fd.abs().max(1e-8);
         assert!(
             rel < 1e-3,
-            "delta[{i}]: autodiff {} vs finite difference {fd} (rel {rel})",
+            "{name} delta[{i}]: autodiff {} vs finite difference {fd} (rel {rel})",
             g[i]
         );
     }
@@ -118,7 +126,7 @@ fn gradients_match_finite_differences() {
         let rel = (fd - gw[k]).abs() / fd.abs().max(1e-8);
         assert!(
             rel < 1e-3,
-            "W_out[{k}]: autodiff {} vs finite difference {fd} (rel {rel})",
+            "{name} W_out[{k}]: autodiff {} vs finite difference {fd} (rel {rel})",
             gw[k]
         );
     }
@@ -140,6 +148,6 @@ fn gradients_match_finite_differences() {
     let an: f64 = gw.iter().zip(&dir).map(|(a, b)| a * b).sum();
     assert!(
         (fd - an).abs() / fd.abs() < 1e-3,
-        "directional: autodiff {an} vs finite difference {fd}"
+        "{name} directional: autodiff {an} vs finite difference {fd}"
     );
 }

@@ -1,5 +1,6 @@
 //! The prefix-cached suffix forward equals the whole-row forward at the suffix positions, with an
-//! intervention at the first suffix token (ROME's v* setting), on the tiny random Llama.
+//! intervention at the first suffix token (ROME's v* setting), on the tiny random Llama, GPT-2
+//! (learned positions) and GPT-J (partial rotary).
 
 use std::path::PathBuf;
 
@@ -9,7 +10,15 @@ use kedit_models::{CausalLm, Cpu, Interventions, LanguageModel, Site};
 
 #[test]
 fn suffix_forward_matches_the_whole_rows() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
+    for name in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
+        check(name);
+    }
+}
+
+fn check(name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name);
     let lm = LanguageModel::<Cpu>::load_hf(&dir, &Default::default()).unwrap();
     let seqs: Vec<Vec<u32>> = [
         "Some text before. The capital of France is",
@@ -86,6 +95,6 @@ fn suffix_forward_matches_the_whole_rows() {
         .fold(0f32, |a, (w, g)| a.max((w - g).abs()));
     assert!(
         worst <= 1e-5 * scale,
-        "max |Δlogit| {worst} vs scale {scale}"
+        "{name}: max |Δlogit| {worst} vs scale {scale}"
     );
 }

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
-use kedit_models::{CausalLm, Interventions, LanguageModel};
+use kedit_models::LanguageModel;
 use serde_json::Value;
+
+mod common;
 
 fn fixture(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,50 +23,11 @@ fn reference() -> Value {
 /// Compare all logits of every reference prompt. Tolerance: 1e-4 of the largest reference logit
 /// of the row: f32 sums in a different order than PyTorch's drift by ~1e-6 relative per layer.
 fn check_logits<B: Backend>(lm: &LanguageModel<B>) {
-    let r = reference();
-    for (i, (ids, want)) in r["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["logits"].as_array().unwrap())
-        .enumerate()
-    {
-        let ids: Vec<u32> = ids
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let fwd = lm.model.forward(
-            lm.model.batch(std::slice::from_ref(&ids)),
-            &Interventions::none(),
-        );
-        let pos: Vec<(usize, usize)> = (0..ids.len()).map(|p| (0, p)).collect();
-        let got: Vec<f32> = lm
-            .model
-            .logits_at(fwd.hidden, &pos)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap();
-        let v = got.len() / ids.len();
-        for (p, row) in want.as_array().unwrap().iter().enumerate() {
-            let row: Vec<f64> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            let scale = row.iter().fold(0f64, |m, x| m.max(x.abs()));
-            for (j, w) in row.iter().enumerate() {
-                let g = got[p * v + j] as f64;
-                assert!(
-                    (g - w).abs() <= 1e-4 * scale,
-                    "prompt {i} pos {p} vocab {j}: kedit {g} vs transformers {w}"
-                );
-            }
-        }
-    }
+    let e = common::max_rel_logit_error(lm, &reference());
+    assert!(
+        e <= 1e-4,
+        "logits off by {e:e} relative to the row's largest"
+    );
 }
 
 #[test]

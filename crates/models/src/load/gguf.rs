@@ -394,6 +394,10 @@ impl super::WeightSource for GgufFile {
         gguf_name(name).is_some_and(|g| self.tensors.contains_key(&g))
     }
 
+    fn location(&self, _name: &str) -> String {
+        self.path.display().to_string()
+    }
+
     fn tensor(&self, name: &str) -> Result<super::HostTensor> {
         let g = gguf_name(name)
             .with_context(|| format!("{}: no GGUF name for tensor {name}", self.path.display()))?;

@@ -13,4 +13,6 @@ pub trait WeightSource {
     /// The weight `name` (Hugging Face name and layout), or an error naming the file and tensor.
     fn tensor(&self, name: &str) -> Result<HostTensor>;
     fn has(&self, name: &str) -> bool;
+    /// Where `name` lives, for messages (the file holding it).
+    fn location(&self, name: &str) -> String;
 }

@@ -53,6 +53,11 @@ impl WeightSource for SafetensorsFolder {
         self.index.contains_key(name)
     }
 
+    fn location(&self, name: &str) -> String {
+        let i = self.index.get(name).copied().unwrap_or(0);
+        self.shards[i].0.display().to_string()
+    }
+
     fn tensor(&self, name: &str) -> Result<HostTensor> {
         let Some(&i) = self.index.get(name) else {
             let dir = self.shards[0].0.parent().unwrap_or(Path::new("."));
