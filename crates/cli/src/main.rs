@@ -836,3 +836,56 @@ fn run(cli: Cli) -> Result<()> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{arrange, Arrange};
+    use kedit_editing::{EditCase, EditRequest};
+
+    fn case(subject: usize, record: usize) -> EditCase {
+        EditCase {
+            case_id: format!("s{subject}r{record}"),
+            subject_id: subject.to_string(),
+            request: EditRequest {
+                prompt: "{} x".into(),
+                subject: format!("S{subject}"),
+                relation: "P0".into(),
+                target_new: "a".into(),
+                target_true: "b".into(),
+            },
+            paraphrase_prompts: vec![],
+            neighborhood_prompts: vec![],
+        }
+    }
+
+    /// Same records either way; `same-subject` batches share a subject, `mixed` batches never do.
+    #[test]
+    fn arrange_makes_same_subject_and_mixed_batches_of_the_same_records() {
+        // Subjects 0..5 with 2, 3, 1, 4, 3 records: 0, 1, 3, 4 have at least 2.
+        let counts = [2, 3, 1, 4, 3];
+        let cases: Vec<EditCase> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &n)| (0..n).map(move |r| case(s, r)))
+            .collect();
+        let same = arrange(cases.clone(), 2, Arrange::SameSubject);
+        let mixed = arrange(cases, 2, Arrange::Mixed);
+        let ids = |v: &[EditCase]| {
+            let mut x: Vec<String> = v.iter().map(|c| c.case_id.clone()).collect();
+            x.sort();
+            x
+        };
+        assert_eq!(same.len(), 8, "two blocks of 2 subjects × 2 records");
+        assert_eq!(ids(&same), ids(&mixed));
+        for b in same.chunks(2) {
+            assert_eq!(b[0].subject_id, b[1].subject_id);
+        }
+        for b in mixed.chunks(2) {
+            assert_ne!(b[0].subject_id, b[1].subject_id);
+        }
+        assert!(
+            same.iter().all(|c| c.subject_id != "2"),
+            "subject 2 has too few records"
+        );
+    }
+}

@@ -14,7 +14,10 @@ use crate::kv::{at_subject, norm, request_keys, template_prompts, Average, Promp
 use crate::solve;
 use crate::stats::SecondMoment;
 use crate::templates::TemplateCache;
-use crate::z::{self, ZSpec};
+use crate::z::{self, Job, ZSpec};
+
+/// Requests whose targets are optimised in one batch (bounds memory: each brings ~7 rows).
+const Z_CHUNK: usize = 16;
 
 /// What distinguishes MEMIT from PMET.
 #[derive(Debug)]
@@ -152,10 +155,21 @@ impl Memit {
             .expect("template"),
         );
         let mut out = Vec::with_capacity(requests.len());
-        for (req, p) in requests.iter().zip(prompts) {
-            let flat: Vec<&Prompt> = p.iter().flatten().collect();
-            out.push(z::optimize(lm, req, &flat, &spec)?.target(self.flavor.target));
-            bar.inc(1);
+        // Requests are optimised together in chunks: each keeps its own δ and stopping step, the
+        // forward and backward passes are shared (much faster per request on a CPU).
+        for (reqs, ps) in requests.chunks(Z_CHUNK).zip(prompts.chunks(Z_CHUNK)) {
+            let jobs: Vec<Job<'_>> = reqs
+                .iter()
+                .zip(ps)
+                .map(|(req, p)| Job {
+                    req,
+                    prompts: p.iter().flatten().collect(),
+                })
+                .collect();
+            for z in z::optimize_many(lm, &jobs, &spec)? {
+                out.push(z.target(self.flavor.target));
+            }
+            bar.inc(reqs.len() as u64);
         }
         bar.finish_and_clear();
         Ok(out)

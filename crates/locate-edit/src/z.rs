@@ -67,6 +67,12 @@ impl Adam {
     }
 }
 
+/// One request and its rewriting prompts (every context template; the first is the bare prompt).
+pub struct Job<'a> {
+    pub req: &'a EditRequest,
+    pub prompts: Vec<&'a Prompt>,
+}
+
 /// Optimise δ for `req` over `prompts` (every context template; the first is the bare prompt).
 pub fn optimize<B: Backend>(
     lm: &LanguageModel<B>,
@@ -74,28 +80,58 @@ pub fn optimize<B: Backend>(
     prompts: &[&Prompt],
     spec: &ZSpec,
 ) -> Result<Z> {
+    let job = Job {
+        req,
+        prompts: prompts.to_vec(),
+    };
+    Ok(optimize_many(lm, &[job], spec)?.remove(0))
+}
+
+/// [`optimize`] for several requests in one batch: every request keeps its own δ, Adam state,
+/// loss weight and stopping step (its δ only moves its own rows, and the summed loss gives each δ
+/// exactly its own gradient), so the results are those of one request at a time up to the order
+/// of float sums; the forward and backward passes are shared.
+pub fn optimize_many<B: Backend>(
+    lm: &LanguageModel<B>,
+    jobs: &[Job<'_>],
+    spec: &ZSpec,
+) -> Result<Vec<Z>> {
     let layer = spec.layer;
-    let target = lm.encode(&format!(" {}", req.target_new.trim_start()))?;
-    if target.is_empty() {
-        bail!("target_new {:?} has no tokens", req.target_new);
-    }
-    // Rewriting prompts: template + prompt + target minus its last token; then the KL prompt.
+    let r_n = jobs.len();
+    // Rows: each request's rewriting prompts (template + prompt + target minus its last token),
+    // then its KL prompt.
     let mut seqs = Vec::new();
     let mut prefix = Vec::new();
+    let mut row_owner = Vec::new();
+    let mut first_row = Vec::with_capacity(r_n);
+    let mut kl_rows = Vec::with_capacity(r_n);
     let mut label_pos = Vec::new();
     let mut labels = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        for (j, &t) in target.iter().enumerate() {
-            label_pos.push((i, p.ids.len() - 1 + j));
-            labels.push(t as i64);
+    let mut label_owner = Vec::new();
+    let mut counts = vec![0usize; r_n];
+    for (r, job) in jobs.iter().enumerate() {
+        let target = lm.encode(&format!(" {}", job.req.target_new.trim_start()))?;
+        if target.is_empty() {
+            bail!("target_new {:?} has no tokens", job.req.target_new);
         }
-        seqs.push([p.ids.clone(), target[..target.len() - 1].to_vec()].concat());
-        prefix.push(p.subject_last);
+        first_row.push(seqs.len());
+        for p in &job.prompts {
+            for (j, &t) in target.iter().enumerate() {
+                label_pos.push((seqs.len(), p.ids.len() - 1 + j));
+                labels.push(t as i64);
+                label_owner.push(r);
+            }
+            counts[r] += target.len();
+            seqs.push([p.ids.clone(), target[..target.len() - 1].to_vec()].concat());
+            prefix.push(p.subject_last);
+            row_owner.push(r as i64);
+        }
+        let kl = subject_last(lm, "{} is a", &job.req.subject)?;
+        kl_rows.push(seqs.len());
+        seqs.push(kl.ids);
+        prefix.push(kl.subject_last);
+        row_owner.push(r as i64);
     }
-    let kl = subject_last(lm, "{} is a", &req.subject)?;
-    let kl_row = seqs.len();
-    seqs.push(kl.ids);
-    prefix.push(kl.subject_last);
 
     // Everything below `layer` is fixed: compute its output once, without gradients.
     let model = &lm.model;
@@ -125,20 +161,25 @@ pub fn optimize<B: Backend>(
     }
     let init = model.forward_suffix(&cache, h_suf.clone(), &capture);
     let d = model.config.hidden_size;
-    let inits: Vec<Vec<f32>> = spec
+    // inits[site][request]: the activation at the bare prompt's subject-last token.
+    let inits: Vec<Vec<Vec<f32>>> = spec
         .sites
         .iter()
         .map(|&site| {
-            host(
+            let a = host(
                 init.captured[&(layer, site)]
                     .clone()
-                    .narrow(0, 0, 1)
                     .narrow(1, 0, 1)
-                    .reshape([d]),
-            )
+                    .reshape([seqs.len() * d]),
+            );
+            first_row
+                .iter()
+                .map(|&row| a[row * d..(row + 1) * d].to_vec())
+                .collect()
         })
         .collect();
-    let kl_init = activation::log_softmax(model.logits_at(init.hidden, &[(kl_row, 0)]), 1);
+    let kl_pos: Vec<(usize, usize)> = kl_rows.iter().map(|&r| (r, 0)).collect();
+    let kl_init = activation::log_softmax(model.logits_at(init.hidden, &kl_pos), 1);
 
     let ad = model.map(&ToAutodiff);
     let cache = cache.map(&ToAutodiff);
@@ -148,55 +189,96 @@ pub fn optimize<B: Backend>(
     let n = labels.len();
     let labels_t =
         Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(labels.clone(), [n, 1]), &dev);
-    let init_norms: Vec<f32> = inits.iter().map(|x| norm(x)).collect();
+    let owner_t =
+        Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(row_owner, [seqs.len()]), &dev);
+    // init_norms[site][request]
+    let init_norms: Vec<Vec<f32>> = inits
+        .iter()
+        .map(|per| per.iter().map(|x| norm(x)).collect())
+        .collect();
+    let wd: Vec<Vec<f32>> = init_norms
+        .iter()
+        .map(|per| {
+            per.iter()
+                .map(|n0| (spec.weight_decay / (*n0 as f64).powi(2)) as f32)
+                .collect()
+        })
+        .collect();
 
-    // The label positions of every rewriting prompt, then the KL prompt's subject position.
+    // The label positions of every rewriting prompt, then each request's KL position.
     let logit_pos: Vec<(usize, usize)> = label_pos
         .iter()
         .map(|&(i, p)| (i, p - prefix[i]))
-        .chain([(kl_row, 0)])
+        .chain(kl_pos.iter().map(|&(i, _)| (i, 0)))
         .collect();
     let k = spec.sites.len();
-    let mut deltas = vec![vec![0f32; d]; k];
-    let mut adams: Vec<Adam> = (0..k)
-        .map(|_| Adam {
-            m: vec![0.0; d],
-            v: vec![0.0; d],
+    // deltas[site][request]
+    let mut deltas = vec![vec![vec![0f32; d]; r_n]; k];
+    let mut adams: Vec<Vec<Adam>> = (0..k)
+        .map(|_| {
+            (0..r_n)
+                .map(|_| Adam {
+                    m: vec![0.0; d],
+                    v: vec![0.0; d],
+                })
+                .collect()
         })
         .collect();
-    let mut nll_factor = spec.adaptive_nll.unwrap_or(1.0);
+    let base = spec.adaptive_nll.unwrap_or(1.0);
+    let mut nll_factor = vec![base; r_n];
+    let mut active = vec![true; r_n];
     for step in 0..spec.steps {
-        let dts: Vec<Tensor<Autodiff<B>, 1>> = deltas
+        let dts: Vec<Tensor<Autodiff<B>, 2>> = deltas
             .iter()
-            .map(|x| Tensor::from_data(TensorData::new(x.clone(), [d]), &dev).require_grad())
+            .map(|per| {
+                Tensor::from_data(TensorData::new(per.concat(), [r_n, d]), &dev).require_grad()
+            })
             .collect();
         let mut iv = Interventions::none();
         for (&site, dt) in spec.sites.iter().zip(&dts) {
-            iv = iv.add(layer, site, delta_pos.clone(), dt.clone());
+            let rows = dt.clone().select(0, owner_t.clone());
+            iv = iv.add_rows(layer, site, delta_pos.clone(), rows);
         }
         let fwd = ad.forward_suffix(&cache, h_suf.clone(), &iv);
         let logp = activation::log_softmax(ad.logits_at(fwd.hidden, &logit_pos), 1);
-        // Every rewriting prompt has the same number of target tokens, so the mean over all label
-        // positions is the mean over prompts of the per-prompt mean NLL.
         let target_logp = logp.clone().narrow(0, 0, n);
-        let nll = target_logp.clone().gather(1, labels_t.clone()).mean().neg();
-        let kl_cur = logp.narrow(0, n, 1);
-        let kl = (kl_cur.clone().exp() * (kl_cur - kl_init.clone())).sum();
-        let kl_v = host(kl.clone())[0] * spec.kl_factor as f32;
-        let loss = nll.clone() * nll_factor + kl * spec.kl_factor;
-        // The weight decay `c·‖δ‖/‖init‖²` is added on the host: autodiff's sqrt has no gradient
-        // at δ = 0 (the first step), where PyTorch's norm uses the subgradient 0.
-        let wd: Vec<f32> = init_norms
+        let gathered = target_logp.clone().gather(1, labels_t.clone()).reshape([n]);
+        // Each request's NLL is the mean over its label positions (every rewriting prompt has
+        // the same number of target tokens: the mean over prompts of the per-prompt mean), times
+        // its current NLL weight; finished requests weigh 0.
+        let w: Vec<f32> = label_owner
             .iter()
-            .map(|n0| (spec.weight_decay / (*n0 as f64).powi(2)) as f32)
+            .map(|&r| {
+                if active[r] {
+                    nll_factor[r] as f32 / counts[r] as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
-        let dn: Vec<f32> = deltas.iter().map(|x| norm(x)).collect();
-        let loss_v = host(loss.clone())[0] + wd.iter().zip(&dn).map(|(c, n)| c * n).sum::<f32>();
-        tracing::trace!(step, loss = loss_v, kl = kl_v, "z");
-        if loss_v < 5e-2 {
-            break;
+        let w_t = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(w, [n]), &dev);
+        let nll_total = (gathered.clone() * w_t).sum().neg();
+        let kl_cur = logp.narrow(0, n, r_n);
+        let kl_each = (kl_cur.clone().exp() * (kl_cur - kl_init.clone()))
+            .sum_dim(1)
+            .reshape([r_n]);
+        let kw: Vec<f32> = active
+            .iter()
+            .map(|&a| if a { spec.kl_factor as f32 } else { 0.0 })
+            .collect();
+        let kw_t = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(kw, [r_n]), &dev);
+        let loss = nll_total + (kl_each.clone() * kw_t).sum();
+
+        let lp = host(gathered);
+        let kl_v: Vec<f32> = host(kl_each)
+            .iter()
+            .map(|x| x * spec.kl_factor as f32)
+            .collect();
+        let mut nll = vec![0f32; r_n];
+        for (l, &r) in label_owner.iter().enumerate() {
+            nll[r] -= lp[l] / counts[r] as f32;
         }
-        if let Some(base) = spec.adaptive_nll {
+        let correct: Option<Vec<bool>> = spec.adaptive_nll.map(|_| {
             let argmax: Vec<i64> = target_logp
                 .inner()
                 .argmax(1)
@@ -204,42 +286,80 @@ pub fn optimize<B: Backend>(
                 .convert::<i64>()
                 .to_vec()
                 .expect("i64");
-            if argmax == labels {
-                nll_factor = 0.1 * base;
-                if kl_v <= 0.01 {
-                    break;
+            let mut ok = vec![true; r_n];
+            for (l, &r) in label_owner.iter().enumerate() {
+                ok[r] &= argmax[l] == labels[l];
+            }
+            ok
+        });
+        // The weight decay `c·‖δ‖/‖init‖²` is added on the host: autodiff's sqrt has no gradient
+        // at δ = 0 (the first step), where PyTorch's norm uses the subgradient 0.
+        let dn: Vec<Vec<f32>> = deltas
+            .iter()
+            .map(|per| per.iter().map(|x| norm(x)).collect())
+            .collect();
+        let mut update = vec![false; r_n];
+        for r in 0..r_n {
+            if !active[r] {
+                continue;
+            }
+            let decay: f32 = (0..k).map(|s| wd[s][r] * dn[s][r]).sum();
+            let loss_r = nll[r] * nll_factor[r] as f32 + kl_v[r] + decay;
+            tracing::trace!(step, request = r, loss = loss_r, kl = kl_v[r], "z");
+            let mut stop = loss_r < 5e-2;
+            if let (Some(ok), false) = (&correct, stop) {
+                if ok[r] {
+                    nll_factor[r] = 0.1 * base;
+                    stop = kl_v[r] <= 0.01;
+                } else {
+                    nll_factor[r] = base;
                 }
+            }
+            if stop || step + 1 == spec.steps {
+                active[r] = false;
             } else {
-                nll_factor = base;
+                update[r] = true;
             }
         }
-        if step + 1 == spec.steps {
+        if !update.contains(&true) {
             break;
         }
         let grads = loss.backward();
-        for (i, dt) in dts.iter().enumerate() {
-            let mut g = host(dt.grad(&grads).context("no gradient for delta")?);
-            if dn[i] > 0.0 {
-                g.iter_mut()
-                    .zip(&deltas[i])
-                    .for_each(|(gi, di)| *gi += wd[i] * di / dn[i]);
-            }
-            adams[i].step(&mut deltas[i], &g, (step + 1) as i32, spec.lr as f32);
-            let max_norm = spec.clamp_norm_factor as f32 * init_norms[i];
-            let dn = norm(&deltas[i]);
-            if dn > max_norm {
-                deltas[i].iter_mut().for_each(|x| *x *= max_norm / dn);
+        for (s, dt) in dts.iter().enumerate() {
+            let g = host(
+                dt.grad(&grads)
+                    .context("no gradient for delta")?
+                    .reshape([r_n * d]),
+            );
+            for r in (0..r_n).filter(|&r| update[r]) {
+                let mut g_r = g[r * d..(r + 1) * d].to_vec();
+                if dn[s][r] > 0.0 {
+                    g_r.iter_mut()
+                        .zip(&deltas[s][r])
+                        .for_each(|(gi, di)| *gi += wd[s][r] * di / dn[s][r]);
+                }
+                adams[s][r].step(&mut deltas[s][r], &g_r, (step + 1) as i32, spec.lr as f32);
+                let max_norm = spec.clamp_norm_factor as f32 * init_norms[s][r];
+                let n_r = norm(&deltas[s][r]);
+                if n_r > max_norm {
+                    deltas[s][r].iter_mut().for_each(|x| *x *= max_norm / n_r);
+                }
             }
         }
     }
-    tracing::debug!(
-        target = %req.target_new,
-        delta_norm = ?deltas.iter().map(|x| norm(x)).collect::<Vec<_>>(),
-        init_norm = ?init_norms,
-        "z done"
-    );
-    Ok(Z {
-        init: inits,
-        delta: deltas,
-    })
+    Ok((0..r_n)
+        .map(|r| {
+            let z = Z {
+                init: (0..k).map(|s| inits[s][r].clone()).collect(),
+                delta: (0..k).map(|s| deltas[s][r].clone()).collect(),
+            };
+            tracing::debug!(
+                target = %jobs[r].req.target_new,
+                delta_norm = ?z.delta.iter().map(|x| norm(x)).collect::<Vec<_>>(),
+                init_norm = ?(0..k).map(|s| init_norms[s][r]).collect::<Vec<_>>(),
+                "z done"
+            );
+            z
+        })
+        .collect())
 }

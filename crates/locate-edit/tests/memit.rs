@@ -307,3 +307,60 @@ fn keys_average_within_then_across_template_groups() {
         assert!((flat[0][j] - want_flat).abs() <= 1e-6 * want_flat.abs().max(1.0));
     }
 }
+
+/// Targets optimised together equal targets optimised one request at a time (each request keeps
+/// its own δ, Adam state and stopping step; only float sums are ordered differently).
+#[test]
+fn batched_targets_equal_one_at_a_time() {
+    use kedit_locate_edit::z::{optimize, optimize_many, Job, ZSpec};
+    let lm = tiny();
+    let groups = context_templates(&lm, &[[4, 2]], 0).unwrap();
+    let reqs = requests();
+    let prompts: Vec<Vec<kedit_locate_edit::kv::Prompt>> = reqs
+        .iter()
+        .map(|r| {
+            template_prompts(&lm, &groups, r)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+        .collect();
+    for (sites, adaptive) in [
+        (vec![Site::Residual], None),
+        (vec![Site::AttnOut, Site::MlpOut], Some(1.0)),
+    ] {
+        let spec = ZSpec {
+            layer: 0,
+            sites,
+            steps: 8,
+            lr: 0.5,
+            weight_decay: 0.5,
+            clamp_norm_factor: 4.0,
+            kl_factor: 0.0625,
+            adaptive_nll: adaptive,
+        };
+        let jobs: Vec<Job<'_>> = reqs
+            .iter()
+            .zip(&prompts)
+            .map(|(req, p)| Job {
+                req,
+                prompts: p.iter().collect(),
+            })
+            .collect();
+        let together = optimize_many(&lm, &jobs, &spec).unwrap();
+        for (i, (req, p)) in reqs.iter().zip(&prompts).enumerate() {
+            let alone = optimize(&lm, req, &p.iter().collect::<Vec<_>>(), &spec).unwrap();
+            for s in 0..alone.delta.len() {
+                let a: Vec<f64> = alone.delta[s].iter().map(|&x| x as f64).collect();
+                let t: Vec<f64> = together[i].delta[s].iter().map(|&x| x as f64).collect();
+                assert!(a.iter().any(|x| *x != 0.0), "δ moved");
+                let e = rel_err(&t, &a);
+                assert!(e < 1e-3, "request {i} site {s}: batched δ off by {e:e}");
+                let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+                let e = rel_err(&f(&together[i].init[s]), &f(&alone.init[s]));
+                assert!(e < 1e-5, "request {i} site {s}: init off by {e:e}");
+            }
+        }
+    }
+}

@@ -27,6 +27,9 @@ pub enum Action<B: Backend> {
     Add(Tensor<B, 1>),
     /// Multiply by `scale` (`[width]`) at every listed position (KN's integrated gradients).
     Scale(Tensor<B, 1>),
+    /// Add row `k` of `rows` (`[positions, width]`) at the `k`-th listed position: a different
+    /// vector per position (one target per request when many are optimised together).
+    AddRows(Tensor<B, 2>),
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,27 @@ impl<B: Backend> Interventions<B> {
         });
         self
     }
+    pub fn add_rows(
+        mut self,
+        layer: usize,
+        site: Site,
+        positions: Vec<(usize, usize)>,
+        rows: Tensor<B, 2>,
+    ) -> Self {
+        assert_eq!(
+            rows.dims()[0],
+            positions.len(),
+            "add_rows: one row per position"
+        );
+        self.edits.push(Intervention {
+            layer,
+            site,
+            positions,
+            action: Action::AddRows(rows),
+        });
+        self
+    }
+
     pub fn scale(
         mut self,
         layer: usize,
@@ -114,7 +138,12 @@ impl<B: Backend> Interventions<B> {
             .iter()
             .filter(|e| e.layer == layer && e.site == site)
         {
-            let [b, s, _] = x.dims();
+            let [b, s, w] = x.dims();
+            if let Action::AddRows(rows) = &e.action {
+                let sel = selection::<B>(b, s, &e.positions, &x.device());
+                x = x + sel.matmul(rows.clone()).reshape([b, s, w]);
+                continue;
+            }
             let mask = position_mask::<B>(b, s, &e.positions, &x.device());
             x = match &e.action {
                 Action::Add(delta) => x + mask * delta.clone().unsqueeze_dims::<3>(&[0, 1]),
@@ -122,6 +151,7 @@ impl<B: Backend> Interventions<B> {
                     let factor = (scale.clone().unsqueeze_dims::<3>(&[0, 1]) - 1.0) * mask + 1.0;
                     x * factor
                 }
+                Action::AddRows(_) => unreachable!("handled above"),
             };
         }
         if self.capture.contains(&(layer, site)) {
@@ -129,6 +159,25 @@ impl<B: Backend> Interventions<B> {
         }
         x
     }
+}
+
+/// `[batch·seq, positions]` with a one where position `k` sits: `sel @ rows` scatters row `k` there.
+fn selection<B: Backend>(
+    b: usize,
+    s: usize,
+    positions: &[(usize, usize)],
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let n = positions.len();
+    let mut m = vec![0f32; b * s * n];
+    for (k, &(i, p)) in positions.iter().enumerate() {
+        assert!(
+            i < b && p < s,
+            "intervention position ({i}, {p}) outside batch [{b}, {s}]"
+        );
+        m[(i * s + p) * n + k] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(m, [b * s, n]), device)
 }
 
 /// `[batch, seq, 1]` with ones at the listed positions.
