@@ -164,14 +164,21 @@ struct Profile {
 
 fn profile(name: &str) -> Result<Profile> {
     Ok(match name {
-        // A first look and CI: ROME (short v* optimisation) against FT-M, N = 2, two group pairs.
+        // A first look and CI: ROME and MEMIT (short target optimisation; MEMIT on two layers
+        // with small statistics) against FT-M, N = 2, two group pairs; MEMIT in batch too.
         "smoke" => Profile {
             name: "smoke",
-            methods: Some(&["rome", "ft-m"]),
-            batch: false,
+            methods: Some(&["rome", "memit", "ft-m"]),
+            batch: true,
             ns: vec![2],
             groups: 2,
-            hparams: &[("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml")],
+            hparams: &[
+                ("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml"),
+                (
+                    "memit",
+                    "crates/locate-edit/hparams/memit-smollm2-smoke.yaml",
+                ),
+            ],
             speed: 0.4,
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real

@@ -34,13 +34,13 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "memit",
         batch: true,
-        sec_per_edit: 10.0,
+        sec_per_edit: 8.0,
         about: "MEMIT: batch edit over several MLP layers, f64 least-squares update per layer",
     },
     MethodInfo {
         name: "pmet",
         batch: true,
-        sec_per_edit: 10.0,
+        sec_per_edit: 8.0,
         about: "PMET: MEMIT with attention and MLP targets optimised jointly, only the MLP written",
     },
     MethodInfo {

@@ -142,3 +142,51 @@ fn module_names_of_another_family_are_a_one_line_error() {
     let (ok, _, err) = args("tiny-gpt2");
     assert!(ok, "GPT-2's own name resolves: {err}");
 }
+
+const MEMIT_HPARAMS: &str = "alg_name: MEMIT\nlayers: [0, 1]\nfact_token: subject_last\nv_num_grad_steps: 4\nv_lr: 0.5\n\
+v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_update_weight: 100\nmom2_n_samples: 3000\n\
+context_template_length_params: [[3, 2]]\n";
+
+/// MEMIT and PMET in batch on every family (statistics computed from the bundled corpus), and
+/// `kedit keys --method memit` with a cosine matrix per edit layer.
+#[test]
+fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, r) = (dir.path().join("h.yaml"), dir.path().join("r.json"));
+    std::fs::write(&h, MEMIT_HPARAMS).unwrap();
+    std::fs::write(&r, REQUESTS).unwrap();
+    for family in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
+        let model = fixture(family);
+        for method in ["memit", "pmet"] {
+            let (ok, out, err) = kedit(&[
+                "edit",
+                "--model",
+                model.to_str().unwrap(),
+                "--method",
+                method,
+                "--batch",
+                "--requests",
+                r.to_str().unwrap(),
+                "--hparams",
+                h.to_str().unwrap(),
+            ]);
+            assert!(ok && out.contains("post-edit"), "{family} {method}: {err}");
+        }
+    }
+    let (ok, out, err) = kedit(&[
+        "keys",
+        "--model",
+        fixture("tiny-gpt2").to_str().unwrap(),
+        "--method",
+        "memit",
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        h.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("layer 0: mean cosine") && out.contains("layer 1: mean cosine"),
+        "{out}"
+    );
+}

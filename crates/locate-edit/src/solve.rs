@@ -3,7 +3,7 @@
 //! `λC + K Kᵀ` is symmetric positive definite whenever `C` is, however few or repeated the keys
 //! (`K Kᵀ` alone has rank ≤ n, far below d_ff); λC carries the rank.
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{bail, ensure, Result};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
@@ -20,10 +20,33 @@ pub fn solve_keys(c: &[f64], d: usize, lambda: f64, k: &[Vec<f64>]) -> Result<Ve
     let n = k.len();
     let km = Mat::<f64>::from_fn(d, n, |i, j| k[j][i]);
     let kkt = &km * km.transpose();
-    let a = Mat::<f64>::from_fn(d, d, |i, j| lambda * c[i * d + j] + kkt[(i, j)]);
-    let llt = a.llt(faer::Side::Lower).map_err(|e| {
-        anyhow!("λC + KKᵀ is not positive definite ({e:?}): is C from too few samples?")
-    })?;
+    let mut a = Mat::<f64>::from_fn(d, d, |i, j| lambda * c[i * d + j] + kkt[(i, j)]);
+    let mean_diag = (0..d).map(|i| a[(i, i)]).sum::<f64>() / d as f64;
+    let mut added = 0.0;
+    // C is singular where no key ever points (units that never fire, e.g. the GELU units of a
+    // small model), and rounding can leave such a pivot just below 0: a jitter of 1e-9 of the
+    // mean diagonal (raised 100-fold while needed, to 1e-5) changes nothing the keys see and
+    // gives those directions a zero update.
+    let llt = loop {
+        match a.llt(faer::Side::Lower) {
+            Ok(llt) => break llt,
+            Err(e) if added >= 1e-5 * mean_diag => {
+                bail!("λC + KKᵀ is not positive definite ({e:?}): is C from too few samples?")
+            }
+            Err(_) => {
+                let step = if added == 0.0 {
+                    1e-9 * mean_diag
+                } else {
+                    99.0 * added
+                };
+                for i in 0..d {
+                    a[(i, i)] += step;
+                }
+                added += step;
+                tracing::warn!("λC + KKᵀ is singular; added {added:e}·I (C from too few samples, or dead units)");
+            }
+        }
+    };
     let x = llt.solve(&km);
     Ok((0..n)
         .map(|j| (0..d).map(|i| x[(i, j)]).collect())

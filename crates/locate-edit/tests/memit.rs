@@ -364,3 +364,32 @@ fn batched_targets_equal_one_at_a_time() {
         }
     }
 }
+
+/// A unit no key ever uses (a zero row and column in C): the solve still succeeds and leaves
+/// that unit's update at zero.
+#[test]
+fn solve_handles_a_dead_unit() {
+    let d = 6;
+    let mut c = vec![0f64; d * d];
+    for i in 0..d - 1 {
+        c[i * d + i] = 1.0 + i as f64 * 0.1;
+    }
+    let keys: Vec<Vec<f64>> = (0..3)
+        .map(|j| {
+            (0..d)
+                .map(|i| {
+                    if i == d - 1 {
+                        0.0
+                    } else {
+                        (i + j) as f64 * 0.2 - 0.3
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let x = solve_keys(&c, d, 2.0, &keys).unwrap();
+    for col in &x {
+        assert!(col.iter().all(|v| v.is_finite()));
+        assert!(col[d - 1].abs() < 1e-12, "dead unit moved: {}", col[d - 1]);
+    }
+}
