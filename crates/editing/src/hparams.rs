@@ -39,8 +39,7 @@ pub const RUN_KEYS: &[&str] = &[
 /// Parse `text` (from `file`, for messages) into `T` after dropping the `ignored` keys. `T`
 /// should `deny_unknown_fields`, so that any other key is an error naming it.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str, ignored: &[&str]) -> Result<T> {
-    let value: serde_json::Value =
-        serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{file}: invalid YAML: {e}"))?;
+    let value = yaml_value(text).map_err(|e| anyhow::anyhow!("{file}: invalid YAML: {e}"))?;
     let serde_json::Value::Object(mut map) = value else {
         bail!("{file}: expected a mapping of hyperparameters");
     };
@@ -57,8 +56,8 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str, ignored: &[&str])
 pub fn check_module_names(path: &Path, family: kedit_models::Family) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read hparams", path.display()))?;
-    let value: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", path.display()))?;
+    let value =
+        yaml_value(&text).map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", path.display()))?;
     let known = [family.mlp_out_module(), family.attn_out_module()];
     for field in ["rewrite_module_tmp", "rewrite_module_tmps"] {
         let names: Vec<&str> = match value.get(field) {
@@ -75,4 +74,12 @@ pub fn check_module_names(path: &Path, family: kedit_models::Family) -> Result<(
         }
     }
     Ok(())
+}
+
+/// YAML as PyYAML reads EasyEdit's files: a repeated key keeps its last value (EasyEdit's
+/// `hparams/PMET/llama-7b.yaml` repeats `model_parallel`).
+fn yaml_value(text: &str) -> Result<serde_json::Value, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
+    serde_saphyr::from_str_with_options(text, options)
 }

@@ -393,3 +393,28 @@ fn solve_handles_a_dead_unit() {
         assert!(col[d - 1].abs() < 1e-12, "dead unit moved: {}", col[d - 1]);
     }
 }
+
+/// EasyEdit's own files load unchanged (hparams/MEMIT/llama-7b.yaml and hparams/PMET/llama-7b.yaml
+/// at EasyEdit 14cea82; PMET's repeats `model_parallel`).
+#[test]
+fn easyedit_memit_and_pmet_yaml_load() {
+    use kedit_locate_edit::hparams::Hparams;
+    let memit = "alg_name: \"MEMIT\"\nmodel_name: \"./hugging_cache/llama-2-7b\"\nstats_dir: \"./data/stats\"\ndevice: 1\n\
+layers: [4, 5, 6, 7, 8]\nclamp_norm_factor: 4\nlayer_selection: \"all\"\nfact_token: \"subject_last\"\nv_num_grad_steps: 25\n\
+v_lr: 5e-1\nv_loss_layer: 31\nv_weight_decay: 1e-3\nkl_factor: 0.0625\nmom2_adjustment: true\nmom2_update_weight: 15000\n\
+rewrite_module_tmp: \"model.layers.{}.mlp.down_proj\"\nlayer_module_tmp: \"model.layers.{}\"\nmlp_module_tmp: \"model.layers.{}.mlp\"\n\
+attn_module_tmp: \"model.layers.{}.self_attn\"\nln_f_module: \"model.norm\"\nlm_head_module: \"lm_head\"\nmom2_dataset: \"wikipedia\"\n\
+mom2_n_samples: 100000\nmom2_dtype: \"float32\"";
+    let h = MemitHparams::from_yaml_str(memit, "llama-7b.yaml").unwrap();
+    assert_eq!(h.layers, [4, 5, 6, 7, 8]);
+    assert_eq!(h.mom2_update_weight, 15000.0);
+    let pmet = "alg_name: \"PMET\"\nmodel_name: \"./hugging_cache/llama-2-7b\"\nstats_dir: \"./data/stats\"\ndevice: 0\n\
+layers: [4, 5, 6, 7, 8]\nclamp_norm_factor: 1\nlayer_selection: \"all\"\nfact_token: \"subject_last\"\nv_num_grad_steps: 20\n\
+v_lr: 5e-1\nv_loss_layer: 31\nv_weight_decay: 0.5\nkl_factor: 0.0625\nmom2_adjustment: true\nmom2_update_weight: 15000\n\
+rewrite_module_tmp: \"model.layers.{}.mlp.down_proj\"\nrewrite_module_tmps: [\"model.layers.{}.mlp.down_proj\"]\n\
+layer_module_tmp: \"model.layers.{}\"\nmlp_module_tmp: \"model.layers.{}.mlp.down_proj\"\nattn_module_tmp: \"model.layers.{}.self_attn.o_proj\"\n\
+ln_f_module: \"model.norm\"\nlm_head_module: \"lm_head\"\nmom2_dataset: \"wikipedia\"\nmom2_n_samples: 100000\nmom2_dtype: \"float32\"\n\
+model_parallel: false\nnll_loss_factor: 1\nmodel_parallel: false";
+    let h = MemitHparams::from_yaml_str(pmet, "pmet-llama-7b.yaml").unwrap();
+    assert_eq!(h.nll_loss_factor, Some(1.0));
+}
