@@ -197,7 +197,12 @@ impl Memit {
         let mut entries = Vec::with_capacity(h.layers.len());
         for (i, &layer) in h.layers.iter().enumerate() {
             let (keys, _) = request_keys(lm, layer, &prompts, Average::ByGroup);
-            let cur = at_subject(lm, z_layer, z_site, &bare);
+            // Before the first layer is written the model is the one z₀ was read on.
+            let cur = if i == 0 {
+                z0.clone()
+            } else {
+                at_subject(lm, z_layer, z_site, &bare)
+            };
             tracing::debug!(
                 layer,
                 left = residual_left(&zs, &cur, &z0),
@@ -231,12 +236,15 @@ impl Memit {
             .apply(&mut lm.model)?;
             entries.push(entry);
         }
-        let cur = at_subject(lm, z_layer, z_site, &bare);
-        tracing::debug!(
-            left = residual_left(&zs, &cur, &z0),
-            "{}: share of z - z₀ missing after the last layer",
-            self.flavor.name
-        );
+        // One more forward pass, only for the log.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let cur = at_subject(lm, z_layer, z_site, &bare);
+            tracing::debug!(
+                left = residual_left(&zs, &cur, &z0),
+                "{}: share of z - z₀ missing after the last layer",
+                self.flavor.name
+            );
+        }
         self.last_timing = Some((targets_s, started.elapsed().as_secs_f64() - targets_s));
         Ok(entries)
     }

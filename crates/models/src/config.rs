@@ -91,6 +91,10 @@ impl ModelConfig {
         }
         let hidden_size = req_usize(&cfg, "hidden_size", file)?;
         let num_heads = req_usize(&cfg, "num_attention_heads", file)?;
+        let head_dim = cfg
+            .get("head_dim")
+            .and_then(Json::as_u64)
+            .map_or(hidden_size / num_heads, |v| v as usize);
         let tok = |k: &str| cfg.get(k).and_then(Json::as_u64).map(|v| v as u32);
         Ok(Self {
             family: Family::Llama,
@@ -103,14 +107,9 @@ impl ModelConfig {
                 .get("num_key_value_heads")
                 .and_then(Json::as_u64)
                 .map_or(num_heads, |v| v as usize),
-            head_dim: cfg
-                .get("head_dim")
-                .and_then(Json::as_u64)
-                .map_or(hidden_size / num_heads, |v| v as usize),
-            rotary_dim: cfg
-                .get("head_dim")
-                .and_then(Json::as_u64)
-                .map_or(hidden_size / num_heads, |v| v as usize),
+            head_dim,
+            // Llama rotates whole heads.
+            rotary_dim: head_dim,
             norm_eps: cfg
                 .get("rms_norm_eps")
                 .and_then(Json::as_f64)
