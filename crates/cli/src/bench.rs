@@ -19,6 +19,10 @@ pub struct BenchArgs {
     /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
     #[arg(long)]
     pub hparams: Option<PathBuf>,
+    /// MEND's trained hypernetwork (default: the cached one `kedit mend train` wrote for this
+    /// model)
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
     /// Dataset: S2RKE release format or CounterFact
     #[arg(long, default_value = "fixtures/s2rke-wikidata.json")]
     pub data: PathBuf,
@@ -102,7 +106,12 @@ impl RunOnBackend for BenchArgs {
         .with_context(|| format!("{}: cannot write the plan", self.out.display()))?;
         let before = results.lines.len();
         let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let mut editor = methods::editor(&self.method, self.hparams.as_deref(), &lm)?;
+        let mut editor = methods::editor(
+            &self.method,
+            self.hparams.as_deref(),
+            self.archive.as_deref(),
+            &lm,
+        )?;
         let secs = run_plan(
             &mut lm,
             editor.as_mut(),

@@ -81,6 +81,47 @@ enum DataCommand {
         /// Write the statistics table (Markdown) here too
         #[arg(long)]
         stats: Option<PathBuf>,
+        /// Leave out every subject of this S2RKE-format file (repeatable): a training split
+        /// disjoint by subject from an evaluation set (MEND's training data)
+        #[arg(long)]
+        exclude: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MendCommand {
+    /// Meta-train MEND's gradient transform for a model on an S2RKE-format training file (split
+    /// by subject into training and validation facts; keep it disjoint by subject from every
+    /// evaluation set: fixtures/mend-train.json is). Validates and checkpoints every
+    /// `val_interval` steps, stops early, writes the best archive (safetensors with its
+    /// hyperparameters and the model's hash). A killed run resumes from `<out>.ckpt` when rerun.
+    #[command(
+        after_help = "Example:\n  kedit mend train --model smollm2 --data fixtures/mend-train.json --steps 1000 --seed 42 --out mend.safetensors"
+    )]
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Training facts (S2RKE release format)
+        #[arg(long, default_value = "fixtures/mend-train.json")]
+        data: PathBuf,
+        /// The archive (default: the cache, where `kedit edit --method mend` looks)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Optimiser steps (default: the hparams' max_iters)
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Seed of the initialisation and the order of training facts (default: the hparams')
+        #[arg(long)]
+        seed: Option<u64>,
+        /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Train even if the archive exists
+        #[arg(long)]
+        force: bool,
+        /// Write the training summary (JSON) here
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
 }
 
@@ -193,6 +234,14 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// MEND's hypernetwork: `kedit mend train` meta-trains it for a model.
+    #[command(
+        after_help = "Example:\n  kedit mend train --model smollm2 --data fixtures/mend-train.json --steps 1000 --seed 42"
+    )]
+    Mend {
+        #[command(subcommand)]
+        command: MendCommand,
+    },
     /// Run an S2RKE experiment: plan groups of edits (same subject vs different subjects), edit
     /// each group from the unedited model, score every edit after the group's last, and append
     /// one JSON line per case to OUT/<method>-<plan>.jsonl. Rerun the same command to resume.
@@ -253,7 +302,7 @@ pub(crate) trait RunOnBackend {
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, pmet, ft-m, ft-l, kn
+    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, pmet, ft-m, ft-l, mend, kn
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format or CounterFact
@@ -262,6 +311,10 @@ struct MethodArgs {
     /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
     #[arg(long)]
     hparams: Option<PathBuf>,
+    /// MEND's trained hypernetwork (default: the cached one `kedit mend train` wrote for this
+    /// model)
+    #[arg(long)]
+    archive: Option<PathBuf>,
 }
 
 impl MethodArgs {
@@ -269,7 +322,12 @@ impl MethodArgs {
         &self,
         lm: &LanguageModel<B>,
     ) -> Result<Box<dyn kedit_editing::Editor<B>>> {
-        methods::editor(&self.method, self.hparams.as_deref(), lm)
+        methods::editor(
+            &self.method,
+            self.hparams.as_deref(),
+            self.archive.as_deref(),
+            lm,
+        )
     }
 
     fn cases(&self) -> Result<Vec<kedit_editing::EditCase>> {
@@ -518,6 +576,64 @@ impl RunOnBackend for Keys {
     }
 }
 
+struct MendTrain {
+    data: PathBuf,
+    out: Option<PathBuf>,
+    steps: Option<usize>,
+    seed: Option<u64>,
+    hparams: Option<PathBuf>,
+    force: bool,
+    report: Option<PathBuf>,
+}
+impl RunOnBackend for MendTrain {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        use kedit_editing::hparams::Hparams;
+        use kedit_gradient_edit::{mend_train, MendHparams};
+        let mut hp = match &self.hparams {
+            Some(p) => MendHparams::load(p)?,
+            None => MendHparams::smollm2(),
+        };
+        if let Some(s) = self.seed {
+            hp.seed = s;
+        }
+        let lm = LanguageModel::<B>::load(spec, device)?;
+        hp.layers(lm.model.config.family)?;
+        let out = match self.out {
+            Some(p) => p,
+            None => mend_train::default_archive(&fetch::cache_dir()?, &lm, &hp)?,
+        };
+        if out.exists() && !self.force {
+            println!("{} exists (--force to train again)", out.display());
+            return Ok(());
+        }
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--out {}: cannot create folder", dir.display()))?;
+        }
+        let opt = mend_train::TrainOptions {
+            out: out.clone(),
+            steps: self.steps,
+            halt_after: None,
+        };
+        let summary = mend_train::train(&lm, &self.data, hp, &opt)?;
+        let s = &summary;
+        println!(
+            "{} training facts, {} validation facts; {} steps in {:.1} s (best at step {})",
+            s.train_facts, s.val_facts, s.steps, s.seconds, s.best_step
+        );
+        println!(
+            "validation ES / PS / NS: untrained {:.3} / {:.3} / {:.3} -> trained {:.3} / {:.3} / {:.3}",
+            s.untrained.es, s.untrained.ps, s.untrained.ns, s.best.es, s.best.ps, s.best.ns
+        );
+        if let Some(p) = self.report {
+            std::fs::write(&p, serde_json::to_string_pretty(s)? + "\n")
+                .with_context(|| format!("--report {}: cannot write", p.display()))?;
+        }
+        println!("-> {}", out.display());
+        Ok(())
+    }
+}
+
 struct Stats {
     layers: Vec<usize>,
     corpus: Option<PathBuf>,
@@ -652,6 +768,17 @@ impl RunOnBackend for Score<'_> {
     }
 }
 
+/// Subject labels of S2RKE-format files (`--exclude`).
+fn excluded_subjects(files: &[PathBuf]) -> Result<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in files {
+        for case in kedit_editing::requests::load_cases(f)? {
+            out.insert(case.request.subject);
+        }
+    }
+    Ok(out)
+}
+
 /// glibc returns every large freed buffer to the kernel and faults fresh pages in for the next:
 /// Burn allocates a new tensor per op, so ROME's step spent ~30 % of its time in the kernel.
 /// Keeping freed memory in the process made the ROME-shaped step ~9 % faster (benchmarks/).
@@ -766,6 +893,7 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                     known_by,
                     stats,
+                    exclude,
                 },
         } => {
             use kedit_s2rke_data as data;
@@ -781,6 +909,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_relations,
                 neighbours,
                 seed,
+                exclude: excluded_subjects(&exclude)?,
             };
             let mut built = data::build(&all, &patterns, &opt)?;
             if let Some(model) = known_by {
@@ -805,6 +934,30 @@ fn run(cli: Cli) -> Result<()> {
             println!("{table}-> {}", out.display());
             Ok(())
         }
+        Command::Mend {
+            command:
+                MendCommand::Train {
+                    model,
+                    data,
+                    out,
+                    steps,
+                    seed,
+                    hparams,
+                    force,
+                    report,
+                },
+        } => with_backend(
+            &model,
+            MendTrain {
+                data,
+                out,
+                steps,
+                seed,
+                hparams,
+                force,
+                report,
+            },
+        ),
         Command::Bench { model, args } => with_backend(&model, args),
         Command::Report { args } => bench::report(args),
         Command::Methods { json } => {

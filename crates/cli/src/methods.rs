@@ -56,6 +56,12 @@ pub const METHODS: &[MethodInfo] = &[
         about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
     },
     MethodInfo {
+        name: "mend",
+        batch: true,
+        sec_per_edit: 1.0,
+        about: "MEND: a trained hypernetwork turns the edit's gradient into a low-rank update (`kedit mend train` first)",
+    },
+    MethodInfo {
         name: "kn",
         batch: false,
         sec_per_edit: 18.0,
@@ -76,6 +82,7 @@ pub fn names() -> String {
 pub fn editor<B: Backend>(
     name: &str,
     hparams: Option<&Path>,
+    archive: Option<&Path>,
     lm: &LanguageModel<B>,
 ) -> Result<Box<dyn Editor<B>>> {
     use kedit_gradient_edit::{Ft, FtHparams, Objective};
@@ -112,6 +119,21 @@ pub fn editor<B: Backend>(
             )?;
             return Ok(Box::new(make(hp).with_second_moments(m)));
         }
+        "mend" => {
+            let path = match archive {
+                Some(p) => p.to_owned(),
+                None => mend_archive(hparams, lm)?,
+            };
+            if !path.exists() {
+                bail!(
+                    "--archive {}: no MEND archive there; train one with `kedit mend train --model MODEL --data fixtures/mend-train.json`",
+                    path.display()
+                );
+            }
+            return Ok(Box::new(kedit_gradient_edit::mend_train::editor(
+                &path, lm,
+            )?));
+        }
         "kn" => {
             let hp = load(hparams, kedit_neuron_edit::KnHparams::smollm2)?;
             return Ok(Box::new(kedit_neuron_edit::Kn::new(hp)));
@@ -131,6 +153,15 @@ pub fn editor<B: Backend>(
         rome = rome.with_second_moment(m);
     }
     Ok(Box::new(rome))
+}
+
+/// The cached MEND archive for `lm` and the hyperparameters (file, else the bundled ones).
+pub fn mend_archive<B: Backend>(
+    hparams: Option<&Path>,
+    lm: &LanguageModel<B>,
+) -> Result<std::path::PathBuf> {
+    let hp = load(hparams, kedit_gradient_edit::MendHparams::smollm2)?;
+    kedit_gradient_edit::mend_train::default_archive(&fetch::cache_dir()?, lm, &hp)
 }
 
 /// The YAML file's hyperparameters, else the bundled defaults for the default model.

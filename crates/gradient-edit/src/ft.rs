@@ -1,16 +1,16 @@
 //! FT-L / FT-M: Adam on the rewrite module's weights, the rest of the model frozen.
 //!
-//! The weights are plain tensors (not Burn `Module`s, see ARCHITECTURE.md), so Adam is written
-//! out on them here with torch's update rule (L2 `weight_decay` added to the gradient, bias
-//! correction), on the backend's device.
+//! The weights are plain tensors (not Burn `Module`s, see ARCHITECTURE.md); Adam is `adam.rs`.
 
+use crate::adam::Adam;
+use crate::batch::{residual_in, TokenBatch};
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
-use burn::tensor::{activation, backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
-use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
+use kedit_models::{CausalLm, Interventions, LanguageModel, ToAutodiff};
 use serde::{Deserialize, Serialize};
 
 /// `norm_constraint`: EasyEdit writes `false` or an ε.
@@ -110,14 +110,6 @@ pub enum Objective {
     TargetNew,
 }
 
-#[derive(Default)]
-struct ChunkBatch {
-    seqs: Vec<Vec<u32>>,
-    pos: Vec<(usize, usize)>,
-    labels: Vec<i64>,
-    weights: Vec<f32>,
-}
-
 pub struct Ft {
     pub hparams: FtHparams,
     pub objective: Objective,
@@ -136,52 +128,6 @@ impl Ft {
             }
         }
         Ok(Self { hparams, objective })
-    }
-
-    /// The token batch of a chunk: rows, label positions, labels and their weights (the mean
-    /// over the chunk of each request's mean over its target tokens, EasyEdit's reduction).
-    fn chunk_batch(&self, chunk: &[(Vec<u32>, Vec<u32>)]) -> ChunkBatch {
-        let mut b = ChunkBatch::default();
-        for (i, (prompt, target)) in chunk.iter().enumerate() {
-            let w = 1.0 / (target.len() * chunk.len()) as f32;
-            for (j, &t) in target.iter().enumerate() {
-                let p = match self.objective {
-                    Objective::PromptLast => prompt.len() - 1,
-                    Objective::TargetNew => prompt.len() - 1 + j,
-                };
-                b.pos.push((i, p));
-                b.labels.push(t as i64);
-                b.weights.push(w);
-            }
-            match self.objective {
-                Objective::PromptLast => b.seqs.push(prompt.clone()),
-                Objective::TargetNew => b
-                    .seqs
-                    .push([prompt.clone(), target[..target.len() - 1].to_vec()].concat()),
-            }
-        }
-        b
-    }
-
-    /// The chunk's loss, running the blocks from `start` on `h_in`, the (fixed) residual stream
-    /// entering the lowest trained layer.
-    fn loss<B: Backend>(
-        model: &kedit_models::Transformer<Autodiff<B>>,
-        b: &ChunkBatch,
-        start: usize,
-        h_in: Tensor<B, 3>,
-    ) -> Tensor<Autodiff<B>, 1> {
-        let dev = model.device();
-        let n = b.labels.len();
-        let fwd = model.forward_from(start, Tensor::from_inner(h_in), &Interventions::none());
-        let logp = activation::log_softmax(model.logits_at(fwd.hidden, &b.pos), 1);
-        let labels = Tensor::<Autodiff<B>, 2, Int>::from_data(
-            TensorData::new(b.labels.clone(), [n, 1]),
-            &dev,
-        );
-        let weights =
-            Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(b.weights.clone(), [n, 1]), &dev);
-        (logp.gather(1, labels) * weights).sum().neg()
     }
 
     /// Train on `requests`; returns the weight deltas `W − W₀` as patch entries (model untouched).
@@ -213,26 +159,15 @@ impl Ft {
         };
         let w0: Vec<Tensor<B, 2>> = h.layers.iter().map(|&l| get(l)).collect();
         let mut w = w0.clone();
-        let mut m: Vec<Tensor<B, 2>> = w0.iter().map(Tensor::zeros_like).collect();
-        let mut v = m.clone();
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let mut t = 0i32;
+        let mut adam = Adam::new(&w0);
         let base = lm.model.map(&ToAutodiff);
         // Below the lowest trained layer nothing changes: its input is computed once per chunk.
         let start = *h.layers.iter().min().expect("checked non-empty");
-        let chunks: Vec<(ChunkBatch, Tensor<B, 3>)> = data
+        let chunks: Vec<(TokenBatch, Tensor<B, 3>)> = data
             .chunks(h.batch_size)
             .map(|chunk| {
-                let b = self.chunk_batch(chunk);
-                let ids = lm.model.batch(&b.seqs);
-                let h_in = if start == 0 {
-                    lm.model.embed(ids)
-                } else {
-                    let iv = Interventions::none()
-                        .capture(start - 1, Site::Residual)
-                        .stop_after(start - 1);
-                    lm.model.forward(ids, &iv).captured[&(start - 1, Site::Residual)].clone()
-                };
+                let b = TokenBatch::of(chunk, self.objective);
+                let h_in = residual_in(&lm.model, &b.seqs, start);
                 (b, h_in)
             })
             .collect();
@@ -250,7 +185,12 @@ impl Ft {
                         Matrix::AttnOut => model.set_attn_out(l, p.clone()),
                     }
                 }
-                let loss = Self::loss(&model, batch, start, h_in.clone());
+                let fwd = model.forward_from(
+                    start,
+                    Tensor::from_inner(h_in.clone()),
+                    &Interventions::none(),
+                );
+                let loss = batch.nll(&model, fwd.hidden);
                 let lv: f64 = loss.clone().into_scalar().elem();
                 losses.push(lv);
                 // EasyEdit skips the step on a chunk that is already learnt.
@@ -258,19 +198,12 @@ impl Ft {
                     continue;
                 }
                 let grads = loss.backward();
-                t += 1;
+                adam.tick();
                 for (i, p) in params.iter().enumerate() {
-                    let mut g = p
+                    let g = p
                         .grad(&grads)
                         .context("no gradient for the rewrite module")?;
-                    if h.weight_decay != 0.0 {
-                        g = g + w[i].clone() * h.weight_decay;
-                    }
-                    m[i] = m[i].clone() * b1 + g.clone() * (1.0 - b1);
-                    v[i] = v[i].clone() * b2 + g.square() * (1.0 - b2);
-                    let mh = m[i].clone() / (1.0 - b1.powi(t));
-                    let vh = v[i].clone() / (1.0 - b2.powi(t));
-                    w[i] = w[i].clone() - mh / (vh.sqrt() + eps) * h.lr;
+                    w[i] = adam.update(i, w[i].clone(), g, h.lr, h.weight_decay);
                     if let NormConstraint::Epsilon(e) = h.norm_constraint {
                         let lo = w0[i].clone() - e;
                         let hi = w0[i].clone() + e;

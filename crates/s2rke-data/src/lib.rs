@@ -44,6 +44,9 @@ pub struct BuildOptions {
     pub max_relations: usize,
     pub neighbours: usize,
     pub seed: u64,
+    /// Subject labels left out entirely (a training split disjoint by subject from an
+    /// evaluation set).
+    pub exclude: BTreeSet<String>,
 }
 
 /// The coarse type of a relation's subject, to split homonyms.
@@ -161,7 +164,11 @@ pub fn build(facts: &[Fact], patterns: &Patterns, opt: &BuildOptions) -> Result<
     let mut objects: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut by_rel_obj: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for f in facts {
-        if f.subject.trim().is_empty() || f.object.trim().is_empty() || f.subject == f.object {
+        if f.subject.trim().is_empty()
+            || f.object.trim().is_empty()
+            || f.subject == f.object
+            || opt.exclude.contains(&f.subject)
+        {
             continue;
         }
         by_label
@@ -317,9 +324,18 @@ mod tests {
             max_relations: 13,
             neighbours: 2,
             seed: 1,
+            exclude: BTreeSet::new(),
         };
         let out = build(&facts, &pats, &opt).unwrap();
         assert_eq!(out.len(), 2);
+        // An excluded label is gone, and is nobody's neighbour either.
+        let without_a = BuildOptions {
+            exclude: ["A".to_owned()].into(),
+            ..opt
+        };
+        let rest = build(&facts, &pats, &without_a).unwrap();
+        assert!(rest.iter().all(|s| s["subject"]["name"] != "A"));
+        assert!(!serde_json::to_string(&rest).unwrap().contains("\"A "));
         let a = &out[0];
         assert_eq!(a["subject"]["name"], "A");
         let r0 = &a["Star_Topology"][0];
@@ -369,6 +385,7 @@ mod tests {
             max_relations: 13,
             neighbours: 2,
             seed: 0,
+            exclude: BTreeSet::new(),
         };
         let out = build(&facts, &pats, &opt).unwrap();
         let orlando: Vec<&Value> = out
