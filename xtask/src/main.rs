@@ -9,7 +9,8 @@
 //!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
-//! - `data`: rebuild fixtures/s2rke-wikidata.json from the committed facts (byte for byte)
+//! - `data`: rebuild fixtures/s2rke-wikidata.json and fixtures/mend-train.json from the committed
+//!   facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
 
 use std::path::{Path, PathBuf};
@@ -147,6 +148,10 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     Ok(())
 }
 
+/// Minutes `kedit mend train` takes with the bundled SmolLM2 hparams on a 2-core CPU (measured;
+/// benchmarks/README.md), for the ETA.
+const MEND_TRAIN_MINUTES: f64 = 25.0;
+
 /// A bench-all profile: what the matrix covers.
 struct Profile {
     name: &'static str,
@@ -160,6 +165,11 @@ struct Profile {
     hparams: &'static [(&'static str, &'static str)],
     /// Scales each method's measured seconds per edit for the ETA (short hparams run faster).
     speed: f64,
+    /// MEND's archive is trained first when the cache has none (`kedit mend train`, bundled
+    /// hparams): this many steps (`None`: the hparams' max_iters), about this many minutes on a
+    /// 2-core CPU.
+    mend_steps: Option<usize>,
+    mend_minutes: f64,
 }
 
 fn profile(name: &str) -> Result<Profile> {
@@ -180,6 +190,8 @@ fn profile(name: &str) -> Result<Profile> {
                 ),
             ],
             speed: 0.4,
+            mend_steps: None,
+            mend_minutes: 0.0,
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
         // hyperparameters: sequential editing (the paper's sequential panel), N = 2 (the first
@@ -193,6 +205,8 @@ fn profile(name: &str) -> Result<Profile> {
             groups: 3,
             hparams: &[],
             speed: 1.0,
+            mend_steps: None,
+            mend_minutes: MEND_TRAIN_MINUTES,
         },
         // The paper's matrix, for a GPU.
         "paper" => Profile {
@@ -203,6 +217,8 @@ fn profile(name: &str) -> Result<Profile> {
             groups: 40,
             hparams: &[],
             speed: 1.0,
+            mend_steps: None,
+            mend_minutes: MEND_TRAIN_MINUTES,
         },
         other => bail!("--profile {other}: expected smoke, default or paper"),
     })
@@ -260,6 +276,10 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
         }
     }
     let edits: usize = runs.iter().map(|r| r.2 * p.groups).sum();
+    let with_mend = methods.iter().any(|m| m.0 == "mend");
+    if with_mend {
+        eta += p.mend_minutes * 60.0;
+    }
     println!(
         "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {} runs, at most {edits} edits; ETA about {:.0} min on a 2-core CPU",
         p.name,
@@ -272,6 +292,33 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
     );
     let runs_dir = root.join("results/runs").join(p.name);
     let started = std::time::Instant::now();
+    if with_mend {
+        // MEND needs its hypernetwork: trained on fixtures/mend-train.json (disjoint by subject
+        // from the benchmark's data) into the cache, unless it is there already; resumes if a
+        // previous training was interrupted.
+        eprintln!(
+            "xtask: MEND's archive (trained first if the cache has none: about {:.0} min)",
+            p.mend_minutes
+        );
+        let mut cmd = Command::new(&kedit);
+        cmd.current_dir(&root).args([
+            "mend",
+            "train",
+            "--backend",
+            backend,
+            "--model",
+            "smollm2",
+            "--data",
+            "fixtures/mend-train.json",
+        ]);
+        if let Some(steps) = p.mend_steps {
+            cmd.args(["--steps", &steps.to_string()]);
+        }
+        if let Some((_, h)) = p.hparams.iter().find(|(name, _)| *name == "mend") {
+            cmd.args(["--hparams", h]);
+        }
+        print!("{}", run(&mut cmd)?);
+    }
     for (i, (m, s, n, order)) in runs.iter().enumerate() {
         eprintln!(
             "xtask: run {}/{}: {m} {s} {order} N={n} ({:.0} s so far)",
@@ -368,21 +415,25 @@ fn main() -> Result<()> {
             record(&root.join("benchmarks/results/memit-batch.jsonl"), &out)
         }
         Some("data") => {
-            // The committed dataset, rebuilt from the committed facts; CI checks the bytes.
-            run(Command::new("cargo").current_dir(root()).args([
-                "run",
-                "-q",
-                "-p",
-                "kedit",
-                "--",
-                "data",
-                "build",
-                "--facts",
-                "data/pararel/trex_lms_vocab",
-                "--facts",
-                "data/kamel/KAMEL",
-                "--relations",
-                "data/pararel/pattern_data/graphs_json",
+            // The committed datasets, rebuilt from the committed facts; CI checks the bytes. The
+            // benchmark's set first; then MEND's training set, every subject of the first left
+            // out (one record per subject mostly: the multi-relation subjects are the benchmark's).
+            let build = |extra: &[&str]| {
+                run(Command::new("cargo")
+                    .current_dir(root())
+                    .args(["run", "-q", "-p", "kedit", "--", "data", "build"])
+                    .args([
+                        "--facts",
+                        "data/pararel/trex_lms_vocab",
+                        "--facts",
+                        "data/kamel/KAMEL",
+                        "--relations",
+                        "data/pararel/pattern_data/graphs_json",
+                    ])
+                    .args(extra))
+                .map(|o| print!("{o}"))
+            };
+            build(&[
                 "--out",
                 "fixtures/s2rke-wikidata.json",
                 "--stats",
@@ -391,8 +442,21 @@ fn main() -> Result<()> {
                 "300",
                 "--seed",
                 "0",
-            ]))
-            .map(|o| print!("{o}"))
+            ])?;
+            build(&[
+                "--out",
+                "fixtures/mend-train.json",
+                "--stats",
+                "fixtures/mend-train.stats.md",
+                "--subjects",
+                "3000",
+                "--min-relations",
+                "1",
+                "--exclude",
+                "fixtures/s2rke-wikidata.json",
+                "--seed",
+                "1",
+            ])
         }
         Some("reference") => {
             let py = venv()?;

@@ -41,6 +41,19 @@ impl TokenBatch {
         b
     }
 
+    /// The batches one under the other (rows renumbered), each label's weight times `scale`.
+    pub fn stack<'a>(parts: impl IntoIterator<Item = &'a TokenBatch>, scale: f32) -> Self {
+        let mut b = Self::default();
+        for p in parts {
+            let off = b.seqs.len();
+            b.seqs.extend(p.seqs.iter().cloned());
+            b.pos.extend(p.pos.iter().map(|&(r, q)| (r + off, q)));
+            b.labels.extend(&p.labels);
+            b.weights.extend(p.weights.iter().map(|w| w * scale));
+        }
+        b
+    }
+
     /// The weighted negative log-likelihood of the labels, from final hidden states.
     pub fn nll<B: Backend>(&self, model: &Transformer<B>, hidden: Tensor<B, 3>) -> Tensor<B, 1> {
         let dev = model.device();

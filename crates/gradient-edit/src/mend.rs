@@ -232,6 +232,30 @@ pub struct Factors {
     pub x: Vec<Vec<f32>>,
     /// `[tokens, d_out]` per layer: the loss gradient at the MLP output.
     pub delta: Vec<Vec<f32>>,
+    /// The batch row of each token, per layer.
+    pub rows: Vec<Vec<usize>>,
+}
+
+impl Factors {
+    /// One `Factors` per batch row (for a batch of single-row edits).
+    pub fn split(&self, rows: usize, d_in: usize, d_out: usize) -> Vec<Factors> {
+        let mut out = vec![Factors::default(); rows];
+        for ((x, d), rs) in self.x.iter().zip(&self.delta).zip(&self.rows) {
+            for o in out.iter_mut() {
+                o.x.push(Vec::new());
+                o.delta.push(Vec::new());
+                o.rows.push(Vec::new());
+            }
+            for (t, &r) in rs.iter().enumerate() {
+                let o = &mut out[r];
+                let last = o.x.len() - 1;
+                o.x[last].extend_from_slice(&x[t * d_in..(t + 1) * d_in]);
+                o.delta[last].extend_from_slice(&d[t * d_out..(t + 1) * d_out]);
+                o.rows[last].push(0);
+            }
+        }
+        out
+    }
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -249,7 +273,18 @@ pub fn factors<B: Backend>(
     layers: &[usize],
 ) -> Factors {
     let start = *layers.iter().min().expect("layers");
-    let h_in = residual_in(model, &batch.seqs, start);
+    factors_from(model, residual_in(model, &batch.seqs, start), batch, layers)
+}
+
+/// [`factors`] from `h_in`, the residual stream entering the lowest edited layer for
+/// `batch`'s rows (possibly wider than them: right padding changes nothing).
+pub fn factors_from<B: Backend>(
+    model: &Transformer<B>,
+    h_in: Tensor<B, 3>,
+    batch: &TokenBatch,
+    layers: &[usize],
+) -> Factors {
+    let start = *layers.iter().min().expect("layers");
     let ad = model.map(&ToAutodiff);
     let tokens = batch.tokens();
     let (d_ff, d) = (model.config.intermediate_size, model.config.hidden_size);
@@ -277,16 +312,18 @@ pub fn factors<B: Backend>(
         let [b, s, _] = key.dims();
         let x = host(key.reshape([b * s, d_ff]).select(0, rows.clone()));
         let delta = host(z.grad(&grads).expect("gradient at the MLP output"));
-        let (mut xs, mut ds) = (Vec::new(), Vec::new());
-        for t in 0..tokens.len() {
+        let (mut xs, mut ds, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, &(row, _)) in tokens.iter().enumerate() {
             let (xr, dr) = (&x[t * d_ff..(t + 1) * d_ff], &delta[t * d..(t + 1) * d]);
             if xr.iter().any(|&v| v != 0.0) && dr.iter().any(|&v| v != 0.0) {
                 xs.extend_from_slice(xr);
                 ds.extend_from_slice(dr);
+                rs.push(row);
             }
         }
         f.x.push(xs);
         f.delta.push(ds);
+        f.rows.push(rs);
     }
     f
 }
@@ -417,14 +454,16 @@ impl<B: Backend> Hypernet<B> {
         z
     }
 
-    /// `ΔW = −α_l Σ_t x̃_t δ̃_tᵀ` (`[d_in, d_out]`) for each edited layer.
-    pub fn updates(
+    /// Per edited layer, the transformed factors as a low-rank update `ΔW = a b`:
+    /// `a = [x̃_t]ᵀ` (`[d_in, tokens]`) and `b = −α_l [δ̃_t]` (`[tokens, d_out]`); `None` where the
+    /// edit has no token with a gradient.
+    pub fn low_rank(
         &self,
         norm: &Normaliser,
         f: &Factors,
         [d_in, d_out]: [usize; 2],
         device: &B::Device,
-    ) -> Vec<Tensor<B, 2>> {
+    ) -> Vec<Option<(Tensor<B, 2>, Tensor<B, 2>)>> {
         let lrs = self.params.last().expect("edit_lrs");
         f.x.iter()
             .zip(&f.delta)
@@ -432,7 +471,7 @@ impl<B: Backend> Hypernet<B> {
             .map(|(mode, (x, d))| {
                 let n = x.len() / d_in;
                 if n == 0 {
-                    return Tensor::zeros([d_in, d_out], device);
+                    return None;
                 }
                 let z = Tensor::<B, 2>::from_data(
                     TensorData::new(norm.input(x, d, d_in, d_out), [n, d_in + d_out]),
@@ -441,7 +480,24 @@ impl<B: Backend> Hypernet<B> {
                 let out = self.transform(z, mode);
                 let xt = out.clone().narrow(1, 0, d_in);
                 let dt = out.narrow(1, d_in, d_out);
-                xt.transpose().matmul(dt) * lrs.clone().narrow(1, mode, 1).neg()
+                Some((xt.transpose(), dt * lrs.clone().narrow(1, mode, 1).neg()))
+            })
+            .collect()
+    }
+
+    /// `ΔW = −α_l Σ_t x̃_t δ̃_tᵀ` (`[d_in, d_out]`) for each edited layer.
+    pub fn updates(
+        &self,
+        norm: &Normaliser,
+        f: &Factors,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Vec<Tensor<B, 2>> {
+        self.low_rank(norm, f, shape, device)
+            .into_iter()
+            .map(|ab| match ab {
+                Some((a, b)) => a.matmul(b),
+                None => Tensor::zeros(shape, device),
             })
             .collect()
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
-use burn::tensor::{activation, backend::Backend, ElementConversion, Tensor};
+use burn::tensor::{activation, backend::Backend, ElementConversion, Tensor, TensorData};
 use kedit_editing::EditCase;
 use kedit_models::{CausalLm, Interventions, LanguageModel, ToAutodiff};
 use rand::seq::SliceRandom;
@@ -26,7 +26,7 @@ use crate::adam::Adam;
 use crate::batch::{residual_in, TokenBatch};
 use crate::ft::Objective;
 use crate::mend::{
-    factors, write_tensors, Archive, Bytes, Hypernet, Mend, MendHparams, TensorFile,
+    factors_from, write_tensors, Archive, Bytes, Hypernet, Mend, MendHparams, TensorFile,
 };
 
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ struct Example {
     /// Rows `[edit, paraphrase?, locality]`: labels on the first rows (target_new), the
     /// locality row last.
     outer: TokenBatch,
-    /// `(row, position)` of every locality token (KL positions).
+    /// `(row, position)` of the locality row's answer positions (KL positions).
     loc: Vec<(usize, usize)>,
 }
 
@@ -139,9 +139,12 @@ fn example<B: Backend>(lm: &LanguageModel<B>, cases: &[EditCase], i: usize) -> R
     let mut outer = TokenBatch::of(&outer_pairs, Objective::TargetNew);
     let (lp, lt) = locality(cases, i);
     let (p, t) = pair(lm, &lp, &lt)?;
-    let row = [p, t[..t.len() - 1].to_vec()].concat();
-    let loc = (0..row.len()).map(|k| (outer.seqs.len(), k)).collect();
-    outer.seqs.push(row);
+    // KL where the locality prompt's answer is predicted (what NS scores), not on the words of
+    // the prompt, whose distributions an edit barely moves and would dilute the term.
+    let loc = (p.len() - 1..p.len() + t.len() - 1)
+        .map(|k| (outer.seqs.len(), k))
+        .collect();
+    outer.seqs.push([p, t[..t.len() - 1].to_vec()].concat());
     Ok(Example {
         inner: TokenBatch::of(&[edit], Objective::TargetNew),
         outer,
@@ -237,6 +240,70 @@ struct State<B: Backend> {
     seconds: f64,
 }
 
+/// The rows of several edits stacked into one batch, with each edit's own low-rank update on
+/// its rows (`Action::LowRank`): a batch of independent edits in one forward pass. Statistics
+/// are updated edit by edit first when `update_norm` (training).
+///
+/// `h_in` is the residual stream entering the lowest edited layer for the stacked `rows`; each
+/// edit's first row holds its `inner` tokens (prompt and target), so the gradient factors reuse
+/// it rather than run the stack below again.
+#[allow(clippy::too_many_arguments)]
+fn stacked_edits<B: Backend, BB: Backend>(
+    lm_model: &kedit_models::Transformer<B>,
+    h_in: &Tensor<B, 3>,
+    archive: &mut Archive<impl Backend>,
+    net: &Hypernet<BB>,
+    inner: &[&TokenBatch],
+    rows: &[&TokenBatch],
+    update_norm: bool,
+    device: &BB::Device,
+) -> Interventions<BB> {
+    let [d_in, d_out] = archive.shape;
+    let mut first = Vec::new();
+    let mut row0 = 0;
+    for r in rows {
+        first.push(row0 as i64);
+        row0 += r.seqs.len();
+    }
+    let first = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(first, [inner.len()]),
+        &lm_model.device(),
+    );
+    let f = factors_from(
+        lm_model,
+        h_in.clone().select(0, first),
+        &TokenBatch::stack(inner.iter().copied(), 1.0),
+        &archive.layers,
+    );
+    let width = rows
+        .iter()
+        .flat_map(|r| r.seqs.iter().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    let mut iv = Interventions::none();
+    let mut row0 = 0;
+    for (f, r) in f.split(inner.len(), d_in, d_out).iter().zip(rows) {
+        if update_norm {
+            // MEND updates its statistics with each edit before standardising it.
+            archive.norm.update(f, d_in, d_out);
+        }
+        let n = r.seqs.len();
+        let positions: Vec<(usize, usize)> = (row0..row0 + n)
+            .flat_map(|i| (0..width).map(move |p| (i, p)))
+            .collect();
+        let ups = net.low_rank(&archive.norm, f, archive.shape, device);
+        for (&l, ab) in archive.layers.iter().zip(ups) {
+            if let Some((a, b)) = ab {
+                iv = iv.low_rank(l, positions.clone(), a, b);
+            }
+        }
+        row0 += n;
+    }
+    iv
+}
+
+/// Validation: each fact edited alone (its own update on its rows, 16 facts per forward pass),
+/// then ES, PS and NS from the edited model's probabilities.
 fn validate<B: Backend>(
     lm: &LanguageModel<B>,
     archive: &Archive<B>,
@@ -245,25 +312,29 @@ fn validate<B: Backend>(
     let start = *archive.layers.iter().min().expect("layers");
     let dev = lm.model.device();
     let (mut es, mut ps, mut ns, mut n_ps) = (0.0, 0.0, 0.0, 0.0);
-    for v in val {
-        let f = factors(&lm.model, &v.inner, &archive.layers);
-        let ups = archive.net.updates(&archive.norm, &f, archive.shape, &dev);
-        let mut m = lm.model.clone();
-        for (&l, u) in archive.layers.iter().zip(ups) {
-            let w = m.mlp_out(l);
-            m.set_mlp_out(l, w + u);
-        }
-        let h_in = residual_in(&lm.model, &v.rows.seqs, start);
-        let fwd = m.forward_from(start, h_in, &Interventions::none());
-        let nll = v.rows.row_nll(&m, fwd.hidden);
+    let mut a = archive.clone();
+    for chunk in val.chunks(16) {
+        let inner: Vec<&TokenBatch> = chunk.iter().map(|v| &v.inner).collect();
+        let rows: Vec<&TokenBatch> = chunk.iter().map(|v| &v.rows).collect();
+        let net = archive.net.clone();
+        let all = TokenBatch::stack(rows.iter().copied(), 1.0);
+        let h_in = residual_in(&lm.model, &all.seqs, start);
+        let iv = stacked_edits(&lm.model, &h_in, &mut a, &net, &inner, &rows, false, &dev);
+        let fwd = lm.model.forward_from(start, h_in, &iv);
+        let nll = all.row_nll(&lm.model, fwd.hidden);
         let win = |a: f64, b: f64| if a < b { 1.0 } else { 0.0 };
-        es += win(nll[0], nll[1]);
-        let k = nll.len();
-        if v.has_para {
-            ps += win(nll[2], nll[3]);
-            n_ps += 1.0;
+        let mut off = 0;
+        for v in chunk {
+            let k = v.rows.seqs.len();
+            let r = &nll[off..off + k];
+            es += win(r[0], r[1]);
+            if v.has_para {
+                ps += win(r[2], r[3]);
+                n_ps += 1.0;
+            }
+            ns += win(r[k - 2], r[k - 1]);
+            off += k;
         }
-        ns += win(nll[k - 2], nll[k - 1]);
     }
     let n = val.len().max(1) as f64;
     ValMetrics {
@@ -273,7 +344,8 @@ fn validate<B: Backend>(
     }
 }
 
-/// One optimiser step over `batch` training facts; returns the mean loss.
+/// One optimiser step over `batch` training facts, all in one forward and backward pass;
+/// returns the loss.
 fn step<B: Backend>(
     lm: &LanguageModel<B>,
     base_ad: &kedit_models::Transformer<Autodiff<B>>,
@@ -281,10 +353,10 @@ fn step<B: Backend>(
     batch: &[&Example],
 ) -> f64 {
     let h = state.current.hparams.clone();
-    let a = &mut state.current;
-    let start = *a.layers.iter().min().expect("layers");
+    let start = *state.current.layers.iter().min().expect("layers");
     let dev = lm.model.device();
-    let params: Vec<Tensor<Autodiff<B>, 2>> = a
+    let params: Vec<Tensor<Autodiff<B>, 2>> = state
+        .current
         .net
         .params
         .iter()
@@ -293,35 +365,44 @@ fn step<B: Backend>(
     let net = Hypernet {
         params: params.clone(),
     };
-    let mut total: Option<Tensor<Autodiff<B>, 1>> = None;
-    for ex in batch {
-        let f = factors(&lm.model, &ex.inner, &a.layers);
-        // MEND updates its statistics with each edit before standardising it.
-        a.norm.update(&f, a.shape[0], a.shape[1]);
-        let ups = net.updates(&a.norm, &f, a.shape, &dev);
-        let mut m = base_ad.clone();
-        for (&l, u) in a.layers.iter().zip(ups) {
-            let w = m.mlp_out(l);
-            m.set_mlp_out(l, w + u);
+    let n = batch.len();
+    let inner: Vec<&TokenBatch> = batch.iter().map(|e| &e.inner).collect();
+    let rows: Vec<&TokenBatch> = batch.iter().map(|e| &e.outer).collect();
+    // Each fact's loss is a mean over its labels (and its KL a mean over its locality tokens);
+    // the step's loss is the mean over facts.
+    let outer = TokenBatch::stack(rows.iter().copied(), 1.0 / n as f32);
+    let (mut loc, mut loc_w, mut row0) = (Vec::new(), Vec::new(), 0);
+    for e in batch {
+        for &(r, p) in &e.loc {
+            loc.push((r + row0, p));
+            loc_w.push(1.0 / (e.loc.len() * n) as f32);
         }
-        let h_in = residual_in(&lm.model, &ex.outer.seqs, start);
-        let none = Interventions::none();
-        let pre = lm.model.forward_from(start, h_in.clone(), &none);
-        let pre = activation::log_softmax(lm.model.logits_at(pre.hidden, &ex.loc), 1);
-        let fwd = m.forward_from(start, Tensor::from_inner(h_in), &Interventions::none());
-        let post = activation::log_softmax(m.logits_at(fwd.hidden.clone(), &ex.loc), 1);
-        let pre = Tensor::<Autodiff<B>, 2>::from_inner(pre);
-        let kl = (pre.clone().exp() * (pre - post)).sum() / ex.loc.len() as f64;
-        let edit = ex.outer.nll(&m, fwd.hidden);
-        let loss = (edit * h.cedit + kl * h.cloc) / batch.len() as f64;
-        total = Some(match total {
-            Some(t) => t + loss,
-            None => loss,
-        });
+        row0 += e.outer.seqs.len();
     }
-    let total = total.expect("a non-empty batch");
+    let h_in = residual_in(&lm.model, &outer.seqs, start);
+    let iv = stacked_edits(
+        &lm.model,
+        &h_in,
+        &mut state.current,
+        &net,
+        &inner,
+        &rows,
+        true,
+        &dev,
+    );
+    let pre = lm
+        .model
+        .forward_from(start, h_in.clone(), &Interventions::none());
+    let pre = activation::log_softmax(lm.model.logits_at(pre.hidden, &loc), 1);
+    let fwd = base_ad.forward_from(start, Tensor::from_inner(h_in), &iv);
+    let post = activation::log_softmax(base_ad.logits_at(fwd.hidden.clone(), &loc), 1);
+    let pre = Tensor::<Autodiff<B>, 2>::from_inner(pre);
+    let w = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(loc_w, [loc.len(), 1]), &dev);
+    let kl = ((pre.clone().exp() * (pre - post)).sum_dim(1) * w).sum();
+    let total = outer.nll(base_ad, fwd.hidden) * h.cedit + kl * h.cloc;
     let lv: f64 = total.clone().into_scalar().elem();
     let grads = total.backward();
+    let a = &mut state.current;
     let gs: Vec<Tensor<B, 2>> = params
         .iter()
         .zip(&a.net.params)

@@ -93,6 +93,47 @@ fn identity_transform_gives_the_true_gradient() {
     }
 }
 
+/// Training runs a batch of edits in one pass, each edit's update `a b` added on its own rows
+/// (`Interventions::low_rank`); that must equal editing the weights as `Mend::apply` does.
+#[test]
+fn low_rank_intervention_equals_the_patched_weights() {
+    let mut lm = load("tiny-llama");
+    let mut h = hparams();
+    h.edit_lr = 0.5;
+    let archive = Archive::init(&lm, h).unwrap();
+    let batch = Mend::batch(&lm, &[request()]).unwrap();
+    let f = factors(&lm.model, &batch, &archive.layers);
+    let dev = lm.model.device();
+    let seqs = vec![lm.encode("The capital of France is Rome").unwrap()];
+    let positions: Vec<(usize, usize)> = (0..seqs[0].len()).map(|p| (0, p)).collect();
+    let mut iv = Interventions::none();
+    for (&l, ab) in
+        archive
+            .layers
+            .iter()
+            .zip(archive.net.low_rank(&archive.norm, &f, archive.shape, &dev))
+    {
+        let (a, b) = ab.unwrap();
+        iv = iv.low_rank(l, positions.clone(), a, b);
+    }
+    let ids = lm.model.batch(&seqs);
+    let via_rows = host(
+        lm.model
+            .forward(ids.clone(), &iv)
+            .hidden
+            .reshape([seqs[0].len(), 64]),
+    );
+    Mend::new(archive).apply(&mut lm, &[request()]).unwrap();
+    let via_patch = host(
+        lm.model
+            .forward(ids, &Interventions::none())
+            .hidden
+            .reshape([seqs[0].len(), 64]),
+    );
+    let e = rel_err(&via_rows, &via_patch);
+    assert!(e < 1e-5, "relative error {e}");
+}
+
 /// The untrained MEND edit is a step of gradient descent: it lowers the new target's loss.
 #[test]
 fn untrained_edit_descends_the_loss() {

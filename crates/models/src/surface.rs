@@ -30,6 +30,11 @@ pub enum Action<B: Backend> {
     /// Add row `k` of `rows` (`[positions, width]`) at the `k`-th listed position: a different
     /// vector per position (one target per request when many are optimised together).
     AddRows(Tensor<B, 2>),
+    /// At `Site::MlpOut` only: add `(key a) b` at the listed positions, `key` being the MLP key
+    /// there (`a: [d_ff, r]`, `b: [r, d_model]`). The same as editing the MLP output projection
+    /// to `W + a b` for those positions alone: MEND's training gives each edit of a batch its
+    /// own low-rank update in one forward pass.
+    LowRank(Tensor<B, 2>, Tensor<B, 2>),
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +114,23 @@ impl<B: Backend> Interventions<B> {
         self
     }
 
+    /// `W_out + a b` at `positions` of `layer` (see [`Action::LowRank`]).
+    pub fn low_rank(
+        mut self,
+        layer: usize,
+        positions: Vec<(usize, usize)>,
+        a: Tensor<B, 2>,
+        b: Tensor<B, 2>,
+    ) -> Self {
+        self.edits.push(Intervention {
+            layer,
+            site: Site::MlpOut,
+            positions,
+            action: Action::LowRank(a, b),
+        });
+        self
+    }
+
     pub fn scale(
         mut self,
         layer: usize,
@@ -123,6 +145,29 @@ impl<B: Backend> Interventions<B> {
             action: Action::Scale(scale),
         });
         self
+    }
+
+    /// The MLP output `m` of `layer` with its low-rank edits (which read the MLP `key`), then
+    /// the site's other edits and capture.
+    pub(crate) fn visit_mlp_out(
+        &self,
+        layer: usize,
+        mut m: Tensor<B, 3>,
+        key: Tensor<B, 3>,
+        captured: &mut HashMap<(usize, Site), Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        for e in self.edits.iter().filter(|e| e.layer == layer) {
+            if let Action::LowRank(a, b) = &e.action {
+                let [bs, s, _] = m.dims();
+                let mask = position_mask::<B>(bs, s, &e.positions, &m.device());
+                m = m + key
+                    .clone()
+                    .matmul(a.clone().unsqueeze())
+                    .matmul(b.clone().unsqueeze())
+                    * mask;
+            }
+        }
+        self.visit(layer, Site::MlpOut, m, captured)
     }
 
     /// Apply the edits registered for `(layer, site)` and record a capture if one was asked for.
@@ -152,6 +197,7 @@ impl<B: Backend> Interventions<B> {
                     x * factor
                 }
                 Action::AddRows(_) => unreachable!("handled above"),
+                Action::LowRank(..) => continue,
             };
         }
         if self.capture.contains(&(layer, site)) {

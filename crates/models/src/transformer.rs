@@ -348,7 +348,7 @@ impl<B: Backend> Transformer<B> {
             None => gelu_tanh(iv.visit(l, Site::MlpGate, w.up.apply(x), captured)),
         };
         let key = iv.visit(l, Site::MlpKey, key, captured);
-        let m = iv.visit(l, Site::MlpOut, w.down.apply(key), captured);
+        let m = iv.visit_mlp_out(l, w.down.apply(key.clone()), key, captured);
         (iv.visit(l, Site::Residual, h + m, captured), kv)
     }
 
