@@ -1,8 +1,10 @@
 //! Token batches and the teacher-forced loss that FT and MEND share, and the residual stream
 //! entering the lowest edited layer (nothing below it changes, so it is computed once).
 
+use anyhow::{bail, Result};
 use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
-use kedit_models::{CausalLm, Interventions, Site, Transformer};
+use kedit_editing::EditRequest;
+use kedit_models::{CausalLm, Interventions, LanguageModel, Site, Transformer};
 
 use crate::ft::Objective;
 
@@ -96,6 +98,31 @@ impl TokenBatch {
             .flat_map(|(i, s)| (0..s.len()).map(move |p| (i, p)))
             .collect()
     }
+}
+
+/// `prompt` and ` target` (one leading space, as the metrics score targets) as tokens.
+pub fn encode_pair<B: Backend>(
+    lm: &LanguageModel<B>,
+    prompt: &str,
+    target: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let p = lm.encode(prompt)?;
+    let t = lm.encode(&format!(" {}", target.trim_start()))?;
+    if p.is_empty() || t.is_empty() {
+        bail!("prompt {prompt:?}: empty prompt or target");
+    }
+    Ok((p, t))
+}
+
+/// Each request's full prompt and ` target_new` as tokens.
+pub fn request_pairs<B: Backend>(
+    lm: &LanguageModel<B>,
+    requests: &[EditRequest],
+) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    requests
+        .iter()
+        .map(|r| encode_pair(lm, &r.full_prompt(), &r.target_new))
+        .collect()
 }
 
 /// The residual stream entering block `start` for the right-padded `seqs`.

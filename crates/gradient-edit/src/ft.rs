@@ -3,7 +3,7 @@
 //! The weights are plain tensors (not Burn `Module`s, see ARCHITECTURE.md); Adam is `adam.rs`.
 
 use crate::adam::Adam;
-use crate::batch::{residual_in, TokenBatch};
+use crate::batch::{request_pairs, residual_in, TokenBatch};
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
@@ -142,17 +142,7 @@ impl Ft {
         if let Some(&l) = h.layers.iter().find(|&&l| l >= n_layers) {
             bail!("hparams field `layers`: layer {l} but the model has {n_layers}");
         }
-        let data: Vec<(Vec<u32>, Vec<u32>)> = requests
-            .iter()
-            .map(|r| {
-                let prompt = lm.encode(&r.full_prompt())?;
-                let target = lm.encode(&format!(" {}", r.target_new.trim_start()))?;
-                if prompt.is_empty() || target.is_empty() {
-                    bail!("request {:?}: empty prompt or target_new", r.full_prompt());
-                }
-                Ok((prompt, target))
-            })
-            .collect::<Result<_>>()?;
+        let data = request_pairs(lm, requests)?;
         let get = |l: usize| match matrix {
             Matrix::MlpOut => lm.model.mlp_out(l),
             Matrix::AttnOut => lm.model.attn_out(l),

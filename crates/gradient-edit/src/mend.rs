@@ -30,7 +30,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::batch::{residual_in, TokenBatch};
+use crate::batch::{request_pairs, residual_in, TokenBatch};
 use crate::ft::Objective;
 
 /// MEND's hyperparameters under EasyEdit's keys (the editing YAML and the training YAML share
@@ -827,18 +827,10 @@ impl<B: Backend> Mend<B> {
 
     /// The teacher-forced batch of `requests` (prompt, then ` target_new`).
     pub fn batch(lm: &LanguageModel<B>, requests: &[EditRequest]) -> Result<TokenBatch> {
-        let data: Vec<(Vec<u32>, Vec<u32>)> = requests
-            .iter()
-            .map(|r| {
-                let prompt = lm.encode(&r.full_prompt())?;
-                let target = lm.encode(&format!(" {}", r.target_new.trim_start()))?;
-                if prompt.is_empty() || target.is_empty() {
-                    bail!("request {:?}: empty prompt or target_new", r.full_prompt());
-                }
-                Ok((prompt, target))
-            })
-            .collect::<Result<_>>()?;
-        Ok(TokenBatch::of(&data, Objective::TargetNew))
+        Ok(TokenBatch::of(
+            &request_pairs(lm, requests)?,
+            Objective::TargetNew,
+        ))
     }
 
     /// The patch entries of an edit of `lm` as it is.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::adam::Adam;
-use crate::batch::{residual_in, TokenBatch};
+use crate::batch::{encode_pair, residual_in, TokenBatch};
 use crate::ft::Objective;
 use crate::mend::{
     factors_from, write_tensors, Archive, Bytes, Hypernet, Mend, MendHparams, TensorFile,
@@ -102,19 +102,6 @@ struct ValExample {
     has_para: bool,
 }
 
-fn pair<B: Backend>(
-    lm: &LanguageModel<B>,
-    prompt: &str,
-    target: &str,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let p = lm.encode(prompt)?;
-    let t = lm.encode(&format!(" {}", target.trim_start()))?;
-    if p.is_empty() || t.is_empty() {
-        bail!("prompt {prompt:?}: empty prompt or target");
-    }
-    Ok((p, t))
-}
-
 /// The locality prompt of case `i`: its first neighbourhood prompt (another subject, the same
 /// relation and true object: what NS scores), else the next case's prompt.
 fn locality(cases: &[EditCase], i: usize) -> (String, String) {
@@ -131,14 +118,14 @@ fn locality(cases: &[EditCase], i: usize) -> (String, String) {
 fn example<B: Backend>(lm: &LanguageModel<B>, cases: &[EditCase], i: usize) -> Result<Example> {
     let c = &cases[i];
     let r = &c.request;
-    let edit = pair(lm, &r.full_prompt(), &r.target_new)?;
+    let edit = encode_pair(lm, &r.full_prompt(), &r.target_new)?;
     let mut outer_pairs = vec![edit.clone()];
     if let Some(p) = c.paraphrase_prompts.first() {
-        outer_pairs.push(pair(lm, p, &r.target_new)?);
+        outer_pairs.push(encode_pair(lm, p, &r.target_new)?);
     }
     let mut outer = TokenBatch::of(&outer_pairs, Objective::TargetNew);
     let (lp, lt) = locality(cases, i);
-    let (p, t) = pair(lm, &lp, &lt)?;
+    let (p, t) = encode_pair(lm, &lp, &lt)?;
     // KL where the locality prompt's answer is predicted (what NS scores), not on the words of
     // the prompt, whose distributions an edit barely moves and would dilute the term.
     let loc = (p.len() - 1..p.len() + t.len() - 1)
@@ -161,17 +148,17 @@ fn val_example<B: Backend>(
     let r = &c.request;
     let prompt = r.full_prompt();
     let mut pairs = vec![
-        pair(lm, &prompt, &r.target_new)?,
-        pair(lm, &prompt, &r.target_true)?,
+        encode_pair(lm, &prompt, &r.target_new)?,
+        encode_pair(lm, &prompt, &r.target_true)?,
     ];
     let para = c.paraphrase_prompts.first();
     if let Some(p) = para {
-        pairs.push(pair(lm, p, &r.target_new)?);
-        pairs.push(pair(lm, p, &r.target_true)?);
+        pairs.push(encode_pair(lm, p, &r.target_new)?);
+        pairs.push(encode_pair(lm, p, &r.target_true)?);
     }
     let (lp, lt) = locality(cases, i);
-    pairs.push(pair(lm, &lp, &lt)?);
-    pairs.push(pair(lm, &lp, &r.target_new)?);
+    pairs.push(encode_pair(lm, &lp, &lt)?);
+    pairs.push(encode_pair(lm, &lp, &r.target_new)?);
     Ok(ValExample {
         inner: TokenBatch::of(&pairs[..1], Objective::TargetNew),
         rows: TokenBatch::of(&pairs, Objective::TargetNew),
