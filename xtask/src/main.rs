@@ -165,20 +165,19 @@ struct Profile {
     hparams: &'static [(&'static str, &'static str)],
     /// Scales each method's measured seconds per edit for the ETA (short hparams run faster).
     speed: f64,
-    /// MEND's archive is trained first when the cache has none (`kedit mend train`, bundled
-    /// hparams): this many steps (`None`: the hparams' max_iters), about this many minutes on a
-    /// 2-core CPU.
-    mend_steps: Option<usize>,
+    /// MEND's archive is trained first when the cache has none (`kedit mend train` with the
+    /// profile's MEND hparams): about this many minutes on a 2-core CPU.
     mend_minutes: f64,
 }
 
 fn profile(name: &str) -> Result<Profile> {
     Ok(match name {
         // A first look and CI: ROME and MEMIT (short target optimisation; MEMIT on two layers
-        // with small statistics) against FT-M, N = 2, two group pairs; MEMIT in batch too.
+        // with small statistics) against FT-M and MEND (an archive trained for 10 steps), N = 2,
+        // two group pairs; MEMIT, FT-M and MEND in batch too.
         "smoke" => Profile {
             name: "smoke",
-            methods: Some(&["rome", "memit", "ft-m"]),
+            methods: Some(&["rome", "memit", "ft-m", "mend"]),
             batch: true,
             ns: vec![2],
             groups: 2,
@@ -188,10 +187,13 @@ fn profile(name: &str) -> Result<Profile> {
                     "memit",
                     "crates/locate-edit/hparams/memit-smollm2-smoke.yaml",
                 ),
+                (
+                    "mend",
+                    "crates/gradient-edit/hparams/mend-smollm2-smoke.yaml",
+                ),
             ],
             speed: 0.4,
-            mend_steps: None,
-            mend_minutes: 0.0,
+            mend_minutes: 1.0,
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
         // hyperparameters: sequential editing (the paper's sequential panel), N = 2 (the first
@@ -205,7 +207,6 @@ fn profile(name: &str) -> Result<Profile> {
             groups: 3,
             hparams: &[],
             speed: 1.0,
-            mend_steps: None,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
         // The paper's matrix, for a GPU.
@@ -217,7 +218,6 @@ fn profile(name: &str) -> Result<Profile> {
             groups: 40,
             hparams: &[],
             speed: 1.0,
-            mend_steps: None,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
         other => bail!("--profile {other}: expected smoke, default or paper"),
@@ -311,9 +311,6 @@ fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
             "--data",
             "fixtures/mend-train.json",
         ]);
-        if let Some(steps) = p.mend_steps {
-            cmd.args(["--steps", &steps.to_string()]);
-        }
         if let Some((_, h)) = p.hparams.iter().find(|(name, _)| *name == "mend") {
             cmd.args(["--hparams", h]);
         }
