@@ -9,20 +9,25 @@ const HPARAMS: &str = "alg_name: MEND\ninner_params:\n- model.layers.0.mlp.down_
 lr: 1.0e-3\nedit_lr: 1.0e-2\nlr_lr: 1.0e-4\nseed: 42\ncedit: 0.1\ncloc: 1.0\nn_hidden: 1\nrank: 8\naccumulate_bs: 2\n\
 grad_clip: 100.0\nmax_iters: 4\nval_interval: 2\nearly_stop_patience: 100\nval_steps: 3\n";
 
-#[test]
-fn mend_trains_edits_and_refuses_another_models_archive() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, data, archive, rep) = (
-        dir.path().join("h.yaml"),
-        dir.path().join("train.json"),
-        dir.path().join("mend.safetensors"),
-        dir.path().join("report.json"),
-    );
+/// The hparams file and a 20-subject training file (18 training, 2 validation subjects) in `dir`.
+fn training_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (h, data) = (dir.join("h.yaml"), dir.join("train.json"));
     std::fs::write(&h, HPARAMS).unwrap();
     let all: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
             .unwrap();
     std::fs::write(&data, serde_json::to_string(&all[..20]).unwrap()).unwrap();
+    (h, data)
+}
+
+#[test]
+fn mend_trains_edits_and_refuses_another_models_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, data) = training_files(dir.path());
+    let (archive, rep) = (
+        dir.path().join("mend.safetensors"),
+        dir.path().join("report.json"),
+    );
     let llama = fixture("tiny-llama");
     let (ok, out, err) = kedit(&[
         "mend",
@@ -115,12 +120,7 @@ fn mend_trains_edits_and_refuses_another_models_archive() {
 fn a_killed_training_resumes_to_the_same_archive() {
     use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
-    let (h, data) = (dir.path().join("h.yaml"), dir.path().join("train.json"));
-    std::fs::write(&h, HPARAMS).unwrap();
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
-            .unwrap();
-    std::fs::write(&data, serde_json::to_string(&all[..20]).unwrap()).unwrap();
+    let (h, data) = training_files(dir.path());
     let llama = fixture("tiny-llama");
     let args = |out: &std::path::Path| -> Vec<String> {
         [
