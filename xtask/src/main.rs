@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda]`: the main job, the S2RKE
-//!   matrix (every registered method × strategy × homogeneous/heterogeneous × N) on the default
-//!   model and the committed data; runs in results/runs/<profile>/, reports in results/
+//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev]`:
+//!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
+//!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
+//!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
 //! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median;
@@ -224,23 +225,31 @@ fn profile(name: &str) -> Result<Profile> {
     })
 }
 
-fn bench_all(profile_name: &str, backend: &str) -> Result<()> {
+fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<()> {
     let p = profile(profile_name)?;
     if !["cpu", "cuda"].contains(&backend) {
         bail!("--backend {backend}: expected cpu or cuda");
     }
+    // `dev` reuses the build `cargo test` already made (dependencies at opt-level 3, see
+    // Cargo.toml): CI's smoke run takes it rather than spending minutes on a second, release
+    // build of the whole dependency tree.
+    let out_dir = match cargo_profile {
+        "release" => "release",
+        "dev" => "debug",
+        other => bail!("--cargo-profile {other}: expected release or dev"),
+    };
     let root = root();
     let mut build = Command::new("cargo");
     build
         .current_dir(&root)
-        .args(["build", "-q", "--release", "-p", "kedit"]);
+        .args(["build", "-q", "--profile", cargo_profile, "-p", "kedit"]);
     if backend == "cuda" {
         build.args(["--features", "cuda"]);
     } else if has_openblas() {
         build.args(["--features", "openblas"]);
     }
     run(&mut build)?;
-    let kedit = root.join("target/release/kedit");
+    let kedit = root.join("target").join(out_dir).join("kedit");
     let registry: serde_json::Value =
         serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
     let methods: Vec<(String, bool, f64)> = registry
@@ -388,7 +397,11 @@ fn main() -> Result<()> {
                     .and_then(|i| args.get(i + 1))
                     .map_or(d.to_owned(), |s| s.clone())
             };
-            bench_all(&opt("--profile", "default"), &opt("--backend", "cpu"))
+            bench_all(
+                &opt("--profile", "default"),
+                &opt("--backend", "cpu"),
+                &opt("--cargo-profile", "release"),
+            )
         }
         Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),
         Some("bench-rome") => {
@@ -468,7 +481,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | data | reference");
             std::process::exit(2)
         }
     }

@@ -68,6 +68,26 @@ fn set<B: Backend>(m: &mut impl CausalLm<B>, layer: usize, matrix: Matrix, w: Te
 }
 
 impl Patch {
+    /// `‖self − reference‖ / ‖reference‖` (Frobenius, in f64, over all entries): how far a patch
+    /// made on another backend is from the reference one. Infinite when the two patches do not
+    /// edit the same matrices with the same shapes.
+    pub fn relative_difference(&self, reference: &Patch) -> f64 {
+        if self.entries.len() != reference.entries.len() {
+            return f64::INFINITY;
+        }
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (a, b) in self.entries.iter().zip(&reference.entries) {
+            if (a.layer, a.matrix, a.shape) != (b.layer, b.matrix, b.shape) {
+                return f64::INFINITY;
+            }
+            for (x, y) in a.delta.iter().zip(&b.delta) {
+                diff += (*x as f64 - *y as f64).powi(2);
+                norm += (*y as f64).powi(2);
+            }
+        }
+        (diff / norm).sqrt()
+    }
+
     /// An empty patch recording what makes it: method, hyperparameters, requests, model.
     pub fn described<B: Backend>(
         method: &str,

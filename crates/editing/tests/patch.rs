@@ -4,11 +4,16 @@ use std::path::PathBuf;
 
 use burn::tensor::{backend::Backend, Tensor};
 use kedit_editing::{Matrix, Patch, PatchEntry};
-use kedit_models::{CausalLm, Cpu, LanguageModel};
+use kedit_models::testing::TestDevice;
+use kedit_models::{test_device, CausalLm, Cpu, LanguageModel};
 
 fn tiny() -> LanguageModel<Cpu> {
+    tiny_on(&Default::default())
+}
+
+fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+    LanguageModel::load_hf(&dir, device).unwrap()
 }
 
 fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<u32> {
@@ -26,9 +31,13 @@ fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn saved_patch_reproduces_the_edit_and_revert_restores_bits() {
-    let mut lm = tiny();
+// Bit-exactness is per backend: the same kernels on the same inputs.
+test_device!(
+    saved_patch_reproduces_the_edit_and_revert_restores_bits,
+    patch_round_trip
+);
+fn patch_round_trip<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let mut lm = tiny_on::<B>(device);
     let before = logits(&lm);
     let [r, c] = lm.model.mlp_out(1).dims();
     let patch = Patch {
@@ -62,7 +71,7 @@ fn saved_patch_reproduces_the_edit_and_revert_restores_bits() {
         loaded == patch,
         "the loaded patch differs from the saved one"
     );
-    let mut fresh = tiny();
+    let mut fresh = tiny_on::<B>(device);
     loaded.apply(&mut fresh.model).unwrap();
     assert_eq!(
         logits(&fresh),
@@ -92,4 +101,25 @@ fn a_patch_for_another_shape_is_refused() {
     };
     let e = p.apply(&mut lm.model).err().unwrap().to_string();
     assert!(e.contains("layers.0.mlp_out") && e.contains("shape"), "{e}");
+}
+
+#[test]
+fn relative_difference_is_zero_for_itself_and_infinite_for_other_matrices() {
+    let entry = |layer, delta: Vec<f32>| PatchEntry {
+        layer,
+        matrix: Matrix::MlpOut,
+        shape: [1, 2],
+        delta,
+    };
+    let p = |entries| Patch {
+        entries,
+        metadata: Default::default(),
+    };
+    let a = p(vec![entry(0, vec![3.0, 4.0])]);
+    assert_eq!(a.relative_difference(&a), 0.0);
+    let b = p(vec![entry(0, vec![3.0, 4.5])]);
+    assert!((b.relative_difference(&a) - 0.1).abs() < 1e-12);
+    assert!(p(vec![entry(1, vec![3.0, 4.0])])
+        .relative_difference(&a)
+        .is_infinite());
 }

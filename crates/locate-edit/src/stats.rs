@@ -36,6 +36,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// (a folder: of its config.json and the sizes of its files).
 pub fn model_id(source: &Path) -> Result<String> {
     let mut h = Sha256::new();
+    if let Some(spec) = source.to_str().filter(|s| s.starts_with("random:")) {
+        // A random model is its spec (shape and seed): nothing on disk to hash.
+        h.update(spec.as_bytes());
+        return Ok(format!("{:x}", h.finalize())[..16].to_owned());
+    }
     let files: Vec<PathBuf> = if source.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(source)?
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::kv::{at_subject, request_keys, template_prompts, Average};
 use kedit_locate_edit::solve::solve_keys;
 use kedit_locate_edit::stats::SecondMoment;
 use kedit_locate_edit::templates::context_templates;
 use kedit_locate_edit::{pmet, Memit, MemitHparams};
-use kedit_models::{Cpu, LanguageModel, Site};
+use kedit_models::testing::TestDevice;
+use kedit_models::{test_device, Cpu, LanguageModel, Site};
 
 fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     let scale = want.iter().fold(0f64, |a, b| a.max(b.abs()));
@@ -110,8 +112,12 @@ fn gauss(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 fn tiny() -> LanguageModel<Cpu> {
+    tiny_on(&Default::default())
+}
+
+fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+    LanguageModel::load_hf(&dir, device).unwrap()
 }
 
 fn hparams() -> MemitHparams {
@@ -125,7 +131,7 @@ fn hparams() -> MemitHparams {
 
 /// C = I: MEMIT's update becomes plain ridge regression, which is what the tiny test checks
 /// (statistics are tested on their own in `stats.rs`).
-fn identity_moments(lm: &LanguageModel<Cpu>, layers: &[usize]) -> Vec<SecondMoment> {
+fn identity_moments<B: Backend>(lm: &LanguageModel<B>, layers: &[usize]) -> Vec<SecondMoment> {
     let d = lm.model.config.intermediate_size;
     layers
         .iter()
@@ -157,7 +163,7 @@ fn requests() -> Vec<EditRequest> {
 /// (NLL of target_new, NLL of target_true) after the full prompt of each request. (The random
 /// model's outputs move little and not always away from the true target, so the tests ask for
 /// the new target's NLL to fall.)
-fn margins(lm: &LanguageModel<Cpu>, reqs: &[EditRequest]) -> Vec<[f32; 2]> {
+fn margins<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<[f32; 2]> {
     reqs.iter()
         .map(|r| {
             let p = r.prompt.replace("{}", &r.subject);
@@ -172,7 +178,7 @@ fn margins(lm: &LanguageModel<Cpu>, reqs: &[EditRequest]) -> Vec<[f32; 2]> {
         .collect()
 }
 
-fn logits(lm: &LanguageModel<Cpu>) -> Vec<f32> {
+fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<f32> {
     let ids = lm.encode("The capital of France is").unwrap();
     lm.next_token_logits(&[ids]).into_data().to_vec().unwrap()
 }
@@ -180,9 +186,9 @@ fn logits(lm: &LanguageModel<Cpu>) -> Vec<f32> {
 /// The tiny model has two layers, and z at the last layer of the stack cannot reach a later
 /// position: the edit must take with `layers: [0]` (z read by layer 1's attention); the
 /// two-layer run checks the per-layer mechanics.
-fn check_batch_edit(make: fn(MemitHparams) -> Memit) {
+fn check_batch_edit<B: Backend>(make: fn(MemitHparams) -> Memit, device: &B::Device) {
     let reqs = requests();
-    let mut lm = tiny();
+    let mut lm = tiny_on::<B>(device);
     let before = margins(&lm, &reqs);
     let mut h = hparams();
     h.layers = vec![0];
@@ -196,7 +202,7 @@ fn check_batch_edit(make: fn(MemitHparams) -> Memit) {
         );
     }
 
-    let mut lm = tiny();
+    let mut lm = tiny_on::<B>(device);
     let h = hparams();
     let mut editor = make(h.clone()).with_second_moments(identity_moments(&lm, &h.layers));
     let patch = editor.apply(&mut lm, &reqs).unwrap();
@@ -207,12 +213,12 @@ fn check_batch_edit(make: fn(MemitHparams) -> Memit) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.safetensors");
     patch.save(&file).unwrap();
-    let mut fresh = tiny();
+    let mut fresh = tiny_on::<B>(device);
     Patch::load(&file).unwrap().apply(&mut fresh.model).unwrap();
     assert_eq!(logits(&fresh), logits(&lm));
 
     // Same inputs and seed: the same patch.
-    let mut lm2 = tiny();
+    let mut lm2 = tiny_on::<B>(device);
     let patch2 = make(h.clone())
         .with_second_moments(identity_moments(&lm2, &h.layers))
         .apply(&mut lm2, &reqs)
@@ -220,14 +226,16 @@ fn check_batch_edit(make: fn(MemitHparams) -> Memit) {
     assert_eq!(patch, patch2);
 }
 
-#[test]
-fn memit_batch_edit_takes_and_reproduces() {
-    check_batch_edit(Memit::new);
+// The thresholds are NLL movements (≥ 0.1 nats) and bit-equality on one backend: they hold on
+// every backend as they are.
+test_device!(memit_batch_edit_takes_and_reproduces, memit_batch);
+fn memit_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    check_batch_edit::<B>(Memit::new, device);
 }
 
-#[test]
-fn pmet_batch_edit_takes_and_reproduces() {
-    check_batch_edit(pmet);
+test_device!(pmet_batch_edit_takes_and_reproduces, pmet_batch);
+fn pmet_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    check_batch_edit::<B>(pmet, device);
 }
 
 #[test]

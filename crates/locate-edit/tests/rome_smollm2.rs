@@ -3,18 +3,20 @@
 //! bit-identical to the model edited in memory; reverting gives the original logits bit for bit.
 //! Short hyperparameters (5 steps, 4 templates) keep it quick; the code path is the full one.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::{Rome, RomeHparams, Variant};
-use kedit_models::{fetch, CausalLm, Cpu, Interventions, LanguageModel};
+use kedit_models::testing::TestDevice;
+use kedit_models::{fetch, test_device, CausalLm, Interventions, LanguageModel};
 use sha2::{Digest, Sha256};
 
-fn smollm2() -> LanguageModel<Cpu> {
+fn smollm2<B: Backend>(device: &B::Device) -> LanguageModel<B> {
     let path = fetch::smollm2().expect("fetch the default model");
-    LanguageModel::load_gguf(&path, &Default::default()).unwrap()
+    LanguageModel::load_gguf(&path, device).unwrap()
 }
 
-fn logits(lm: &LanguageModel<Cpu>) -> Vec<u32> {
+fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<u32> {
     let ids = lm.encode("Danielle Darrieux's mother tongue is").unwrap();
     let hidden = lm
         .model
@@ -23,7 +25,7 @@ fn logits(lm: &LanguageModel<Cpu>) -> Vec<u32> {
             &Interventions::none(),
         )
         .hidden;
-    let l: Tensor<Cpu, 2> = lm.model.logits_at(hidden, &[(0, ids.len() - 1)]);
+    let l: Tensor<B, 2> = lm.model.logits_at(hidden, &[(0, ids.len() - 1)]);
     l.into_data()
         .to_vec::<f32>()
         .unwrap()
@@ -32,7 +34,7 @@ fn logits(lm: &LanguageModel<Cpu>) -> Vec<u32> {
         .collect()
 }
 
-fn edit(lm: &mut LanguageModel<Cpu>) -> Patch {
+fn edit<B: Backend>(lm: &mut LanguageModel<B>) -> Patch {
     let mut h = RomeHparams::smollm2();
     h.v_num_grad_steps = 5;
     h.context_template_length_params = vec![[5, 3]];
@@ -52,10 +54,11 @@ fn sha256(p: &std::path::Path) -> String {
     format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()))
 }
 
-#[test]
-fn smollm2_patches_are_reproducible_and_exact() {
+// Bit-exactness is per backend: the same kernels on the same inputs.
+test_device!(smollm2_patches_are_reproducible_and_exact, reproducible);
+fn reproducible<B: Backend>(device: &B::Device, _dev: TestDevice) {
     let dir = tempfile::tempdir().unwrap();
-    let mut lm = smollm2();
+    let mut lm = smollm2::<B>(device);
     let original = logits(&lm);
     let patch = edit(&mut lm);
     let edited = logits(&lm);
@@ -64,14 +67,14 @@ fn smollm2_patches_are_reproducible_and_exact() {
     patch.save(&a).unwrap();
 
     // Same seed on a freshly loaded model: the same file, byte for byte.
-    let mut lm2 = smollm2();
+    let mut lm2 = smollm2::<B>(device);
     let b = dir.path().join("b.safetensors");
     edit(&mut lm2).save(&b).unwrap();
     assert_eq!(sha256(&a), sha256(&b));
 
     // Loaded from disk onto a fresh model: the in-memory edited logits, bit for bit; revert
     // gives the original ones.
-    let mut lm3 = smollm2();
+    let mut lm3 = smollm2::<B>(device);
     let applied = Patch::load(&a).unwrap().apply(&mut lm3.model).unwrap();
     assert!(
         logits(&lm3) == edited,
@@ -81,5 +84,32 @@ fn smollm2_patches_are_reproducible_and_exact() {
     assert!(
         logits(&lm3) == original,
         "revert did not restore the logits exactly"
+    );
+}
+
+/// The same ROME edit of the real model on the GPU and on the CPU, and the same greedy
+/// continuations before and after. Tolerance 2e-2 relative Frobenius norm on the patch: the
+/// value is Adam steps over TF32 tensor-core matmuls on the GPU (~5e-4 relative per product),
+/// noise the optimiser amplifies; a wrong kernel gives an unrelated patch (~1).
+#[cfg(feature = "cuda")]
+#[test]
+fn smollm2_rome_on_cuda_matches_cpu() {
+    let mut cpu = smollm2::<kedit_models::Cpu>(&Default::default());
+    let mut gpu = smollm2::<kedit_models::Gpu>(&Default::default());
+    let prompts = [
+        "Danielle Darrieux's mother tongue is",
+        "The Eiffel Tower is in",
+    ];
+    assert_eq!(
+        gpu.generate(&prompts, 10).unwrap(),
+        cpu.generate(&prompts, 10).unwrap(),
+        "greedy continuations before the edit"
+    );
+    let a = edit(&mut cpu);
+    let b = edit(&mut gpu);
+    let e = b.relative_difference(&a);
+    assert!(
+        e <= 2e-2,
+        "CUDA vs CPU ROME patch: relative difference {e:e}"
     );
 }

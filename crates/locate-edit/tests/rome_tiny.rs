@@ -2,14 +2,16 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::hparams::Hparams;
 use kedit_locate_edit::{Rome, RomeHparams, Variant};
-use kedit_models::{Cpu, LanguageModel};
+use kedit_models::testing::TestDevice;
+use kedit_models::{test_device, Cpu, LanguageModel};
 
-fn tiny() -> LanguageModel<Cpu> {
+fn tiny<B: Backend>(device: &B::Device) -> LanguageModel<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+    LanguageModel::load_hf(&dir, device).unwrap()
 }
 
 fn hparams() -> RomeHparams {
@@ -30,7 +32,7 @@ fn request() -> EditRequest {
     }
 }
 
-fn margin(lm: &LanguageModel<Cpu>) -> f32 {
+fn margin<B: Backend>(lm: &LanguageModel<B>) -> f32 {
     let s = lm
         .score(&[
             ("The capital of France is", " Rome"),
@@ -40,9 +42,12 @@ fn margin(lm: &LanguageModel<Cpu>) -> f32 {
     s[1].mean_nll() - s[0].mean_nll()
 }
 
-#[test]
-fn rome_makes_the_model_prefer_the_new_target_and_is_reproducible() {
-    let mut lm = tiny();
+test_device!(
+    rome_makes_the_model_prefer_the_new_target_and_is_reproducible,
+    rome_takes
+);
+fn rome_takes<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let mut lm = tiny::<B>(device);
     let before = margin(&lm);
     let mut rome = Rome::new(hparams(), Variant::RRome);
     let patch = rome.apply(&mut lm, &[request()]).unwrap();
@@ -53,7 +58,7 @@ fn rome_makes_the_model_prefer_the_new_target_and_is_reproducible() {
     );
 
     // Same seed, fresh model: the same patch, bit for bit.
-    let mut lm2 = tiny();
+    let mut lm2 = tiny::<B>(device);
     let patch2 = Rome::new(hparams(), Variant::RRome)
         .apply(&mut lm2, &[request()])
         .unwrap();
@@ -66,7 +71,7 @@ fn rome_makes_the_model_prefer_the_new_target_and_is_reproducible() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("rome.safetensors");
     patch.save(&f).unwrap();
-    let mut lm3 = tiny();
+    let mut lm3 = tiny::<B>(device);
     Patch::load(&f).unwrap().apply(&mut lm3.model).unwrap();
     assert_eq!(margin(&lm3).to_bits(), after.to_bits());
 }
@@ -84,7 +89,7 @@ fn unknown_hparams_key_is_named() {
 
 #[test]
 fn subject_missing_from_prompt_is_an_error() {
-    let mut lm = tiny();
+    let mut lm = tiny::<Cpu>(&Default::default());
     let mut r = request();
     r.prompt = "The capital city is".into();
     let e = Rome::new(hparams(), Variant::RRome)
@@ -93,4 +98,27 @@ fn subject_missing_from_prompt_is_an_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("{}"), "{e}");
+}
+
+/// The same ROME edit on the GPU and on the CPU. Tolerance: the patches agree to 2e-2 in
+/// relative Frobenius norm. ROME's value is 20+ Adam steps on a loss whose matmuls run on TF32
+/// tensor cores on the GPU (~5e-4 relative per product); the optimiser amplifies that noise
+/// step by step, while a wrong kernel would give an unrelated patch (relative error ~1).
+#[cfg(feature = "cuda")]
+#[test]
+fn rome_patch_on_cuda_matches_cpu() {
+    let mut cpu = tiny::<Cpu>(&Default::default());
+    let mut gpu = tiny::<kedit_models::Gpu>(&Default::default());
+    let a = Rome::new(hparams(), Variant::RRome)
+        .apply(&mut cpu, &[request()])
+        .unwrap();
+    let b = Rome::new(hparams(), Variant::RRome)
+        .apply(&mut gpu, &[request()])
+        .unwrap();
+    let e = b.relative_difference(&a);
+    assert!(
+        e <= 2e-2,
+        "CUDA vs CPU ROME patch: relative difference {e:e}"
+    );
+    assert!(margin(&gpu) > 0.0, "the edit takes on the GPU too");
 }

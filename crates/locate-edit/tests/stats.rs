@@ -2,20 +2,33 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::Backend;
 use kedit_locate_edit::stats;
-use kedit_models::{CausalLm, Cpu, Interventions, LanguageModel, Site};
+use kedit_models::testing::TestDevice;
+use kedit_models::{test_device, CausalLm, Cpu, Interventions, LanguageModel, Site};
 
 fn tiny() -> LanguageModel<Cpu> {
+    tiny_on(&Default::default())
+}
+
+fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, &Default::default()).unwrap()
+    LanguageModel::load_hf(&dir, device).unwrap()
 }
 
 const CORPUS: &str = "The capital of France is Paris. The capital of Italy is Rome. Toko Yasuda plays the guitar. \
 Edwin of Northumbria follows Christianity. The Eiffel Tower is located in Paris, and the Colosseum is in Rome. ";
 
-#[test]
-fn second_moment_matches_brute_force_and_is_cached() {
-    let lm = tiny();
+test_device!(
+    second_moment_matches_brute_force_and_is_cached,
+    second_moment
+);
+fn second_moment<B: Backend>(device: &B::Device, dev: TestDevice) {
+    // Relative to the largest entry. CPU 1e-5: the same keys summed in another order (f64).
+    // CUDA 1e-3: the keys of a batch and of one sequence come from differently tiled TF32
+    // matmuls.
+    let tol = dev.pick(1e-5, 1e-3);
+    let lm = tiny_on::<B>(device);
     let corpus = CORPUS.repeat(12);
     let n = 300;
     let m = stats::compute(&lm, 1, &corpus, n).unwrap();
@@ -31,6 +44,7 @@ fn second_moment_matches_brute_force_and_is_cached() {
         let k: Vec<f32> = fwd.captured[&(1, Site::MlpKey)]
             .clone()
             .into_data()
+            .convert::<f32>()
             .to_vec()
             .unwrap();
         for t in 0..seq.len() {
@@ -45,7 +59,7 @@ fn second_moment_matches_brute_force_and_is_cached() {
     let scale = want.iter().fold(0f64, |a, b| a.max(b.abs())) / n as f64;
     for (g, w) in m.c.iter().zip(&want) {
         assert!(
-            (g - w / n as f64).abs() <= 1e-5 * scale,
+            (g - w / n as f64).abs() <= tol * scale,
             "{g} vs {}",
             w / n as f64
         );

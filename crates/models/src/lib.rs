@@ -13,7 +13,9 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod prefix;
+pub mod random;
 pub mod surface;
+pub mod testing;
 pub mod tokenizer;
 pub mod transformer;
 
@@ -115,13 +117,35 @@ pub enum ModelSpec {
     SmolLm2,
     Gguf(PathBuf),
     HfFolder(PathBuf),
+    /// A random-initialised model of a named shape (`random:llama2-7b`, `random:gptj-6b:7`),
+    /// built in memory from the seed (default 0): for timing where no weights can be had.
+    Random {
+        shape: String,
+        seed: u64,
+    },
 }
 
 impl ModelSpec {
-    /// `smollm2`, a `.gguf` file, or a Hugging Face checkpoint folder.
+    /// `smollm2`, a `.gguf` file, a Hugging Face checkpoint folder, or `random:<shape>[:<seed>]`.
     pub fn parse(s: &str) -> Result<Self> {
         if s == "smollm2" {
             return Ok(Self::SmolLm2);
+        }
+        if let Some(rest) = s.strip_prefix("random:") {
+            let (shape, seed) = match rest.split_once(':') {
+                Some((shape, seed)) => (
+                    shape,
+                    seed.parse().with_context(|| {
+                        format!("--model {s}: seed {seed:?} is not a whole number")
+                    })?,
+                ),
+                None => (rest, 0),
+            };
+            random::shape(shape)?;
+            return Ok(Self::Random {
+                shape: shape.to_owned(),
+                seed,
+            });
         }
         let p = PathBuf::from(s);
         if p.is_dir() {
@@ -138,7 +162,7 @@ impl ModelSpec {
             }
             return Ok(Self::Gguf(p));
         }
-        bail!("--model {s}: not `smollm2`, a .gguf file or a checkpoint folder")
+        bail!("--model {s}: not `smollm2`, a .gguf file, a checkpoint folder or random:<shape>")
     }
 }
 
@@ -148,7 +172,21 @@ impl<B: Backend> LanguageModel<B> {
             ModelSpec::SmolLm2 => Self::load_gguf(&fetch::smollm2()?, device),
             ModelSpec::Gguf(p) => Self::load_gguf(p, device),
             ModelSpec::HfFolder(p) => Self::load_hf(p, device),
+            ModelSpec::Random { shape, seed } => Self::random(shape, *seed, device),
         }
+    }
+
+    /// A random-initialised model of a named shape (see [`random`]).
+    pub fn random(shape: &str, seed: u64, device: &B::Device) -> Result<Self> {
+        let config = random::shape(shape)?;
+        let tokenizer = tokenizers::Tokenizer::from_bytes(random::TOKENIZER_JSON)
+            .map_err(|e| anyhow::anyhow!("the random models' tokenizer: {e}"))?;
+        let model = Transformer::load(config, &random::RandomWeights { seed }, device)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            source: PathBuf::from(format!("random:{shape}:{seed}")),
+        })
     }
 
     pub fn load_gguf(path: &Path, device: &B::Device) -> Result<Self> {

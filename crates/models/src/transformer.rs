@@ -122,7 +122,7 @@ pub(crate) enum Layout {
 
 /// A host tensor of the expected shape, or an error naming the file, the tensor and both shapes.
 pub(crate) fn read(src: &dyn WeightSource, name: &str, want: &[usize]) -> Result<Vec<f32>> {
-    let (shape, data) = src.tensor(name)?;
+    let (shape, data) = src.tensor_shaped(name, want)?;
     if shape != want {
         bail!(
             "{}: tensor {name} has shape {shape:?}, but the config implies {want:?}",
