@@ -7,6 +7,11 @@ use kedit_models::{fetch, Cpu, LanguageModel};
 /// SmolLM2 and the first record of each subject of the committed dataset, in file order.
 pub fn smollm2_and_requests() -> Result<(LanguageModel<Cpu>, Vec<EditRequest>)> {
     let lm = LanguageModel::<Cpu>::load_gguf(&fetch::smollm2()?, &Default::default())?;
+    Ok((lm, requests()?))
+}
+
+/// The first record of each subject of the committed dataset, in file order.
+pub fn requests() -> Result<Vec<EditRequest>> {
     let cases = load_cases(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fixtures/s2rke-wikidata.json"
@@ -17,5 +22,5 @@ pub fn smollm2_and_requests() -> Result<(LanguageModel<Cpu>, Vec<EditRequest>)> 
         .filter(|c| seen.insert(c.subject_id.clone()))
         .map(|c| c.request)
         .collect();
-    Ok((lm, reqs))
+    Ok(reqs)
 }

@@ -240,9 +240,15 @@ fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<(
     };
     let root = root();
     let mut build = Command::new("cargo");
-    build
-        .current_dir(&root)
-        .args(["build", "-q", "--profile", cargo_profile, "-p", "kedit"]);
+    build.current_dir(&root);
+    if cargo_profile == "dev" {
+        // Exactly the build of `cargo test --workspace` (its feature set), so that after the
+        // tests this builds nothing; `cargo build -p kedit` would rebuild crates whose features
+        // the test build unified differently.
+        build.args(["test", "-q", "--workspace", "--no-run"]);
+    } else {
+        build.args(["build", "-q", "--release", "-p", "kedit"]);
+    }
     if backend == "cuda" {
         build.args(["--features", "cuda"]);
     } else if has_openblas() {

@@ -13,6 +13,10 @@ use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
 
 use crate::kv::{host, norm, subject_last, Prompt};
 
+/// v* optimisation steps run in this process (each one forward and one backward pass), for
+/// timing harnesses that relate an edit's time to the work it did.
+pub static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// What to optimise and how (EasyEdit's `v_*` keys).
 #[derive(Debug, Clone)]
 pub struct ZSpec {
@@ -228,6 +232,7 @@ pub fn optimize_many<B: Backend>(
     let mut nll_factor = vec![base; r_n];
     let mut active = vec![true; r_n];
     for step in 0..spec.steps {
+        STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dts: Vec<Tensor<Autodiff<B>, 2>> = deltas
             .iter()
             .map(|per| {
