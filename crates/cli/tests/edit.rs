@@ -141,6 +141,25 @@ fn module_names_of_another_family_are_a_one_line_error() {
     );
     let (ok, _, err) = args("tiny-gpt2");
     assert!(ok, "GPT-2's own name resolves: {err}");
+
+    // FT's EasyEdit files name the parameter (`….down_proj.weight`): the bundled file, passed
+    // with --hparams, resolves on a Llama.
+    let ft = dir.path().join("ft.yaml");
+    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
+    assert!(bundled.contains("down_proj.weight"));
+    std::fs::write(&ft, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--method",
+        "ft-m",
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        ft.to_str().unwrap(),
+    ]);
+    assert!(ok, "the bundled FT file with --hparams: {err}");
 }
 
 const MEMIT_HPARAMS: &str = "alg_name: MEMIT\nlayers: [0, 1]\nfact_token: subject_last\nv_num_grad_steps: 4\nv_lr: 0.5\n\
@@ -264,11 +283,8 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
         ]);
     }
     let hf = dir.path().join("ft.yaml");
-    std::fs::write(
-        &hf,
-        "alg_name: FT\nlayers: [0]\nrewrite_module_tmp: \"model.layers.{}.mlp.down_proj.weight\"\nnum_steps: 5\nlr: 0.01\n",
-    )
-    .unwrap();
+    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
+    std::fs::write(&hf, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
     for method in ["ft-m", "ft-l"] {
         let rq = r.to_str().unwrap();
         both(&[

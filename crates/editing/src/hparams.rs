@@ -65,7 +65,11 @@ pub fn check_module_names(path: &Path, family: kedit_models::Family) -> Result<(
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
             _ => continue,
         };
-        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+        // FT's EasyEdit files name the parameter (`….down_proj.weight`), the others the module.
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !known.contains(&n.strip_suffix(".weight").unwrap_or(n)))
+        {
             bail!(
                 "{}: field `{field}`: `{bad}` is not a module of this {family:?} model (its MLP output projection is `{}`)",
                 path.display(),
