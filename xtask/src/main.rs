@@ -10,6 +10,8 @@
 //!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
+//! - `gpu-pack`: the cuda test binaries, `kedit` and `gpu-edit` (release, stripped) into gpu/,
+//!   for a GPU machine without a Rust toolchain (`benchmarks/gpu_device.sh` runs them there)
 //! - `data`: rebuild fixtures/s2rke-wikidata.json and fixtures/mend-train.json from the committed
 //!   facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
@@ -36,6 +38,63 @@ fn run(cmd: &mut Command) -> Result<String> {
         bail!("{cmd:?} failed ({})", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Everything a GPU machine without a Rust toolchain needs, built here into `gpu/` (ignored by
+/// git; carry it with the `device` tool): every test binary with its burn-cuda instances, the
+/// `kedit` binary the CLI tests drive, and `gpu-edit`; stripped. `benchmarks/gpu_device.sh`
+/// runs them there.
+fn gpu_pack() -> Result<()> {
+    let root = root();
+    let out = run(Command::new("cargo").current_dir(&root).args([
+        "test",
+        "--workspace",
+        "--release",
+        "--features",
+        "cuda",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--features",
+        "cuda",
+        "-p",
+        "kedit",
+        "-p",
+        "kedit-benchmarks",
+        "--bin",
+        "kedit",
+        "--bin",
+        "gpu-edit",
+    ]))?;
+    let dir = root.join("gpu");
+    std::fs::create_dir_all(dir.join("tests"))?;
+    let mut n = 0;
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        // Integration tests only: the unit tests hold no tensor checks.
+        let (Some(exe), Some("test")) = (v["executable"].as_str(), v["target"]["kind"][0].as_str())
+        else {
+            continue;
+        };
+        let name = v["target"]["name"].as_str().unwrap_or("test");
+        std::fs::copy(exe, dir.join("tests").join(name))?;
+        n += 1;
+    }
+    for bin in ["kedit", "gpu-edit"] {
+        std::fs::copy(root.join("target/release").join(bin), dir.join(bin))?;
+    }
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg("strip gpu/kedit gpu/gpu-edit gpu/tests/* 2>/dev/null; du -sh gpu")
+        .current_dir(&root)
+        .status();
+    println!("gpu/: {n} test binaries, kedit, gpu-edit (carry `gpu`; run benchmarks/gpu_device.sh there)");
+    Ok(())
 }
 
 /// Append a harness's JSON lines to its results file, and show them.
@@ -431,6 +490,7 @@ fn main() -> Result<()> {
             )?;
             record(&root.join("benchmarks/results/memit-batch.jsonl"), &out)
         }
+        Some("gpu-pack") => gpu_pack(),
         Some("data") => {
             // The committed datasets, rebuilt from the committed facts; CI checks the bytes. The
             // benchmark's set first; then MEND's training set, every subject of the first left
@@ -488,7 +548,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
             std::process::exit(2)
         }
     }
