@@ -17,6 +17,15 @@ mkdir -p "$OUT"
 # toolkit's `stubs` folder (CUDA_ERROR_STUB_LIBRARY).
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 nvidia-smi -L | tee "$OUT/card.txt"
+# gpu-pack compressed the binaries (xz); Python's lzma unpacks them whatever the image has.
+python3 - <<'PY'
+import glob, lzma, os
+for f in glob.glob("gpu/*.xz") + glob.glob("gpu/tests/*.xz"):
+    with lzma.open(f) as src, open(f[:-3], "wb") as dst:
+        dst.write(src.read())
+    os.chmod(f[:-3], 0o755)
+    os.remove(f)
+PY
 # The test binaries find fixtures and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
 built=$(strings gpu/tests/tiny_llama | grep -o '/[^ ]*/crates/models' | head -1)
