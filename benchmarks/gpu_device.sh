@@ -28,7 +28,7 @@ for f in glob.glob("gpu/*.xz") + glob.glob("gpu/tests/*.xz"):
 PY
 # The test binaries find fixtures and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
-built=$(strings gpu/tests/tiny_llama | grep -o '/[^ ]*/crates/models' | head -1)
+built=$(strings gpu/tests/tiny_llama | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/crates/models' | sort -u | head -1)
 root=${built%/crates/models}
 if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
     mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"

@@ -60,7 +60,7 @@ const CUDA_TESTS: &[&str] = &[
 /// Everything a GPU machine without a Rust toolchain needs, built here into `gpu/` (ignored by
 /// git; carry it with the `device` tool): the test binaries with cuda tests, the `kedit` binary
 /// the CLI tests drive, and `gpu-edit`; stripped and xz-compressed (a stripped cuda binary is
-/// ~35 MB, ~6.5 MB compressed; one call carries 64 MiB). `benchmarks/gpu_device.sh` unpacks
+/// ~35 MB, 4–6 MB compressed: 69 MB in all, just over the 64 MiB one call carries). `benchmarks/gpu_device.sh` unpacks
 /// and runs them there.
 fn gpu_pack() -> Result<()> {
     let root = root();
