@@ -101,17 +101,6 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-fn identity(layer: usize, dim: usize) -> SecondMoment {
-    SecondMoment {
-        layer,
-        samples: 1,
-        dim,
-        c: (0..dim * dim)
-            .map(|i| if i % (dim + 1) == 0 { 1.0 } else { 0.0 })
-            .collect(),
-    }
-}
-
 fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
     let t = Instant::now();
     let mut lm = LanguageModel::<B>::load(&ModelSpec::parse(&a.model)?, device)?;
@@ -174,8 +163,13 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
     if a.memit_batch > 0 {
         let batch = &reqs[..a.memit_batch.min(reqs.len())];
         let ff = lm.model.config.intermediate_size;
-        let mut editor = Memit::new(memit_h.clone())
-            .with_second_moments(memit_h.layers.iter().map(|&l| identity(l, ff)).collect());
+        let mut editor = Memit::new(memit_h.clone()).with_second_moments(
+            memit_h
+                .layers
+                .iter()
+                .map(|&l| SecondMoment::identity(l, ff))
+                .collect(),
+        );
         let s0 = z::STEPS.load(Ordering::Relaxed);
         let t = Instant::now();
         editor.apply(&mut lm, batch)?;

@@ -144,10 +144,7 @@ fn module_names_of_another_family_are_a_one_line_error() {
 
     // FT's EasyEdit files name the parameter (`….down_proj.weight`): the bundled file, passed
     // with --hparams, resolves on a Llama.
-    let ft = dir.path().join("ft.yaml");
-    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
-    assert!(bundled.contains("down_proj.weight"));
-    std::fs::write(&ft, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
+    let ft = tiny_ft_hparams(dir.path());
     let (ok, _, err) = kedit(&[
         "edit",
         "--model",
@@ -160,6 +157,16 @@ fn module_names_of_another_family_are_a_one_line_error() {
         ft.to_str().unwrap(),
     ]);
     assert!(ok, "the bundled FT file with --hparams: {err}");
+}
+
+/// The bundled FT file (EasyEdit's form: `rewrite_module_tmp` names `….down_proj.weight`) at the
+/// tiny Llama's layer 0.
+fn tiny_ft_hparams(dir: &std::path::Path) -> std::path::PathBuf {
+    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
+    assert!(bundled.contains("down_proj.weight"));
+    let file = dir.join("ft.yaml");
+    std::fs::write(&file, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
+    file
 }
 
 const MEMIT_HPARAMS: &str = "alg_name: MEMIT\nlayers: [0, 1]\nfact_token: subject_last\nv_num_grad_steps: 4\nv_lr: 0.5\n\
@@ -282,9 +289,7 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
             hp,
         ]);
     }
-    let hf = dir.path().join("ft.yaml");
-    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
-    std::fs::write(&hf, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
+    let hf = tiny_ft_hparams(dir.path());
     for method in ["ft-m", "ft-l"] {
         let rq = r.to_str().unwrap();
         both(&[

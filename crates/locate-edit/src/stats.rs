@@ -264,6 +264,19 @@ fn write_cached(file: &Path, meta: &[(&str, String)], m: &SecondMoment) -> Resul
 }
 
 impl SecondMoment {
+    /// C = I at `layer`: MEMIT's update becomes ridge regression (tests, and timings where
+    /// corpus statistics are beside the point).
+    pub fn identity(layer: usize, dim: usize) -> Self {
+        Self {
+            layer,
+            samples: 1,
+            dim,
+            c: (0..dim * dim)
+                .map(|i| if i % (dim + 1) == 0 { 1.0 } else { 0.0 })
+                .collect(),
+        }
+    }
+
     /// `C⁻¹ b` in f64 by Cholesky (C is symmetric positive definite given enough samples).
     pub fn solve(&self, b: &[f32]) -> Result<Vec<f32>> {
         let n = self.dim;

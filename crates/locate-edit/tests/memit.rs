@@ -135,14 +135,7 @@ fn identity_moments<B: Backend>(lm: &LanguageModel<B>, layers: &[usize]) -> Vec<
     let d = lm.model.config.intermediate_size;
     layers
         .iter()
-        .map(|&layer| SecondMoment {
-            layer,
-            samples: 1,
-            dim: d,
-            c: (0..d * d)
-                .map(|i| if i % (d + 1) == 0 { 1.0 } else { 0.0 })
-                .collect(),
-        })
+        .map(|&layer| SecondMoment::identity(layer, d))
         .collect()
 }
 

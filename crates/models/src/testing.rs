@@ -26,8 +26,8 @@ impl TestDevice {
 
 /// `test_device!(name, body)` makes `mod name { #[test] fn ndarray(); #[test] fn cuda() }`, each
 /// calling `body::<B>(&device, TestDevice::…)` where `body` is
-/// `fn body<B: Backend>(device: &B::Device, dev: TestDevice)`. Extra attributes (`#[ignore]`)
-/// go before the name: `test_device!(#[ignore] name, body)`.
+/// `fn body<B: Backend>(device: &B::Device, dev: TestDevice)`. Extra attributes go before the
+/// name: `test_device!(#[should_panic] name, body)`.
 #[macro_export]
 macro_rules! test_device {
     ($(#[$attr:meta])* $name:ident, $body:ident) => {
