@@ -1,46 +1,112 @@
 #!/usr/bin/env bash
-# Issue 10's GPU checks, on a GPU machine with no Rust toolchain (the `device` tool), from the
-# repository root, with `gpu/` carried (made here by `cargo xtask gpu-pack`):
-#   1. every test binary's burn-cuda instances and the cuda-only cross-backend tests;
-#   2. the GPU benchmark (kedit and PyTorch, same run) on the models given.
-# Results go to $OUT (tests.log, card.txt, gpu-edit.jsonl, table.md).
+# Issue 10's GPU checks, on a GPU machine with no Rust toolchain and no network (the `device`
+# tool), from the repository root. `cargo xtask gpu-pack` made gpu/1, gpu/2, … here, one per call
+# (a call carries 64 MiB with the working tree). Each call carries its part and runs this script,
+# which first moves whatever part arrived into $STAGE (kept while the machine stays warm, 30 s
+# between calls), unpacks what is complete, then runs the phases named:
 #
-#   bash benchmarks/gpu_device.sh [MODELS]        MODELS default: random:llama2-7b
+#   tests-tiny     every cuda test that needs no SmolLM2 (tiny checkpoints, random models, CLI)
+#   bench-7b       gpu_bench.py on random:llama2-7b (ROME; MEMIT batch $MEMIT_7B, default 0)
+#                  ($ROME_EDITS edits per model, default 3)
+#   tests-smollm2  the SmolLM2 cuda tests (GGUF parts all staged)
+#   bench-smollm2  gpu_bench.py on SmolLM2 (ROME and a MEMIT batch of 100)
 #
-# SmolLM2's tests and benchmark need its GGUF in $KEDIT_HOME/models/ (98 MB: over what one call
-# carries; send it in two parts to the same warm machine and join them there); without it those
-# tests fail at the fetch, and the benchmark runs the 7B shape only.
+#   call 1: carry gpu/1   bash benchmarks/gpu_device.sh tests-tiny
+#   call 2: carry gpu/2   bash benchmarks/gpu_device.sh bench-7b
+#   call 3: carry gpu/3   bash benchmarks/gpu_device.sh tests-smollm2 bench-smollm2
+#
+# Logs and results go to $OUT: card.txt, tests-*.log, gpu-edit.jsonl, table-*.md.
 set -uo pipefail
 OUT=${OUT:-/tmp/kedit-gpu-out}
-mkdir -p "$OUT"
+STAGE=${STAGE:-/tmp/kedit-gpu}
+mkdir -p "$OUT" "$STAGE"
 # Burn's CUDA runtime (cudarc) loads the driver and CUDA 13 libraries at run time; never the
 # toolkit's `stubs` folder (CUDA_ERROR_STUB_LIBRARY).
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export KEDIT_HOME=$STAGE/home PYTHONUNBUFFERED=1
 nvidia-smi -L | tee "$OUT/card.txt"
-# gpu-pack compressed the binaries (xz); Python's lzma unpacks them whatever the image has.
-python3 - <<'PY'
-import glob, lzma, os
-for f in glob.glob("gpu/*.xz") + glob.glob("gpu/tests/*.xz"):
-    with lzma.open(f) as src, open(f[:-3], "wb") as dst:
-        dst.write(src.read())
-    os.chmod(f[:-3], 0o755)
-    os.remove(f)
-PY
+
+for part in gpu/[0-9]*; do
+    [ -d "$part" ] && cp -r "$part"/. "$STAGE"/ && rm -rf "$part"
+done
+ls -l "$STAGE" | tee -a "$OUT/stage.txt"
+if [ -f "$STAGE/bins.tar.xz" ]; then
+    # Python's tarfile reads xz whatever the image's tar has.
+    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2])" \
+        "$STAGE/bins.tar.xz" "$STAGE" && rm "$STAGE/bins.tar.xz"
+fi
+have_smollm2() { [ -f "$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; }
+if ! have_smollm2 && [ -f "$STAGE/manifest" ]; then
+    read -r _ n sum < "$STAGE/manifest"
+    chunks=("$STAGE"/smollm2.tar.*)
+    if [ "${#chunks[@]}" -eq "$n" ] && [ -f "${chunks[0]}" ]; then
+        cat "${chunks[@]}" > "$STAGE/smollm2.tar"
+        if echo "$sum  $STAGE/smollm2.tar" | sha256sum -c --quiet; then
+            tar xf "$STAGE/smollm2.tar" -C "$STAGE" && rm "$STAGE"/smollm2.tar*
+        else
+            echo "smollm2.tar: the joined parts do not match the manifest's SHA-256" >&2
+        fi
+    else
+        echo "SmolLM2: ${#chunks[@]} of $n parts staged so far"
+    fi
+fi
+if [ ! -d "$STAGE/tests" ]; then
+    echo "$STAGE/tests: no test binaries (gpu/1 was not carried to this machine, or it was given back between calls)" >&2
+    exit 2
+fi
+
 # The test binaries find fixtures and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
-built=$(strings gpu/tests/tiny_llama | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/crates/models' | sort -u | head -1)
+built=$(strings "$STAGE/tests/tiny_llama" | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/crates/models' | sort -u | head -1)
 root=${built%/crates/models}
 if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
     mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
 fi
-mkdir -p target/release && cp gpu/kedit target/release/kedit
+mkdir -p target/release && cp "$STAGE/bin/kedit" target/release/kedit
+
 status=0
-for t in gpu/tests/*; do
-    # `cuda` selects the burn-cuda instances (name::cuda) and the cuda-only tests' names.
-    echo "== $t" | tee -a "$OUT/tests.log"
-    "$t" cuda --test-threads 1 2>&1 | tee -a "$OUT/tests.log" || status=1
+tests() { # $1: log name; the rest: test binaries
+    local log=$OUT/tests-$1.log
+    shift
+    for t in "$@"; do
+        # `cuda` selects the burn-cuda instances (name::cuda) and the cuda-only tests' names.
+        echo "== $t" | tee -a "$log"
+        local t0=$SECONDS
+        "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
+        echo "== $t: $((SECONDS - t0)) s" | tee -a "$log"
+    done
+}
+bench() { # $1: model; $2: MEMIT batch
+    python3 benchmarks/gpu_bench.py --models "$1" --backend cuda --memit-batch "$2" \
+        --rome-edits "${ROME_EDITS:-3}" \
+        --gpu-edit "$STAGE/bin/gpu-edit" --results "$OUT/gpu-edit.jsonl" --readme /dev/null \
+        --gguf "$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+        2> >(tee -a "$OUT/bench.log" >&2) | tee "$OUT/table-${1//[:]/-}.md" || status=1
+}
+smollm2_tests=(smollm2 rome_smollm2)
+for phase in "$@"; do
+    echo "=== $phase ($(date -u +%T))"
+    case $phase in
+    tests-tiny)
+        tiny=()
+        for t in "$STAGE"/tests/*; do
+            case " ${smollm2_tests[*]} " in *" ${t##*/} "*) ;; *) tiny+=("${t##*/}") ;; esac
+        done
+        tests tiny "${tiny[@]}" ;;
+    tests-smollm2)
+        have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
+        tests smollm2 "${smollm2_tests[@]}" ;;
+    bench-7b)
+        bench random:llama2-7b "${MEMIT_7B:-0}" ;;
+    bench-smollm2)
+        have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
+        if ! python3 -c "import gguf" 2>/dev/null; then
+            python3 -m pip install -q --no-index --no-deps --target "$STAGE/site" "$STAGE"/whl/*.whl
+            export PYTHONPATH=$STAGE/site
+        fi
+        bench smollm2 100 ;;
+    *) echo "unknown phase $phase (tests-tiny, bench-7b, tests-smollm2, bench-smollm2)" >&2; status=2 ;;
+    esac
 done
-python3 benchmarks/gpu_bench.py --models "${1:-random:llama2-7b}" --backend cuda \
-    --gpu-edit gpu/gpu-edit --results "$OUT/gpu-edit.jsonl" --readme /dev/null \
-    ${KEDIT_GGUF:+--gguf "$KEDIT_GGUF"} | tee "$OUT/table.md" || status=1
+echo "=== done ($(date -u +%T)), status $status"
 exit $status

