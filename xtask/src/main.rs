@@ -159,7 +159,7 @@ fn gpu_pack() -> Result<()> {
         .current_dir(&root))?;
 
     let cap = DEVICE_CALL_BYTES
-        .checked_sub(working_tree_bytes(&root)? + (1 << 20))
+        .checked_sub(working_tree_bytes(&root)? + (2 << 20))
         .context("the working tree alone fills a device call")?;
     let bins = std::fs::read(dir.join("bins.tar.xz"))?;
     let model = std::fs::read(dir.join("smollm2.tar"))?;

@@ -217,13 +217,13 @@ fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
     );
 }
 
-/// `--backend cuda` for the model commands on the tiny Llama, next to `--backend cpu`: each
-/// succeeds, greedy continuations are identical, and ROME's report agrees (its ES/PS/NS are
-/// argmax comparisons, robust to the GPU's TF32 rounding on this model's margins; a difference
-/// shows a wrong kernel).
-#[cfg(feature = "cuda")]
-#[test]
-fn every_model_command_runs_on_cuda_with_the_cpu_results() {
+/// Every model command on the tiny Llama, run on two backends (or twice on one), each run with
+/// its own cache (`KEDIT_HOME`) so that neither reads what the other wrote: each succeeds,
+/// greedy continuations are identical, ROME's report agrees (its ES/PS/NS are argmax
+/// comparisons, robust to the GPU's TF32 rounding on this model's margins; a difference shows a
+/// wrong kernel), the statistics agree, the benchmark scores the same cases, and a MEND archive
+/// trained on the second backend edits on both.
+fn every_model_command_agrees(first: &str, second: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (h, hm, r) = (
         dir.path().join("h.yaml"),
@@ -235,17 +235,25 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
     std::fs::write(&r, REQUESTS).unwrap();
     let model = fixture("tiny-llama");
     let m = model.to_str().unwrap();
-    let on = |backend: &str, args: &[&str]| {
+    // Run `i` (0 or 1) on its backend, with its own cache.
+    let on = |i: usize, args: &[&str]| {
+        let backend = [first, second][i];
         let mut a = args.to_vec();
         a.extend(["--model", m, "--backend", backend]);
-        let (ok, out, err) = kedit(&a);
-        assert!(ok, "{args:?} --backend {backend}: {err}");
-        out
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kedit"))
+            .args(&a)
+            .env("RUST_LOG", "warn")
+            .env("KEDIT_HOME", dir.path().join(format!("home-{i}")))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} --backend {backend}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let both = |args: &[&str]| (on("cpu", args), on("cuda", args));
+    let both = |args: &[&str]| (on(0, args), on(1, args));
 
-    let (cpu, gpu) = both(&["generate", "-n", "8", "The capital of France is"]);
-    assert_eq!(gpu, cpu, "greedy continuation");
+    let (a, b) = both(&["generate", "-n", "8", "The capital of France is"]);
+    assert_eq!(b, a, "greedy continuation, {first} vs {second}");
     both(&[
         "score",
         "--prompt",
@@ -253,10 +261,10 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
         "--target",
         " Paris",
     ]);
-    let report = |backend: &str| {
-        let rep = dir.path().join(format!("rome-{backend}.json"));
+    let report = |i: usize| {
+        let rep = dir.path().join(format!("rome-{i}.json"));
         on(
-            backend,
+            i,
             &[
                 "edit",
                 "--requests",
@@ -271,9 +279,9 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
             serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
         v["summary"].clone()
     };
-    let (a, b) = (report("cpu"), report("cuda"));
+    let (a, b) = (report(0), report(1));
     for k in ["es", "ps", "ns"] {
-        assert_eq!(a[k], b[k], "ROME summary.{k}: cpu {a} vs cuda {b}");
+        assert_eq!(a[k], b[k], "ROME summary.{k}: {first} {a} vs {second} {b}");
     }
     for method in ["memit", "pmet"] {
         let rq = r.to_str().unwrap();
@@ -310,4 +318,123 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
         "--hparams",
         h.to_str().unwrap(),
     ]);
+
+    // Statistics: the keys come from the GPU in f32 (matmuls possibly on TF32 tensor cores,
+    // ~5e-4 relative per product) and are summed on the host in f64, so C agrees to ~1e-3.
+    let second_moment = |i: usize| -> Vec<f64> {
+        on(i, &["stats", "--layers", "0", "--samples", "2000"]);
+        let stats = dir.path().join(format!("home-{i}/stats"));
+        let file = std::fs::read_dir(&stats).unwrap().next().unwrap().unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, t) = st
+            .tensors()
+            .into_iter()
+            .max_by_key(|(_, t)| t.data().len())
+            .unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F64);
+        t.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let (c, g) = (second_moment(0), second_moment(1));
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff: Vec<f64> = c.iter().zip(&g).map(|(a, b)| a - b).collect();
+    // One backend twice: bit for bit.
+    let tol = if first == second { 0.0 } else { 1e-2 };
+    assert!(
+        c.len() == g.len() && norm(&diff) <= tol * norm(&c),
+        "stats: C on {second} vs {first}, relative Frobenius {}",
+        norm(&diff) / norm(&c)
+    );
+    // The S2RKE benchmark: the same cases, in the same order, on both.
+    let bench = |i: usize| -> Vec<String> {
+        let out = dir.path().join(format!("bench-{i}"));
+        on(
+            i,
+            &[
+                "bench",
+                "--hparams",
+                h.to_str().unwrap(),
+                "--data",
+                fixture("s2rke-wikidata.json").to_str().unwrap(),
+                "--n",
+                "2",
+                "--groups",
+                "2",
+                "--order",
+                "homogeneous",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        let jsonl = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .unwrap();
+        std::fs::read_to_string(jsonl)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["es"].is_number(), "{l}");
+                format!("{}/{}/{}", v["group"], v["step"], v["case_id"])
+            })
+            .collect()
+    };
+    let cases = bench(0);
+    assert!(!cases.is_empty());
+    assert_eq!(bench(1), cases, "bench: the cases each run scored");
+    // MEND: an archive meta-trained on the second backend, then used on both.
+    let mend_h = dir.path().join("mend.yaml");
+    std::fs::write(
+        &mend_h,
+        "alg_name: MEND\ninner_params:\n- model.layers.0.mlp.down_proj.weight\n\
+         - model.layers.1.mlp.down_proj.weight\nlr: 1.0e-3\nedit_lr: 1.0e-2\nlr_lr: 1.0e-4\n\
+         seed: 42\ncedit: 0.1\ncloc: 1.0\nn_hidden: 1\nrank: 8\naccumulate_bs: 2\n\
+         grad_clip: 100.0\nmax_iters: 2\nval_interval: 2\nearly_stop_patience: 100\nval_steps: 2\n",
+    )
+    .unwrap();
+    let train = dir.path().join("mend-train.json");
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
+            .unwrap();
+    std::fs::write(&train, serde_json::to_string(&all[..20]).unwrap()).unwrap();
+    let archive = dir.path().join("mend.safetensors");
+    on(
+        1,
+        &[
+            "mend",
+            "train",
+            "--data",
+            train.to_str().unwrap(),
+            "--hparams",
+            mend_h.to_str().unwrap(),
+            "--out",
+            archive.to_str().unwrap(),
+        ],
+    );
+    let (out, _) = both(&[
+        "edit",
+        "--method",
+        "mend",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+    ]);
+    assert!(out.contains("post-edit"), "{out}");
+}
+
+#[test]
+fn every_model_command_is_deterministic_on_cpu() {
+    every_model_command_agrees("cpu", "cpu");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn every_model_command_runs_on_cuda_with_the_cpu_results() {
+    every_model_command_agrees("cpu", "cuda");
 }
