@@ -388,20 +388,7 @@ fn every_model_command_agrees(first: &str, second: &str) {
     assert!(!cases.is_empty());
     assert_eq!(bench(1), cases, "bench: the cases each run scored");
     // MEND: an archive meta-trained on the second backend, then used on both.
-    let mend_h = dir.path().join("mend.yaml");
-    std::fs::write(
-        &mend_h,
-        "alg_name: MEND\ninner_params:\n- model.layers.0.mlp.down_proj.weight\n\
-         - model.layers.1.mlp.down_proj.weight\nlr: 1.0e-3\nedit_lr: 1.0e-2\nlr_lr: 1.0e-4\n\
-         seed: 42\ncedit: 0.1\ncloc: 1.0\nn_hidden: 1\nrank: 8\naccumulate_bs: 2\n\
-         grad_clip: 100.0\nmax_iters: 2\nval_interval: 2\nearly_stop_patience: 100\nval_steps: 2\n",
-    )
-    .unwrap();
-    let train = dir.path().join("mend-train.json");
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
-            .unwrap();
-    std::fs::write(&train, serde_json::to_string(&all[..20]).unwrap()).unwrap();
+    let (mend_h, train) = common::mend_training_files(dir.path());
     let archive = dir.path().join("mend.safetensors");
     on(
         1,

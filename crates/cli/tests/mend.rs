@@ -3,22 +3,7 @@
 
 mod common;
 
-use common::{fixture, kedit};
-
-const HPARAMS: &str = "alg_name: MEND\ninner_params:\n- model.layers.0.mlp.down_proj.weight\n- model.layers.1.mlp.down_proj.weight\n\
-lr: 1.0e-3\nedit_lr: 1.0e-2\nlr_lr: 1.0e-4\nseed: 42\ncedit: 0.1\ncloc: 1.0\nn_hidden: 1\nrank: 8\naccumulate_bs: 2\n\
-grad_clip: 100.0\nmax_iters: 4\nval_interval: 2\nearly_stop_patience: 100\nval_steps: 3\n";
-
-/// The hparams file and a 20-subject training file (18 training, 2 validation subjects) in `dir`.
-fn training_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (h, data) = (dir.join("h.yaml"), dir.join("train.json"));
-    std::fs::write(&h, HPARAMS).unwrap();
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
-            .unwrap();
-    std::fs::write(&data, serde_json::to_string(&all[..20]).unwrap()).unwrap();
-    (h, data)
-}
+use common::{fixture, kedit, mend_training_files as training_files};
 
 #[test]
 fn mend_trains_edits_and_refuses_another_models_archive() {

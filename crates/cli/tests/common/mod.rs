@@ -22,3 +22,21 @@ pub fn kedit(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// A 4-step MEND training on the tiny Llama's two MLP output projections.
+const MEND_HPARAMS: &str = "alg_name: MEND\ninner_params:\n- model.layers.0.mlp.down_proj.weight\n- model.layers.1.mlp.down_proj.weight\n\
+lr: 1.0e-3\nedit_lr: 1.0e-2\nlr_lr: 1.0e-4\nseed: 42\ncedit: 0.1\ncloc: 1.0\nn_hidden: 1\nrank: 8\naccumulate_bs: 2\n\
+grad_clip: 100.0\nmax_iters: 4\nval_interval: 2\nearly_stop_patience: 100\nval_steps: 3\n";
+
+/// MEND's hparams file and a 20-subject training file (18 training, 2 validation subjects) in
+/// `dir`.
+#[allow(dead_code)] // not every test binary that shares this module trains MEND
+pub fn mend_training_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (h, data) = (dir.join("mend.yaml"), dir.join("mend-train.json"));
+    std::fs::write(&h, MEND_HPARAMS).unwrap();
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mend-train.json")).unwrap())
+            .unwrap();
+    std::fs::write(&data, serde_json::to_string(&all[..20]).unwrap()).unwrap();
+    (h, data)
+}
