@@ -72,7 +72,8 @@ tests() { # $1: log name; the rest: test binaries
         # `cuda` selects the burn-cuda instances (name::cuda) and the cuda-only tests' names.
         echo "== $t" | tee -a "$log"
         local t0=$SECONDS
-        "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
+        # One hung kernel must not take the call's other binaries with it.
+        timeout "${TEST_TIMEOUT:-240}" "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
         echo "== $t: $((SECONDS - t0)) s" | tee -a "$log"
     done
 }
