@@ -24,6 +24,7 @@ mkdir -p "$OUT" "$STAGE"
 # toolkit's `stubs` folder (CUDA_ERROR_STUB_LIBRARY).
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export KEDIT_HOME=$STAGE/home PYTHONUNBUFFERED=1
+GGUF=$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf
 nvidia-smi -L | tee "$OUT/card.txt"
 
 for part in gpu/[0-9]*; do
@@ -35,7 +36,7 @@ if [ -f "$STAGE/bins.tar.xz" ]; then
     python3 -c "import tarfile,sys; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2])" \
         "$STAGE/bins.tar.xz" "$STAGE" && rm "$STAGE/bins.tar.xz"
 fi
-have_smollm2() { [ -f "$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; }
+have_smollm2() { [ -f "$GGUF" ]; }
 if ! have_smollm2 && [ -f "$STAGE/manifest" ]; then
     read -r _ n sum < "$STAGE/manifest"
     chunks=("$STAGE"/smollm2.tar.*)
@@ -81,7 +82,7 @@ bench() { # $1: model; $2: MEMIT batch
     python3 benchmarks/gpu_bench.py --models "$1" --backend cuda --memit-batch "$2" \
         --rome-edits "${ROME_EDITS:-3}" \
         --gpu-edit "$STAGE/bin/gpu-edit" --results "$OUT/gpu-edit.jsonl" --readme /dev/null \
-        --gguf "$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+        --gguf "$GGUF" \
         2> >(tee -a "$OUT/bench.log" >&2) | tee "$OUT/table-${1//[:]/-}.md" || status=1
 }
 smollm2_tests=(smollm2 rome_smollm2)

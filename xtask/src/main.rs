@@ -75,7 +75,6 @@ const GGUF_WHEEL: &str = "gguf==0.19.0";
 /// calls. `benchmarks/gpu_device.sh` stages the parts there and runs what they allow.
 fn gpu_pack() -> Result<()> {
     let root = root();
-    let gguf = smollm2_gguf()?;
     let mut args: Vec<&str> = vec![
         "test",
         "--workspace",
@@ -128,6 +127,9 @@ fn gpu_pack() -> Result<()> {
             stage.join("bin").join(bin),
         )?;
     }
+    // kedit's own cache lookup (fetching the model first if it is not there) says where it is.
+    let fetched = run(Command::new(root.join("target/release/kedit")).arg("fetch"))?;
+    let gguf = PathBuf::from(fetched.trim());
     let file = gguf.file_name().context("the GGUF path has no file name")?;
     std::fs::copy(&gguf, stage.join("home/models").join(file))?;
     let marker = format!("{}.sha256", file.to_string_lossy());
@@ -169,13 +171,11 @@ fn gpu_pack() -> Result<()> {
             bins.len()
         );
     }
-    let mut chunks = vec![&model[..(cap as usize - bins.len()).min(model.len())]];
-    let mut rest = &model[chunks[0].len()..];
-    while !rest.is_empty() {
-        let (a, b) = rest.split_at((cap as usize).min(rest.len()));
-        chunks.push(a);
-        rest = b;
-    }
+    // The first part shares its call with the binaries.
+    let (head, tail) = model.split_at((cap as usize - bins.len()).min(model.len()));
+    let chunks: Vec<&[u8]> = std::iter::once(head)
+        .chain(tail.chunks(cap as usize))
+        .collect();
     for (i, c) in chunks.iter().enumerate() {
         let part = dir.join((i + 1).to_string());
         std::fs::create_dir_all(&part)?;
@@ -202,28 +202,6 @@ fn gpu_pack() -> Result<()> {
         chunks.len()
     );
     Ok(())
-}
-
-/// SmolLM2's GGUF in kedit's cache (`$KEDIT_HOME`, else ~/.cache/kedit), fetched by a run of
-/// `kedit` if it is not there yet.
-fn smollm2_gguf() -> Result<PathBuf> {
-    let home = match std::env::var_os("KEDIT_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/kedit")
-        }
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path
-        .with_file_name("SmolLM2-135M-Instruct.Q4_1.gguf.sha256")
-        .exists()
-    {
-        bail!(
-            "{}: no verified SmolLM2 GGUF; run `cargo run --release -p kedit -- generate hi` once to fetch it",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Bytes of what the `device` tool sends with every call: tracked files and untracked ones git

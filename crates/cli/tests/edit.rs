@@ -240,15 +240,9 @@ fn every_model_command_agrees(first: &str, second: &str) {
         let backend = [first, second][i];
         let mut a = args.to_vec();
         a.extend(["--model", m, "--backend", backend]);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kedit"))
-            .args(&a)
-            .env("RUST_LOG", "warn")
-            .env("KEDIT_HOME", dir.path().join(format!("home-{i}")))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?} --backend {backend}: {err}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, out, err) = common::kedit_with_home(&a, &dir.path().join(format!("home-{i}")));
+        assert!(ok, "{args:?} --backend {backend}: {err}");
+        out
     };
     let both = |args: &[&str]| (on(0, args), on(1, args));
 

@@ -11,11 +11,19 @@ pub fn fixture(p: &str) -> PathBuf {
 
 /// Run kedit; return (success, stdout, stderr).
 pub fn kedit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kedit"))
+    run(Command::new(env!("CARGO_BIN_EXE_kedit")).args(args))
+}
+
+/// Run kedit with its cache (`KEDIT_HOME`) in `home`; return (success, stdout, stderr).
+#[allow(dead_code)] // not every test binary that shares this module needs its own cache
+pub fn kedit_with_home(args: &[&str], home: &std::path::Path) -> (bool, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_kedit"))
         .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+        .env("KEDIT_HOME", home))
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.env("RUST_LOG", "warn").output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
