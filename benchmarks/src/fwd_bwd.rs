@@ -12,6 +12,9 @@ use burn::backend::Autodiff;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use kedit_models::{fetch, CausalLm, Cpu, Interventions, LanguageModel, Site, ToAutodiff};
 
+// Linked for its global allocator, the one the `kedit` binary uses.
+use kedit_benchmarks as _;
+
 type Ad = Autodiff<Cpu>;
 
 #[cfg(feature = "flex")]
@@ -121,6 +124,8 @@ fn main() -> Result<()> {
         "framework": BACKEND, "prompts": seqs.len(), "tokens": tokens,
         "padded_len": seqs.iter().map(Vec::len).max(), "layer": layer, "results": results,
         "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        // OpenBLAS takes its kernels from this when it is set (some machines set it).
+        "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
     });
     println!("{out}");
     Ok(())

@@ -4,6 +4,10 @@ use anyhow::Result;
 use kedit_editing::{requests::load_cases, EditRequest};
 use kedit_models::{fetch, Cpu, LanguageModel};
 
+// The harnesses time what the `kedit` binary runs: the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// SmolLM2 and the first record of each subject of the committed dataset, in file order.
 pub fn smollm2_and_requests() -> Result<(LanguageModel<Cpu>, Vec<EditRequest>)> {
     let lm = LanguageModel::<Cpu>::load_gguf(&fetch::smollm2()?, &Default::default())?;

@@ -47,7 +47,8 @@ fn main() -> Result<()> {
             serde_json::json!({"benchmark": "memit-batch", "model": "SmolLM2-135M-Instruct Q4_1",
                 "hparams": "crates/locate-edit/hparams/memit-smollm2.yaml", "requests": n,
                 "total_s": total, "per_request_s": total / n as f64, "targets_s": targets_s,
-                "update_s": update_s, "openblas": cfg!(feature = "openblas")})
+                "update_s": update_s, "openblas": cfg!(feature = "openblas"),
+                "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok()})
         );
     }
     Ok(())

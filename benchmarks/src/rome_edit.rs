@@ -56,7 +56,8 @@ fn main() -> Result<()> {
         serde_json::json!({"benchmark": "rome-edit", "model": "SmolLM2-135M-Instruct Q4_1",
             "hparams": "crates/locate-edit/hparams/rome-smollm2.yaml", "edits": times.len(),
             "templates_s": templates_s, "times_s": times, "median_s": median,
-            "openblas": cfg!(feature = "openblas")})
+            "openblas": cfg!(feature = "openblas"),
+            "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok()})
     );
     Ok(())
 }

@@ -277,13 +277,24 @@ fn has_openblas() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libopenblas.so "))
 }
 
+/// Whether to build with OpenBLAS (where the system has it). Says so when the environment
+/// forces OpenBLAS's kernels: some machines set `OPENBLAS_CORETYPE=Haswell`, which on this
+/// project's AVX-512 machine made the ROME-shaped step 1.3× slower (benchmarks/README.md).
+fn use_openblas() -> bool {
+    let found = has_openblas();
+    if let (true, Ok(core)) = (found, std::env::var("OPENBLAS_CORETYPE")) {
+        eprintln!("xtask: OPENBLAS_CORETYPE={core} is set: OpenBLAS runs those kernels, not the best it detects (unset it for the fastest)");
+    }
+    found
+}
+
 /// The timing binaries, in release mode, on OpenBLAS where the system has it.
 fn build_benchmarks() -> Result<()> {
     let mut build = Command::new("cargo");
     build
         .current_dir(root())
         .args(["build", "-q", "--release", "-p", "kedit-benchmarks"]);
-    if has_openblas() {
+    if use_openblas() {
         build.args(["--features", "openblas"]);
     } else {
         eprintln!("xtask: no libopenblas: timing the pure-Rust matmul (apt-get install libopenblas-dev for the fast one)");
@@ -323,10 +334,17 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
         let threads = v
             .get("threads")
             .map_or("all".to_string(), |t| t.to_string());
+        // A kernel choice forced through the environment changes the numbers: say so.
+        let framework = match v["openblas_coretype"].as_str() {
+            Some(core) => format!(
+                "{} (OPENBLAS_CORETYPE={core})",
+                v["framework"].as_str().unwrap_or("?")
+            ),
+            None => v["framework"].as_str().unwrap_or("?").to_owned(),
+        };
         for (variant, r) in v["results"].as_object().into_iter().flatten() {
             println!(
-                "| {} | {threads} | {variant} | {:.3} |",
-                v["framework"].as_str().unwrap_or("?"),
+                "| {framework} | {threads} | {variant} | {:.3} |",
                 r["median_s"].as_f64().unwrap_or(f64::NAN)
             );
         }
@@ -438,7 +456,7 @@ fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<(
     }
     if backend == "cuda" {
         build.args(["--features", "cuda"]);
-    } else if has_openblas() {
+    } else if use_openblas() {
         build.args(["--features", "openblas"]);
     }
     run(&mut build)?;

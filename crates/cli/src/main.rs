@@ -10,6 +10,11 @@ use kedit_models::{fetch, LanguageModel, ModelSpec};
 mod bench;
 mod methods;
 
+/// Burn allocates a new tensor per op; glibc's allocator returned every large freed buffer to the
+/// kernel and faulted fresh pages in for the next (about a quarter of a ROME step's time).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kedit",
@@ -779,23 +784,7 @@ fn excluded_subjects(files: &[PathBuf]) -> Result<std::collections::BTreeSet<Str
     Ok(out)
 }
 
-/// glibc returns every large freed buffer to the kernel and faults fresh pages in for the next:
-/// Burn allocates a new tensor per op, so ROME's step spent ~30 % of its time in the kernel.
-/// Keeping freed memory in the process made the ROME-shaped step ~9 % faster (benchmarks/).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-    }
-}
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
-
 fn main() {
-    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
