@@ -1,9 +1,10 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev]`:
+//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
-//!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile)
+//!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
+//!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
 //! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median;
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod jobs;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -353,9 +356,9 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     Ok(())
 }
 
-/// Minutes `kedit mend train` takes with the bundled SmolLM2 hparams on a 2-core CPU (measured;
-/// benchmarks/README.md), for the ETA.
-const MEND_TRAIN_MINUTES: f64 = 25.0;
+/// Minutes `kedit mend train` takes with the bundled SmolLM2 hparams (150 steps) on a 2-core CPU
+/// (benchmarks/README.md), for the ETA.
+const MEND_TRAIN_MINUTES: f64 = 10.0;
 
 /// A bench-all profile: what the matrix covers.
 struct Profile {
@@ -430,11 +433,23 @@ fn profile(name: &str) -> Result<Profile> {
     })
 }
 
-fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<()> {
+fn bench_all(
+    profile_name: &str,
+    backend: &str,
+    cargo_profile: &str,
+    jobs: Option<usize>,
+) -> Result<()> {
     let p = profile(profile_name)?;
     if !["cpu", "cuda"].contains(&backend) {
         bail!("--backend {backend}: expected cpu or cuda");
     }
+    // One cell per core on the CPU (a cell's process keeps about one core busy); one at a time
+    // on a GPU, which a single process already fills.
+    let jobs = jobs.unwrap_or(if backend == "cpu" {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    });
     // `dev` reuses the build `cargo test` already made (dependencies at opt-level 3, see
     // Cargo.toml): CI's smoke run takes it rather than spending minutes on a second, release
     // build of the whole dependency tree.
@@ -476,9 +491,57 @@ fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<(
         })
         .filter(|m| p.methods.is_none_or(|keep| keep.contains(&m.0.as_str())))
         .collect();
-    // The matrix: method × strategy (batch only where the method has a batch update) × order × N.
+    // The matrix: method × strategy (batch only where the method has a batch update) × order × N,
+    // one `kedit bench` process per cell, `jobs` of them side by side.
+    let runs_dir = root.join("results/runs").join(p.name);
+    let logs_dir = root.join("results/logs").join(p.name);
+    let with_mend = methods.iter().any(|m| m.0 == "mend");
+    let hparams_of = |m: &str| p.hparams.iter().find(|(name, _)| *name == m).map(|h| h.1);
+    let mut env = Vec::new();
+    if jobs > 1
+        && backend == "cpu"
+        && use_openblas()
+        && std::env::var_os("OPENBLAS_NUM_THREADS").is_none()
+    {
+        // OpenBLAS's own threads would otherwise ask for every core in every process.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        env.push((
+            "OPENBLAS_NUM_THREADS".to_owned(),
+            (cores / jobs).max(1).to_string(),
+        ));
+    }
+    let mut matrix: Vec<jobs::Job> = Vec::new();
+    if with_mend {
+        // MEND needs its hypernetwork: trained on fixtures/mend-train.json (disjoint by subject
+        // from the benchmark's data) into the cache, unless it is there already (then this
+        // returns at once); resumes if a previous training was interrupted.
+        let mut args: Vec<std::ffi::OsString> = [
+            "mend",
+            "train",
+            "--backend",
+            backend,
+            "--model",
+            "smollm2",
+            "--data",
+            "fixtures/mend-train.json",
+        ]
+        .map(Into::into)
+        .to_vec();
+        if let Some(h) = hparams_of("mend") {
+            args.extend(["--hparams".into(), h.into()]);
+        }
+        matrix.push(jobs::Job {
+            label: "mend train".to_owned(),
+            program: kedit.clone(),
+            args,
+            cwd: root.clone(),
+            env: env.clone(),
+            log: logs_dir.join("mend-train.log"),
+            after: None,
+            estimate_s: p.mend_minutes * 60.0,
+        });
+    }
     let mut runs = Vec::new();
-    let mut eta = 0.0;
     for (m, batch, sec) in &methods {
         let strategies: &[&str] = if *batch && p.batch {
             &["sequential", "batch"]
@@ -488,90 +551,72 @@ fn bench_all(profile_name: &str, backend: &str, cargo_profile: &str) -> Result<(
         for s in strategies {
             for n in &p.ns {
                 for order in ["homogeneous", "heterogeneous"] {
-                    runs.push((m.clone(), s.to_string(), *n, order));
-                    // Each run also loads the model and scores the groups: ~8 s.
-                    eta += (n * p.groups) as f64 * sec * p.speed + 8.0;
+                    let mut args: Vec<std::ffi::OsString> = vec![
+                        "bench".into(),
+                        "--backend".into(),
+                        backend.into(),
+                        "--method".into(),
+                        m.into(),
+                        "--data".into(),
+                        "fixtures/s2rke-wikidata.json".into(),
+                        "--strategy".into(),
+                        (*s).into(),
+                        "--design".into(),
+                        "group".into(),
+                        "--order".into(),
+                        order.into(),
+                        "--n".into(),
+                        n.to_string().into(),
+                        "--groups".into(),
+                        p.groups.to_string().into(),
+                        "--seed".into(),
+                        "0".into(),
+                    ];
+                    if let Some(h) = hparams_of(m) {
+                        args.extend(["--hparams".into(), h.into()]);
+                    }
+                    args.extend(["--out".into(), runs_dir.clone().into()]);
+                    let label = format!("{m} {s} {order} N={n}");
+                    runs.push(jobs::Job {
+                        log: logs_dir.join(format!("{}.log", label.replace([' ', '='], "-"))),
+                        label,
+                        program: kedit.clone(),
+                        args,
+                        cwd: root.clone(),
+                        env: env.clone(),
+                        after: (m == "mend").then_some(0),
+                        // Each run also loads the model and scores the groups: ~8 s.
+                        estimate_s: (n * p.groups) as f64 * sec * p.speed + 8.0,
+                    });
                 }
             }
         }
     }
-    let edits: usize = runs.iter().map(|r| r.2 * p.groups).sum();
-    let with_mend = methods.iter().any(|m| m.0 == "mend");
-    if with_mend {
-        eta += p.mend_minutes * 60.0;
-    }
+    let edits: usize = p.ns.iter().sum::<usize>() * p.groups * runs.len() / p.ns.len();
+    let n_runs = runs.len();
+    // Longest first, so that the last cells to finish are short ones.
+    runs.sort_by(|a, b| b.estimate_s.total_cmp(&a.estimate_s));
+    matrix.extend(runs);
+    let estimates: Vec<f64> = matrix.iter().map(|j| j.estimate_s).collect();
+    let after: Vec<Option<usize>> = matrix.iter().map(|j| j.after).collect();
+    let eta = jobs::makespan(&estimates, &after, jobs);
     println!(
-        "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {} runs, at most {edits} edits; ETA about {:.0} min on a 2-core CPU",
+        "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {n_runs} runs, at most {edits} edits, {jobs} at a time; ETA about {:.0} min on a 2-core CPU",
         p.name,
         methods.len(),
         methods.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "),
         p.ns,
         p.groups,
-        runs.len(),
         eta / 60.0
     );
-    let runs_dir = root.join("results/runs").join(p.name);
-    let started = std::time::Instant::now();
-    if with_mend {
-        // MEND needs its hypernetwork: trained on fixtures/mend-train.json (disjoint by subject
-        // from the benchmark's data) into the cache, unless it is there already; resumes if a
-        // previous training was interrupted.
-        eprintln!(
-            "xtask: MEND's archive (trained first if the cache has none: about {:.0} min)",
-            p.mend_minutes
-        );
-        let mut cmd = Command::new(&kedit);
-        cmd.current_dir(&root).args([
-            "mend",
-            "train",
-            "--backend",
-            backend,
-            "--model",
-            "smollm2",
-            "--data",
-            "fixtures/mend-train.json",
-        ]);
-        if let Some((_, h)) = p.hparams.iter().find(|(name, _)| *name == "mend") {
-            cmd.args(["--hparams", h]);
-        }
-        print!("{}", run(&mut cmd)?);
+    if jobs > 1 {
+        eprintln!("xtask: each command's log in {}", logs_dir.display());
     }
-    for (i, (m, s, n, order)) in runs.iter().enumerate() {
-        eprintln!(
-            "xtask: run {}/{}: {m} {s} {order} N={n} ({:.0} s so far)",
-            i + 1,
-            runs.len(),
-            started.elapsed().as_secs_f64()
-        );
-        let mut cmd = Command::new(&kedit);
-        cmd.current_dir(&root).args([
-            "bench",
-            "--backend",
-            backend,
-            "--method",
-            m,
-            "--data",
-            "fixtures/s2rke-wikidata.json",
-            "--strategy",
-            s,
-            "--design",
-            "group",
-            "--order",
-            order,
-        ]);
-        cmd.args([
-            "--n",
-            &n.to_string(),
-            "--groups",
-            &p.groups.to_string(),
-            "--seed",
-            "0",
-        ]);
-        if let Some((_, h)) = p.hparams.iter().find(|(name, _)| name == m) {
-            cmd.args(["--hparams", h]);
-        }
-        cmd.arg("--out").arg(&runs_dir);
-        print!("{}", run(&mut cmd)?);
+    let started = std::time::Instant::now();
+    // The model once, before processes that would each fetch it start side by side.
+    run(Command::new(&kedit).arg("fetch").current_dir(&root))?;
+    for out in jobs::run_all(&matrix, jobs)? {
+        print!("{out}");
     }
     let out = root.join("results");
     let report = run(Command::new(&kedit)
@@ -608,10 +653,18 @@ fn main() -> Result<()> {
                     .and_then(|i| args.get(i + 1))
                     .map_or(d.to_owned(), |s| s.clone())
             };
+            let jobs = args
+                .iter()
+                .position(|a| a == "--jobs")
+                .and_then(|i| args.get(i + 1))
+                .map(|s| s.parse::<usize>().ok().filter(|n| *n > 0))
+                .map(|n| n.context("--jobs takes a whole number ≥ 1"))
+                .transpose()?;
             bench_all(
                 &opt("--profile", "default"),
                 &opt("--backend", "cpu"),
                 &opt("--cargo-profile", "release"),
+                jobs,
             )
         }
         Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),

@@ -187,22 +187,48 @@ pub fn load_or_compute_layers<B: Backend>(
         ];
         (file, meta)
     };
-    let mut found: Vec<Option<SecondMoment>> = Vec::with_capacity(layers.len());
-    for &layer in layers {
-        let (file, meta) = entry(layer);
-        found.push(read_cached(&file, &meta, layer, samples)?);
-    }
-    let missing: Vec<usize> = layers
-        .iter()
-        .zip(&found)
-        .filter(|(_, f)| f.is_none())
-        .map(|(l, _)| *l)
-        .collect();
+    let read_all = |found: &mut Vec<Option<SecondMoment>>| -> Result<Vec<usize>> {
+        for (&layer, slot) in layers.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                let (file, meta) = entry(layer);
+                *slot = read_cached(&file, &meta, layer, samples)?;
+            }
+        }
+        Ok(layers
+            .iter()
+            .zip(found.iter())
+            .filter(|(_, f)| f.is_none())
+            .map(|(l, _)| *l)
+            .collect())
+    };
+    let mut found: Vec<Option<SecondMoment>> = vec![None; layers.len()];
+    let mut missing = read_all(&mut found)?;
+    // Held until the missing statistics are written.
+    let _lock = if missing.is_empty() {
+        None
+    } else {
+        // Several kedit processes may share the cache (`cargo xtask bench-all` runs its cells
+        // side by side): one computes a model's statistics while the others wait on this lock,
+        // then read what it wrote instead of computing them again.
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("{}: cannot create stats cache", cache.display()))?;
+        let lock_path = lock_file(cache, &model, &corpus_sha);
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("{}: cannot create", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            tracing::info!(
+                "waiting for another kedit process to finish the statistics ({})",
+                lock_path.display()
+            );
+            lock.lock()
+                .with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+        }
+        missing = read_all(&mut found)?;
+        Some(lock)
+    };
     if !missing.is_empty() {
         let text = String::from_utf8_lossy(&corpus);
         let computed = compute_layers(lm, &missing, &text, samples)?;
-        std::fs::create_dir_all(cache)
-            .with_context(|| format!("{}: cannot create stats cache", cache.display()))?;
         for m in computed {
             let (file, meta) = entry(m.layer);
             write_cached(&file, &meta, &m)?;
@@ -211,6 +237,26 @@ pub fn load_or_compute_layers<B: Backend>(
         }
     }
     Ok(found.into_iter().map(|m| m.expect("filled")).collect())
+}
+
+fn lock_file(cache: &Path, model: &str, corpus_sha: &str) -> PathBuf {
+    cache.join(format!("{model}-{corpus_sha}-mom2.lock"))
+}
+
+/// The file a process computing `lm`'s statistics on `corpus_path` into `cache` holds locked
+/// (`File::lock`) until they are written; other processes wait on it.
+pub fn cache_lock_file<B: Backend>(
+    lm: &LanguageModel<B>,
+    corpus_path: &Path,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let corpus = std::fs::read(corpus_path)
+        .with_context(|| format!("{}: cannot read corpus", corpus_path.display()))?;
+    Ok(lock_file(
+        cache,
+        &model_id(&lm.source)?,
+        &sha256_hex(&corpus)[..16],
+    ))
 }
 
 fn read_cached(
@@ -257,7 +303,8 @@ fn write_cached(file: &Path, meta: &[(&str, String)], m: &SecondMoment) -> Resul
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let out = safetensors::serialize([("mom2", view)], Some(md))?;
-    let tmp = file.with_extension("partial");
+    // Unique per process: a reader never sees a half-written file under the final name.
+    let tmp = file.with_extension(format!("partial.{}", std::process::id()));
     std::fs::write(&tmp, out)?;
     std::fs::rename(&tmp, file)?;
     Ok(())

@@ -70,13 +70,80 @@ fn second_moment<B: Backend>(device: &B::Device, dev: TestDevice) {
     std::fs::write(&corpus_file, &corpus).unwrap();
     let cache = dir.path().join("stats");
     let first = stats::load_or_compute(&lm, 1, &corpus_file, n, &cache).unwrap();
-    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
-    assert_eq!(files.len(), 1, "one cache file");
+    assert_eq!(cache_files(&cache), 1, "one cache file");
     let second = stats::load_or_compute(&lm, 1, &corpus_file, n, &cache).unwrap();
     assert!(
         first == second && first == m,
         "cached statistics must be returned unchanged"
     );
+}
+
+/// The statistics files in `cache` (the lock file beside them is not one).
+fn cache_files(cache: &std::path::Path) -> usize {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            assert!(!name.contains("partial"), "{name}: a partial file was left");
+            name.ends_with(".safetensors")
+        })
+        .count()
+}
+
+#[test]
+fn processes_sharing_a_cache_get_the_same_statistics() {
+    // `cargo xtask bench-all` runs kedit processes side by side on one cache; each thread here
+    // opens the lock file itself, as a process would (flock locks belong to the open file).
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_file = dir.path().join("corpus.txt");
+    std::fs::write(&corpus_file, CORPUS.repeat(12)).unwrap();
+    let cache = dir.path().join("stats");
+    let n = 300;
+    let results: Vec<Vec<stats::SecondMoment>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    stats::load_or_compute_layers(&tiny(), &[0, 1], &corpus_file, n, &cache)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let lm = tiny();
+    let corpus = CORPUS.repeat(12);
+    let want = [
+        stats::compute(&lm, 0, &corpus, n).unwrap(),
+        stats::compute(&lm, 1, &corpus, n).unwrap(),
+    ];
+    for r in &results {
+        assert!(r[..] == want[..], "every process gets the statistics");
+    }
+    assert_eq!(cache_files(&cache), 2, "one file per layer");
+}
+
+#[test]
+fn a_process_waits_for_the_one_computing_the_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_file = dir.path().join("corpus.txt");
+    std::fs::write(&corpus_file, CORPUS.repeat(12)).unwrap();
+    let cache = dir.path().join("stats");
+    std::fs::create_dir_all(&cache).unwrap();
+    let lm = tiny();
+    // This test plays the process that is computing them.
+    let lock =
+        std::fs::File::create(stats::cache_lock_file(&lm, &corpus_file, &cache).unwrap()).unwrap();
+    lock.lock().unwrap();
+    std::thread::scope(|s| {
+        let other = s.spawn(|| stats::load_or_compute(&tiny(), 1, &corpus_file, 300, &cache));
+        // Unlocked, the tiny model's statistics take well under a second.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert!(!other.is_finished(), "the second process waits on the lock");
+        drop(lock);
+        let got = other.join().unwrap().unwrap();
+        assert!(got == stats::compute(&lm, 1, &CORPUS.repeat(12), 300).unwrap());
+    });
 }
 
 #[test]
