@@ -113,6 +113,18 @@ fn s_of(lines: &[&ResultLine]) -> Summary {
     summarize(&lines.iter().map(|l| l.metrics.clone()).collect::<Vec<_>>())
 }
 
+/// S(same subject) − S(different subjects) in points. Equal S reached from different ES/PS/NS
+/// (harmonic means of 1, 0.6, 0.5 and of 1, 1, 0.375) differ in the last bits of an f64; they
+/// are equal, not "lower".
+fn sd_points(homogeneous: &Summary, heterogeneous: &Summary) -> f64 {
+    let sd = 100.0 * (homogeneous.score - heterogeneous.score);
+    if sd.abs() < 1e-9 {
+        0.0
+    } else {
+        sd
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i]
@@ -167,7 +179,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
                     let gs: Vec<GroupKey> = (0..groups.len())
                         .map(|_| groups[rng.random_range(0..groups.len())])
                         .collect();
-                    100.0 * (pick(homo, &gs).score - pick(hetero, &gs).score)
+                    sd_points(&pick(homo, &gs), &pick(hetero, &gs))
                 })
                 .collect();
             boots.sort_by(f64::total_cmp);
@@ -175,7 +187,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
                 cell: cell.clone(),
                 view,
                 groups: groups.len(),
-                sd: 100.0 * (h.score - t.score),
+                sd: sd_points(&h, &t),
                 homogeneous: h,
                 heterogeneous: t,
                 ci: (percentile(&boots, 0.025), percentile(&boots, 0.975)),
@@ -451,5 +463,60 @@ impl Report {
         }
         o.push_str("</svg>\n");
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CaseMetrics;
+
+    fn line(order: Order, step: usize, es: f64, ps: f64, ns: f64) -> ResultLine {
+        ResultLine {
+            method: "m".into(),
+            strategy: Strategy::Sequential,
+            design: Design::Group,
+            order,
+            density: None,
+            n: 2,
+            seed: 0,
+            group: 0,
+            step,
+            subject_id: "s".into(),
+            relation: "r".into(),
+            same_subject_as_first: order == Order::Homogeneous,
+            key_cos_first: None,
+            metrics: CaseMetrics {
+                case_id: format!("c{step}"),
+                es,
+                ps: Some(ps),
+                ns: Some(ns),
+                em: 0.0,
+                pm: None,
+                nm: None,
+            },
+        }
+    }
+
+    #[test]
+    fn equal_scores_from_different_metrics_are_no_difference() {
+        // S = 9/14 on both sides (harmonic means of 1, 0.6, 0.5 and of 1, 1, 0.375), as in a
+        // MEND cell of the default run, whose f64s differ in the last bits.
+        let lines = [
+            line(Order::Homogeneous, 0, 1.0, 0.6, 0.5),
+            line(Order::Heterogeneous, 0, 1.0, 1.0, 0.375),
+        ];
+        let r = build(&lines);
+        let all = r.sd.iter().find(|r| r.view == View::All).unwrap();
+        assert_eq!(all.sd, 0.0);
+        let md = r.markdown();
+        assert!(md.contains("**+0.0**"), "{md}");
+        assert!(!md.contains("scores lower"), "{md}");
+        // A real difference is still one.
+        let lower = [
+            line(Order::Homogeneous, 0, 1.0, 0.5, 0.5),
+            line(Order::Heterogeneous, 0, 1.0, 1.0, 0.375),
+        ];
+        assert!(build(&lower).sd[0].sd < 0.0);
     }
 }
