@@ -13,7 +13,8 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Whether one `apply` with N requests is a real batch edit (not N sequential edits).
     pub batch: bool,
-    /// Seconds per edit on the default model on a 2-core CPU (measured; for ETAs only).
+    /// Seconds per edit on the default model, one process per core of a 2-core CPU as `cargo xtask
+    /// bench-all` runs them (default build, no OpenBLAS; measured 2026-12-03; for ETAs only).
     pub sec_per_edit: f64,
     pub about: &'static str,
 }
@@ -22,37 +23,37 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "rome",
         batch: false,
-        sec_per_edit: 20.0,
+        sec_per_edit: 36.0,
         about: "ROME, the original update (bare-prompt key in the denominator); the default",
     },
     MethodInfo {
         name: "r-rome",
         batch: false,
-        sec_per_edit: 20.0,
+        sec_per_edit: 37.0,
         about: "R-ROME: ROME with the template-averaged key in the denominator",
     },
     MethodInfo {
         name: "memit",
         batch: true,
-        sec_per_edit: 8.0,
+        sec_per_edit: 22.0,
         about: "MEMIT: batch edit over several MLP layers, f64 least-squares update per layer",
     },
     MethodInfo {
         name: "pmet",
         batch: true,
-        sec_per_edit: 8.0,
+        sec_per_edit: 15.0,
         about: "PMET: MEMIT with attention and MLP targets optimised jointly, only the MLP written",
     },
     MethodInfo {
         name: "ft-m",
         batch: true,
-        sec_per_edit: 8.0,
+        sec_per_edit: 7.0,
         about: "FT-M: fine-tune one MLP output projection, teacher-forced loss on the target",
     },
     MethodInfo {
         name: "ft-l",
         batch: true,
-        sec_per_edit: 8.0,
+        sec_per_edit: 7.0,
         about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
     },
     MethodInfo {
@@ -64,7 +65,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "kn",
         batch: false,
-        sec_per_edit: 18.0,
+        sec_per_edit: 30.0,
         about: "KN: knowledge neurons by integrated gradients, their output rows moved to the target",
     },
 ];
