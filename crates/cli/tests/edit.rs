@@ -318,8 +318,13 @@ fn every_model_command_agrees(first: &str, second: &str) {
     let second_moment = |i: usize| -> Vec<f64> {
         on(i, &["stats", "--layers", "0", "--samples", "2000"]);
         let stats = dir.path().join(format!("home-{i}/stats"));
-        let file = std::fs::read_dir(&stats).unwrap().next().unwrap().unwrap();
-        let bytes = std::fs::read(file.path()).unwrap();
+        // The statistics file, not the lock file beside it.
+        let file = std::fs::read_dir(&stats)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .unwrap();
+        let bytes = std::fs::read(file).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let (_, t) = st
             .tensors()

@@ -91,14 +91,20 @@ fn cache_files(cache: &std::path::Path) -> usize {
         .count()
 }
 
-#[test]
-fn processes_sharing_a_cache_get_the_same_statistics() {
-    // `cargo xtask bench-all` runs kedit processes side by side on one cache; each thread here
-    // opens the lock file itself, as a process would (flock locks belong to the open file).
+/// A temporary folder with the test corpus in a file and the path of an empty cache.
+fn corpus_and_cache() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let corpus_file = dir.path().join("corpus.txt");
     std::fs::write(&corpus_file, CORPUS.repeat(12)).unwrap();
     let cache = dir.path().join("stats");
+    (dir, corpus_file, cache)
+}
+
+#[test]
+fn processes_sharing_a_cache_get_the_same_statistics() {
+    // `cargo xtask bench-all` runs kedit processes side by side on one cache; each thread here
+    // opens the lock file itself, as a process would (flock locks belong to the open file).
+    let (_dir, corpus_file, cache) = corpus_and_cache();
     let n = 300;
     let results: Vec<Vec<stats::SecondMoment>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3)
@@ -125,10 +131,7 @@ fn processes_sharing_a_cache_get_the_same_statistics() {
 
 #[test]
 fn a_process_waits_for_the_one_computing_the_statistics() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus_file = dir.path().join("corpus.txt");
-    std::fs::write(&corpus_file, CORPUS.repeat(12)).unwrap();
-    let cache = dir.path().join("stats");
+    let (_dir, corpus_file, cache) = corpus_and_cache();
     std::fs::create_dir_all(&cache).unwrap();
     let lm = tiny();
     // This test plays the process that is computing them.
