@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -161,34 +161,30 @@ fn run_one(job: &Job, to_log: bool) -> Result<String> {
     let mut cmd = Command::new(&job.program);
     cmd.args(&job.args).current_dir(&job.cwd);
     cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
-    if to_log {
-        if let Some(dir) = job.log.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("{}: cannot create", dir.display()))?;
-        }
-        let log = std::fs::File::create(&job.log)
-            .with_context(|| format!("{}: cannot create", job.log.display()))?;
-        cmd.stderr(log);
-    } else {
-        eprintln!("xtask: {cmd:?}");
-        cmd.stderr(Stdio::inherit());
+    if !to_log {
+        // One at a time: the plain loop it replaces, stderr (progress bars) to the terminal.
+        return crate::run(&mut cmd);
     }
+    if let Some(dir) = job.log.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let log = std::fs::File::create(&job.log)
+        .with_context(|| format!("{}: cannot create", job.log.display()))?;
     let out = cmd
+        .stderr(log)
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        let tail = if to_log {
-            let text = std::fs::read_to_string(&job.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            format!(
-                "; the end of its log {}:\n{}",
-                job.log.display(),
-                lines[lines.len().saturating_sub(15)..].join("\n")
-            )
-        } else {
-            String::new()
-        };
-        bail!("{} failed ({}){tail}", job.label, out.status);
+        let text = std::fs::read_to_string(&job.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        bail!(
+            "{} failed ({}); the end of its log {}:\n{}",
+            job.label,
+            out.status,
+            job.log.display(),
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -544,7 +544,10 @@ fn bench_all(
             estimate_s: p.mend_minutes * 60.0,
         });
     }
+    // MEND's cells wait for its training, the first job.
+    let mend_train = with_mend.then_some(0);
     let mut runs = Vec::new();
+    let mut edits = 0;
     for (m, batch, sec) in &methods {
         let strategies: &[&str] = if *batch && p.batch {
             &["sequential", "batch"]
@@ -580,6 +583,7 @@ fn bench_all(
                     }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
                     let label = format!("{m} {s} {order} N={n}");
+                    edits += n * p.groups;
                     runs.push(jobs::Job {
                         log: logs_dir.join(format!("{}.log", label.replace([' ', '='], "-"))),
                         label,
@@ -587,7 +591,7 @@ fn bench_all(
                         args,
                         cwd: root.clone(),
                         env: env.clone(),
-                        after: (m == "mend").then_some(0),
+                        after: if m == "mend" { mend_train } else { None },
                         // Each run also loads the model and scores the groups: ~8 s.
                         estimate_s: (n * p.groups) as f64 * sec * p.speed + 8.0,
                     });
@@ -595,7 +599,6 @@ fn bench_all(
             }
         }
     }
-    let edits: usize = p.ns.iter().sum::<usize>() * p.groups * runs.len() / p.ns.len();
     let n_runs = runs.len();
     // Longest first, so that the last cells to finish are short ones.
     runs.sort_by(|a, b| b.estimate_s.total_cmp(&a.estimate_s));
