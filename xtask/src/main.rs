@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
+//! - `bench-all [--profile smoke|default|contrast|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
@@ -418,6 +418,22 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
+        // The study's central contrast with intervals narrow enough to read on a laptop: two
+        // locate-then-edit methods (ROME, MEMIT) against a fine-tuning and a hypernetwork editor
+        // (FT-M, MEND), sequential, N = 3 (EasyEdit's ROME showed SD ≈ −19 at N = 3 on this
+        // model, paper.md §9; at N = 2 the default profile's 3 pairs leave every interval
+        // reaching 0), 12 matched group pairs per cell. About an hour on a 2-core CPU (61 min
+        // in two pieces, benchmarks/README.md).
+        "contrast" => Profile {
+            name: "contrast",
+            methods: Some(&["rome", "memit", "ft-m", "mend"]),
+            batch: false,
+            ns: vec![3],
+            groups: 12,
+            hparams: &[],
+            speed: 1.0,
+            mend_minutes: MEND_TRAIN_MINUTES,
+        },
         // The paper's matrix, for a GPU.
         "paper" => Profile {
             name: "paper",
@@ -429,8 +445,22 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
-        other => bail!("--profile {other}: expected smoke, default or paper"),
+        other => bail!("--profile {other}: expected smoke, default, contrast or paper"),
     })
+}
+
+/// A profile's method that the registry does not know would otherwise drop out of the matrix
+/// silently (a renamed method, a typo).
+fn check_methods(p: &Profile, registered: &[serde_json::Value]) -> Result<()> {
+    for m in p.methods.unwrap_or_default() {
+        if !registered.iter().any(|r| r["name"] == *m) {
+            bail!(
+                "profile {}: method {m} is not registered (`kedit methods` lists them)",
+                p.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn bench_all(
@@ -478,9 +508,9 @@ fn bench_all(
     let kedit = root.join("target").join(out_dir).join("kedit");
     let registry: serde_json::Value =
         serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
-    let methods: Vec<(String, bool, f64)> = registry
-        .as_array()
-        .context("kedit methods --json")?
+    let registered = registry.as_array().context("kedit methods --json")?;
+    check_methods(&p, registered)?;
+    let methods: Vec<(String, bool, f64)> = registered
         .iter()
         .map(|m| {
             (
@@ -752,8 +782,37 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
             std::process::exit(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_naming_an_unregistered_method_is_an_error() {
+        let registered: Vec<serde_json::Value> = ["rome", "memit", "ft-m"]
+            .iter()
+            .map(|n| serde_json::json!({ "name": n }))
+            .collect();
+        let p = profile("contrast").unwrap();
+        let err = check_methods(&p, &registered).unwrap_err().to_string();
+        assert!(
+            err.contains("profile contrast") && err.contains("mend"),
+            "{err}"
+        );
+        let mut all = registered;
+        all.push(serde_json::json!({ "name": "mend" }));
+        check_methods(&p, &all).unwrap();
+        // `default` and `paper` take whatever is registered.
+        check_methods(&profile("default").unwrap(), &[]).unwrap();
+        assert!(profile("nope")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("--profile nope"));
     }
 }
