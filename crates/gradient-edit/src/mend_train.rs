@@ -66,6 +66,17 @@ impl ValMetrics {
     }
 }
 
+/// One validation during training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValPoint {
+    pub step: usize,
+    /// Mean training loss over the steps since the previous validation.
+    pub loss: f64,
+    pub es: f64,
+    pub ps: f64,
+    pub ns: f64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub steps: usize,
@@ -80,6 +91,9 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
     /// False when `halt_after` stopped the run.
     pub finished: bool,
+    /// Every validation of the run (resumed runs included), in step order: the curve the best
+    /// step was chosen from.
+    pub history: Vec<ValPoint>,
 }
 
 /// One training fact as token rows.
@@ -225,6 +239,7 @@ struct State<B: Backend> {
     untrained: ValMetrics,
     adam: Adam<B>,
     seconds: f64,
+    history: Vec<ValPoint>,
 }
 
 /// The rows of several edits stacked into one batch, with each edit's own low-rank update on
@@ -459,6 +474,7 @@ fn save_checkpoint<B: Backend>(path: &Path, s: &State<B>, id: &str) -> Result<()
     meta.insert("best_val".into(), serde_json::to_string(&s.best_val)?);
     meta.insert("untrained".into(), serde_json::to_string(&s.untrained)?);
     meta.insert("seconds".into(), serde_json::to_string(&s.seconds)?);
+    meta.insert("history".into(), serde_json::to_string(&s.history)?);
     write_tensors(path, &tensors, &meta)
 }
 
@@ -495,6 +511,7 @@ fn load_checkpoint<B: Backend>(path: &Path, id: &str, device: &B::Device) -> Res
         best_val: serde_json::from_str(get("best_val")?)?,
         untrained: serde_json::from_str(get("untrained")?)?,
         seconds: serde_json::from_str(get("seconds")?)?,
+        history: serde_json::from_str(get("history")?)?,
         current,
         best,
         adam,
@@ -558,6 +575,7 @@ pub fn train<B: Backend>(
             best_val: untrained,
             untrained,
             seconds: 0.0,
+            history: Vec::new(),
         }
     };
     let steps = opt.steps.unwrap_or(hparams.max_iters);
@@ -596,9 +614,24 @@ pub fn train<B: Backend>(
         if state.step % hparams.val_interval == 0 || state.step == steps {
             let v = validate(lm, &state.current, &val_ex);
             let key = v.key(&hparams.early_stop_key);
-            let mean_loss = loss_sum / hparams.val_interval as f64;
+            let done = (state.step - 1) % hparams.val_interval + 1;
+            let mean_loss = loss_sum / done.min(run_steps) as f64;
             loss_sum = 0.0;
-            tracing::debug!(step = state.step, loss = mean_loss, ?v, "mend validation");
+            tracing::info!(
+                step = state.step,
+                loss = format!("{mean_loss:.4}"),
+                es = format!("{:.3}", v.es),
+                ps = format!("{:.3}", v.ps),
+                ns = format!("{:.3}", v.ns),
+                "mend validation"
+            );
+            state.history.push(ValPoint {
+                step: state.step,
+                loss: mean_loss,
+                es: v.es,
+                ps: v.ps,
+                ns: v.ns,
+            });
             bar.set_message(format!(
                 "loss {mean_loss:.3} val ES {:.2} PS {:.2} NS {:.2}",
                 v.es, v.ps, v.ns
@@ -630,6 +663,7 @@ pub fn train<B: Backend>(
         seconds: state.seconds,
         resumed_from,
         finished,
+        history: state.history.clone(),
     };
     if !finished {
         return Ok(summary);

@@ -203,6 +203,10 @@ fn training_is_reproducible_and_resumes_to_the_same_archive() {
     };
     let a = run("a.safetensors", None, hparams());
     assert!(a.finished && a.steps == 10);
+    // Validated every 4 steps and at the last; the mean loss of each stretch is a training loss.
+    let at: Vec<usize> = a.history.iter().map(|p| p.step).collect();
+    assert_eq!(at, [4, 8, 10]);
+    assert!(a.history.iter().all(|p| p.loss.is_finite() && p.loss > 0.0));
     run("b.safetensors", None, hparams());
     let (pa, pb) = (
         dir.path().join("a.safetensors"),
@@ -218,6 +222,9 @@ fn training_is_reproducible_and_resumes_to_the_same_archive() {
     assert_eq!(resumed.resumed_from, Some(4));
     assert!(resumed.finished && !dir.path().join("c.ckpt").exists());
     assert_eq!(sha(&pa), sha(&pc), "resumed run ends elsewhere");
+    // The curve survives the checkpoint, and the stretch after the resume is averaged over its
+    // own steps.
+    assert_eq!(resumed.history, a.history);
 
     let mut other = hparams();
     other.seed += 1;
