@@ -383,10 +383,10 @@ fn profile(name: &str) -> Result<Profile> {
         // A first look and CI: ROME and MEMIT (short target optimisation; MEMIT on two layers
         // with small statistics) against FT-M and MEND (an archive trained for 10 steps), N = 2,
         // one group pair per cell (the whole pipeline, report included, not a measurement);
-        // MEMIT, FT-M and MEND in batch too.
+        // MEMIT, FT-M and MEND in batch too, and MEMIT-Merge (batch only).
         "smoke" => Profile {
             name: "smoke",
-            methods: Some(&["rome", "memit", "ft-m", "mend"]),
+            methods: Some(&["rome", "memit", "memit-merge", "ft-m", "mend"]),
             batch: true,
             ns: vec![2],
             groups: 1,
@@ -394,6 +394,10 @@ fn profile(name: &str) -> Result<Profile> {
                 ("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml"),
                 (
                     "memit",
+                    "crates/locate-edit/hparams/memit-smollm2-smoke.yaml",
+                ),
+                (
+                    "memit-merge",
                     "crates/locate-edit/hparams/memit-smollm2-smoke.yaml",
                 ),
                 (
@@ -514,6 +518,13 @@ fn bench_all(
     check_methods(&p, registered)?;
     let methods: Vec<(String, bool, f64)> = registered
         .iter()
+        .filter(|m| {
+            p.methods
+                .is_none_or(|keep| keep.contains(&m["name"].as_str().unwrap_or_default()))
+        })
+        // A batch-only method (MEMIT-Merge) is another method when it edits one request at a
+        // time: profiles without batch runs leave it out.
+        .filter(|m| p.batch || !m["batch_only"].as_bool().unwrap_or(false))
         .map(|m| {
             (
                 m["name"].as_str().unwrap_or_default().to_owned(),
@@ -521,8 +532,12 @@ fn bench_all(
                 m["sec_per_edit"].as_f64().unwrap_or(20.0),
             )
         })
-        .filter(|m| p.methods.is_none_or(|keep| keep.contains(&m.0.as_str())))
         .collect();
+    let batch_only = |name: &str| {
+        registered
+            .iter()
+            .any(|m| m["name"] == name && m["batch_only"].as_bool().unwrap_or(false))
+    };
     // The matrix: method × strategy (batch only where the method has a batch update) × order × N,
     // one `kedit bench` process per cell, `jobs` of them side by side.
     let runs_dir = root.join("results/runs").join(p.name);
@@ -581,7 +596,9 @@ fn bench_all(
     let mut runs = Vec::new();
     let mut edits = 0;
     for (m, batch, sec) in &methods {
-        let strategies: &[&str] = if *batch && p.batch {
+        let strategies: &[&str] = if batch_only(m) {
+            &["batch"]
+        } else if *batch && p.batch {
             &["sequential", "batch"]
         } else {
             &["sequential"]

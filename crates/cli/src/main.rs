@@ -307,7 +307,7 @@ pub(crate) trait RunOnBackend {
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, pmet, ft-m, ft-l, mend, kn
+    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, memit-merge, pmet, ft-m, ft-l, mend, kn
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format or CounterFact
@@ -954,13 +954,13 @@ fn run(cli: Cli) -> Result<()> {
                 let m: Vec<_> = methods::METHODS
                     .iter()
                     .map(
-                        |m| serde_json::json!({"name": m.name, "batch": m.batch, "sec_per_edit": m.sec_per_edit, "about": m.about}),
+                        |m| serde_json::json!({"name": m.name, "batch": m.batch, "batch_only": m.batch_only, "sec_per_edit": m.sec_per_edit, "about": m.about}),
                     )
                     .collect();
                 println!("{}", serde_json::to_string(&m)?);
             } else {
                 for m in methods::METHODS {
-                    println!("{:<8} batch: {:<5} {}", m.name, m.batch, m.about);
+                    println!("{:<11} batch: {:<5} {}", m.name, m.batch, m.about);
                 }
             }
             Ok(())

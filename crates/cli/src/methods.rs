@@ -17,6 +17,9 @@ pub struct MethodInfo {
     /// bench-all` runs them (default build, no OpenBLAS; measured 2026-12-03; for ETAs only).
     pub sec_per_edit: f64,
     pub about: &'static str,
+    /// It differs from another registered method only when one `apply` holds several requests
+    /// (MEMIT-Merge is MEMIT on one request): the benchmark matrix runs it in batch only.
+    pub batch_only: bool,
 }
 
 pub const METHODS: &[MethodInfo] = &[
@@ -25,48 +28,63 @@ pub const METHODS: &[MethodInfo] = &[
         batch: false,
         sec_per_edit: 36.0,
         about: "ROME, the original update (bare-prompt key in the denominator); the default",
+        batch_only: false,
     },
     MethodInfo {
         name: "r-rome",
         batch: false,
         sec_per_edit: 37.0,
         about: "R-ROME: ROME with the template-averaged key in the denominator",
+        batch_only: false,
     },
     MethodInfo {
         name: "memit",
         batch: true,
         sec_per_edit: 22.0,
         about: "MEMIT: batch edit over several MLP layers, f64 least-squares update per layer",
+        batch_only: false,
+    },
+    MethodInfo {
+        name: "memit-merge",
+        batch: true,
+        sec_per_edit: 22.0,
+        about: "MEMIT-Merge: MEMIT with one target optimised per subject for all its requests in a batch (MEMIT on one request)",
+        batch_only: true,
     },
     MethodInfo {
         name: "pmet",
         batch: true,
         sec_per_edit: 15.0,
         about: "PMET: MEMIT with attention and MLP targets optimised jointly, only the MLP written",
+        batch_only: false,
     },
     MethodInfo {
         name: "ft-m",
         batch: true,
         sec_per_edit: 7.0,
         about: "FT-M: fine-tune one MLP output projection, teacher-forced loss on the target",
+        batch_only: false,
     },
     MethodInfo {
         name: "ft-l",
         batch: true,
         sec_per_edit: 7.0,
         about: "FT-L: fine-tune one MLP output projection, every target token at the last prompt position",
+        batch_only: false,
     },
     MethodInfo {
         name: "mend",
         batch: true,
         sec_per_edit: 1.0,
         about: "MEND: a trained hypernetwork turns the edit's gradient into a low-rank update (`kedit mend train` first)",
+        batch_only: false,
     },
     MethodInfo {
         name: "kn",
         batch: false,
         sec_per_edit: 30.0,
         about: "KN: knowledge neurons by integrated gradients, their output rows moved to the target",
+        batch_only: false,
     },
 ];
 
@@ -102,9 +120,14 @@ pub fn editor<B: Backend>(
         "r-rome" => Variant::RRome,
         "ft-m" => return ft(Objective::TargetNew),
         "ft-l" => return ft(Objective::PromptLast),
-        "memit" | "pmet" => {
+        "memit" | "memit-merge" | "pmet" => {
             let (hp, make): (_, fn(MemitHparams) -> Memit) = if name == "memit" {
                 (load(hparams, MemitHparams::smollm2)?, Memit::new)
+            } else if name == "memit-merge" {
+                (
+                    load(hparams, MemitHparams::smollm2)?,
+                    kedit_locate_edit::memit_merge,
+                )
             } else {
                 (
                     load(hparams, MemitHparams::smollm2_pmet)?,

@@ -47,6 +47,7 @@
 pub mod hparams;
 pub mod kv;
 pub mod memit;
+pub mod memit_merge;
 pub mod pmet;
 pub mod rome;
 pub mod solve;
@@ -56,5 +57,6 @@ pub mod z;
 
 pub use hparams::{MemitHparams, RomeHparams};
 pub use memit::Memit;
+pub use memit_merge::memit_merge;
 pub use pmet::pmet;
 pub use rome::{Rome, Variant};

@@ -31,6 +31,8 @@ pub struct Flavor {
     pub adaptive: bool,
     /// The divisor of the residual when `layers_left` layers remain (this one included).
     pub spread: fn(layers_left: usize) -> f64,
+    /// One target offset for all of a batch's requests about one subject (MEMIT-Merge).
+    pub merge_subjects: bool,
 }
 
 /// MEMIT: z on the residual stream, residual divided evenly over the layers left.
@@ -40,6 +42,7 @@ pub const MEMIT: Flavor = Flavor {
     target: 0,
     adaptive: false,
     spread: |left| left as f64,
+    merge_subjects: false,
 };
 
 pub struct Memit {
@@ -154,22 +157,64 @@ impl Memit {
             ))
             .expect("template"),
         );
-        let mut out = Vec::with_capacity(requests.len());
-        // Requests are optimised together in chunks: each keeps its own δ and stopping step, the
-        // forward and backward passes are shared (much faster per request on a CPU).
-        for (reqs, ps) in requests.chunks(Z_CHUNK).zip(prompts.chunks(Z_CHUNK)) {
-            let jobs: Vec<Job<'_>> = reqs
+        // δ number of each request: its own, or (MEMIT-Merge) its subject's, numbered in order
+        // of first appearance.
+        let mut subjects: Vec<&str> = Vec::new();
+        let delta_of: Vec<usize> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if !self.flavor.merge_subjects {
+                    return i;
+                }
+                match subjects.iter().position(|s| *s == r.subject) {
+                    Some(g) => g,
+                    None => {
+                        subjects.push(&r.subject);
+                        subjects.len() - 1
+                    }
+                }
+            })
+            .collect();
+        // Requests are optimised together in chunks of about `Z_CHUNK`, a shared δ never split
+        // between two: each δ keeps its own stopping step, the forward and backward passes are
+        // shared (much faster per request on a CPU).
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&i| delta_of[i]);
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        for &i in &order {
+            match chunks.last_mut() {
+                Some(c) if c.len() < Z_CHUNK || delta_of[c[c.len() - 1]] == delta_of[i] => {
+                    c.push(i)
+                }
+                _ => chunks.push(vec![i]),
+            }
+        }
+        let mut out = vec![Vec::new(); requests.len()];
+        for chunk in chunks {
+            let jobs: Vec<Job<'_>> = chunk
                 .iter()
-                .zip(ps)
-                .map(|(req, p)| Job {
-                    req,
-                    prompts: p.iter().flatten().collect(),
+                .map(|&i| Job {
+                    req: &requests[i],
+                    prompts: prompts[i].iter().flatten().collect(),
                 })
                 .collect();
-            for z in z::optimize_many(lm, &jobs, &spec)? {
-                out.push(z.target(self.flavor.target));
+            // Renumber this chunk's δs from 0.
+            let first = delta_of[chunk[0]];
+            let shared: Vec<usize> = chunk.iter().map(|&i| delta_of[i] - first).collect();
+            let mut dense = shared.clone();
+            dense.dedup();
+            let shared: Vec<usize> = shared
+                .iter()
+                .map(|g| dense.iter().position(|x| x == g).expect("listed"))
+                .collect();
+            for (z, &i) in z::optimize_shared(lm, &jobs, &shared, &spec)?
+                .into_iter()
+                .zip(&chunk)
+            {
+                out[i] = z.target(self.flavor.target);
             }
-            bar.inc(reqs.len() as u64);
+            bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
         Ok(out)

@@ -14,6 +14,7 @@ pub const PMET: Flavor = Flavor {
     target: 1,
     adaptive: true,
     spread: |left| (left as f64).sqrt(),
+    merge_subjects: false,
 };
 
 /// A PMET editor (a [`Memit`] with PMET's flavour).

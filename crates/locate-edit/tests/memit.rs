@@ -1,5 +1,6 @@
-//! MEMIT and PMET: the f64 solve against NumPy and on rank-deficient keys; the batch edit on the
-//! tiny random Llama (targets reached, one entry per layer, reproducible patch, deterministic).
+//! MEMIT, PMET and MEMIT-Merge: the f64 solve against NumPy and on rank-deficient keys; the batch
+//! edit on the tiny random Llama (targets reached, one entry per layer, reproducible patch,
+//! deterministic); MEMIT-Merge's one offset per subject.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use kedit_locate_edit::kv::{at_subject, request_keys, template_prompts, Average}
 use kedit_locate_edit::solve::solve_keys;
 use kedit_locate_edit::stats::SecondMoment;
 use kedit_locate_edit::templates::context_templates;
-use kedit_locate_edit::{pmet, Memit, MemitHparams};
+use kedit_locate_edit::{memit_merge, pmet, Memit, MemitHparams};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel, Site};
 
@@ -229,6 +230,122 @@ fn memit_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
 test_device!(pmet_batch_edit_takes_and_reproduces, pmet_batch);
 fn pmet_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
     check_batch_edit::<B>(pmet, device);
+}
+
+/// Two facts about one subject and one about another, as a same-subject batch holds them.
+fn same_subject_requests() -> Vec<EditRequest> {
+    let r = |prompt: &str, subject: &str, new: &str, old: &str| EditRequest {
+        prompt: prompt.into(),
+        subject: subject.into(),
+        relation: "P0".into(),
+        target_new: new.into(),
+        target_true: old.into(),
+    };
+    vec![
+        r("{} plays the", "Toko Yasuda", "piano", "guitar"),
+        r("{} was born in", "Toko Yasuda", "Rome", "Tokyo"),
+        r("The capital of {} is", "France", "Rome", "Paris"),
+    ]
+}
+
+// With distinct subjects nothing is merged: the same patch as MEMIT's, bit for bit.
+test_device!(memit_merge_of_distinct_subjects_is_memit, merge_distinct);
+fn merge_distinct<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let reqs = requests();
+    let h = hparams();
+    let run = |make: fn(MemitHparams) -> Memit| {
+        let mut lm = tiny_on::<B>(device);
+        make(h.clone())
+            .with_second_moments(identity_moments(&lm, &h.layers))
+            .apply(&mut lm, &reqs)
+            .unwrap()
+            .entries
+    };
+    assert_eq!(run(memit_merge), run(Memit::new));
+}
+
+// One subject's two facts in one batch both take (NLL movements of ≥ 0.1 nats: every backend).
+test_device!(memit_merge_batch_of_one_subject_takes, merge_takes);
+fn merge_takes<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let reqs = same_subject_requests();
+    let mut lm = tiny_on::<B>(device);
+    let before = margins(&lm, &reqs);
+    let mut h = hparams();
+    h.layers = vec![0];
+    let mut editor = memit_merge(h.clone()).with_second_moments(identity_moments(&lm, &h.layers));
+    let patch = editor.apply(&mut lm, &reqs).unwrap();
+    let after = margins(&lm, &reqs);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a[0] < b[0] - 0.1,
+            "p(new) must rise for every request: NLL(new), NLL(true) {before:?} -> {after:?}"
+        );
+    }
+    // Not MEMIT's patch: the two facts of one subject got one target offset.
+    let mut lm = tiny_on::<B>(device);
+    let plain = Memit::new(h.clone())
+        .with_second_moments(identity_moments(&lm, &h.layers))
+        .apply(&mut lm, &reqs)
+        .unwrap();
+    assert_ne!(patch.entries, plain.entries);
+}
+
+/// The requests sharing a δ get the same δ, found against all their targets (not either one's
+/// own); a request alone in its δ gets what `optimize_many` gives it.
+#[test]
+fn shared_offsets_serve_every_request_of_the_subject() {
+    use kedit_locate_edit::z::{optimize_many, optimize_shared, Job, ZSpec};
+    let lm = tiny();
+    let groups = context_templates(&lm, &[[4, 2]], 0).unwrap();
+    let reqs = same_subject_requests();
+    let prompts: Vec<Vec<kedit_locate_edit::kv::Prompt>> = reqs
+        .iter()
+        .map(|r| {
+            template_prompts(&lm, &groups, r)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+        .collect();
+    let spec = ZSpec {
+        layer: 0,
+        sites: vec![Site::Residual],
+        steps: 8,
+        lr: 0.5,
+        weight_decay: 0.5,
+        clamp_norm_factor: 4.0,
+        kl_factor: 0.0625,
+        adaptive_nll: None,
+    };
+    let jobs: Vec<Job<'_>> = reqs
+        .iter()
+        .zip(&prompts)
+        .map(|(req, p)| Job {
+            req,
+            prompts: p.iter().collect(),
+        })
+        .collect();
+    let merged = optimize_shared(&lm, &jobs, &[0, 0, 1], &spec).unwrap();
+    let own = optimize_many(&lm, &jobs, &spec).unwrap();
+    assert_eq!(merged[0].delta, merged[1].delta, "one δ for one subject");
+    assert!(merged[0].delta[0].iter().any(|x| *x != 0.0), "δ moved");
+    for i in 0..2 {
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let e = rel_err(&f(&merged[i].delta[0]), &f(&own[i].delta[0]));
+        assert!(
+            e > 1e-2,
+            "request {i}: the shared δ is its own δ (off by {e:e})"
+        );
+        assert_eq!(merged[i].init, own[i].init);
+    }
+    let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let e = rel_err(&f(&merged[2].delta[0]), &f(&own[2].delta[0]));
+    assert!(e < 1e-3, "the other subject's δ off by {e:e}");
+    assert!(optimize_shared(&lm, &jobs, &[0, 2, 2], &spec)
+        .unwrap_err()
+        .to_string()
+        .contains("skip"));
 }
 
 #[test]
