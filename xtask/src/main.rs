@@ -455,6 +455,37 @@ fn profile(name: &str) -> Result<Profile> {
     })
 }
 
+/// The profile's methods (`kedit methods --json` entries) with the strategies of their cells and
+/// their seconds per edit: batch where the method has a batch update and the profile runs batch
+/// cells; a batch-only method (MEMIT-Merge, which is another method when it edits one request at
+/// a time) in batch cells only, so profiles without them leave it out.
+fn matrix_methods(
+    p: &Profile,
+    registered: &[serde_json::Value],
+) -> Vec<(String, Vec<&'static str>, f64)> {
+    registered
+        .iter()
+        .filter_map(|m| {
+            let name = m["name"].as_str().unwrap_or_default();
+            if p.methods.is_some_and(|keep| !keep.contains(&name)) {
+                return None;
+            }
+            let batch = m["batch"].as_bool().unwrap_or(false) && p.batch;
+            let strategies = match (m["batch_only"].as_bool().unwrap_or(false), batch) {
+                (true, false) => return None,
+                (true, true) => vec!["batch"],
+                (false, true) => vec!["sequential", "batch"],
+                (false, false) => vec!["sequential"],
+            };
+            Some((
+                name.to_owned(),
+                strategies,
+                m["sec_per_edit"].as_f64().unwrap_or(20.0),
+            ))
+        })
+        .collect()
+}
+
 /// A profile's method that the registry does not know would otherwise drop out of the matrix
 /// silently (a renamed method, a typo).
 fn check_methods(p: &Profile, registered: &[serde_json::Value]) -> Result<()> {
@@ -516,28 +547,7 @@ fn bench_all(
         serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
     let registered = registry.as_array().context("kedit methods --json")?;
     check_methods(&p, registered)?;
-    let methods: Vec<(String, bool, f64)> = registered
-        .iter()
-        .filter(|m| {
-            p.methods
-                .is_none_or(|keep| keep.contains(&m["name"].as_str().unwrap_or_default()))
-        })
-        // A batch-only method (MEMIT-Merge) is another method when it edits one request at a
-        // time: profiles without batch runs leave it out.
-        .filter(|m| p.batch || !m["batch_only"].as_bool().unwrap_or(false))
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_owned(),
-                m["batch"].as_bool().unwrap_or(false),
-                m["sec_per_edit"].as_f64().unwrap_or(20.0),
-            )
-        })
-        .collect();
-    let batch_only = |name: &str| {
-        registered
-            .iter()
-            .any(|m| m["name"] == name && m["batch_only"].as_bool().unwrap_or(false))
-    };
+    let methods = matrix_methods(&p, registered);
     // The matrix: method × strategy (batch only where the method has a batch update) × order × N,
     // one `kedit bench` process per cell, `jobs` of them side by side.
     let runs_dir = root.join("results/runs").join(p.name);
@@ -595,14 +605,7 @@ fn bench_all(
     let mend_train = with_mend.then_some(0);
     let mut runs = Vec::new();
     let mut edits = 0;
-    for (m, batch, sec) in &methods {
-        let strategies: &[&str] = if batch_only(m) {
-            &["batch"]
-        } else if *batch && p.batch {
-            &["sequential", "batch"]
-        } else {
-            &["sequential"]
-        };
+    for (m, strategies, sec) in &methods {
         for s in strategies {
             for n in &p.ns {
                 for order in ["homogeneous", "heterogeneous"] {
@@ -833,5 +836,39 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("--profile nope"));
+    }
+
+    #[test]
+    fn a_batch_only_method_runs_in_batch_cells_only() {
+        let registered: Vec<serde_json::Value> = [
+            ("rome", false, false),
+            ("memit", true, false),
+            ("memit-merge", true, true),
+        ]
+        .iter()
+        .map(|(n, b, o)| serde_json::json!({ "name": n, "batch": b, "batch_only": o }))
+        .collect();
+        let cells = |name: &str| {
+            matrix_methods(&profile(name).unwrap(), &registered)
+                .into_iter()
+                .map(|(m, s, _)| (m, s))
+                .collect::<Vec<_>>()
+        };
+        let s = |v: &[&'static str]| v.to_vec();
+        assert_eq!(
+            cells("default"),
+            [
+                ("rome".into(), s(&["sequential"])),
+                ("memit".into(), s(&["sequential"]))
+            ]
+        );
+        assert_eq!(
+            cells("paper"),
+            [
+                ("rome".into(), s(&["sequential"])),
+                ("memit".into(), s(&["sequential", "batch"])),
+                ("memit-merge".into(), s(&["batch"]))
+            ]
+        );
     }
 }
