@@ -184,7 +184,9 @@ impl Memit {
         let mut chunks: Vec<Vec<usize>> = Vec::new();
         for &i in &order {
             match chunks.last_mut() {
-                Some(c) if c.len() < Z_CHUNK || delta_of[c[c.len() - 1]] == delta_of[i] => {
+                Some(c)
+                    if c.len() < Z_CHUNK || c.last().map(|&j| delta_of[j]) == Some(delta_of[i]) =>
+                {
                     c.push(i)
                 }
                 _ => chunks.push(vec![i]),
@@ -199,15 +201,10 @@ impl Memit {
                     prompts: prompts[i].iter().flatten().collect(),
                 })
                 .collect();
-            // Renumber this chunk's δs from 0.
+            // The δ numbers are dense and the chunks cut their sorted list, so a chunk holds a
+            // contiguous range of them: from 0 once its first is subtracted.
             let first = delta_of[chunk[0]];
             let shared: Vec<usize> = chunk.iter().map(|&i| delta_of[i] - first).collect();
-            let mut dense = shared.clone();
-            dense.dedup();
-            let shared: Vec<usize> = shared
-                .iter()
-                .map(|g| dense.iter().position(|x| x == g).expect("listed"))
-                .collect();
             for (z, &i) in z::optimize_shared(lm, &jobs, &shared, &spec)?
                 .into_iter()
                 .zip(&chunk)

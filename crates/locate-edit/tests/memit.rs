@@ -140,14 +140,17 @@ fn identity_moments<B: Backend>(lm: &LanguageModel<B>, layers: &[usize]) -> Vec<
         .collect()
 }
 
-fn requests() -> Vec<EditRequest> {
-    let r = |prompt: &str, subject: &str, new: &str, old: &str| EditRequest {
+fn r(prompt: &str, subject: &str, new: &str, old: &str) -> EditRequest {
+    EditRequest {
         prompt: prompt.into(),
         subject: subject.into(),
         relation: "P0".into(),
         target_new: new.into(),
         target_true: old.into(),
-    };
+    }
+}
+
+fn requests() -> Vec<EditRequest> {
     vec![
         r("The capital of {} is", "France", "Rome", "Paris"),
         r("{} plays the", "Toko Yasuda", "piano", "guitar"),
@@ -234,13 +237,6 @@ fn pmet_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
 
 /// Two facts about one subject and one about another, as a same-subject batch holds them.
 fn same_subject_requests() -> Vec<EditRequest> {
-    let r = |prompt: &str, subject: &str, new: &str, old: &str| EditRequest {
-        prompt: prompt.into(),
-        subject: subject.into(),
-        relation: "P0".into(),
-        target_new: new.into(),
-        target_true: old.into(),
-    };
     vec![
         r("{} plays the", "Toko Yasuda", "piano", "guitar"),
         r("{} was born in", "Toko Yasuda", "Rome", "Tokyo"),
@@ -290,42 +286,60 @@ fn merge_takes<B: Backend>(device: &B::Device, _dev: TestDevice) {
     assert_ne!(patch.entries, plain.entries);
 }
 
-/// The requests sharing a δ get the same δ, found against all their targets (not either one's
-/// own); a request alone in its δ gets what `optimize_many` gives it.
-#[test]
-fn shared_offsets_serve_every_request_of_the_subject() {
-    use kedit_locate_edit::z::{optimize_many, optimize_shared, Job, ZSpec};
-    let lm = tiny();
-    let groups = context_templates(&lm, &[[4, 2]], 0).unwrap();
-    let reqs = same_subject_requests();
-    let prompts: Vec<Vec<kedit_locate_edit::kv::Prompt>> = reqs
-        .iter()
+/// Each request's rewriting prompts (every template of a short template set, flattened).
+fn z_prompts<B: Backend>(
+    lm: &LanguageModel<B>,
+    reqs: &[EditRequest],
+) -> Vec<Vec<kedit_locate_edit::kv::Prompt>> {
+    let groups = context_templates(lm, &[[4, 2]], 0).unwrap();
+    reqs.iter()
         .map(|r| {
-            template_prompts(&lm, &groups, r)
+            template_prompts(lm, &groups, r)
                 .unwrap()
                 .into_iter()
                 .flatten()
                 .collect()
         })
-        .collect();
-    let spec = ZSpec {
+        .collect()
+}
+
+/// A short target optimisation at layer 0 of the tiny model.
+fn z_spec(sites: Vec<Site>, adaptive_nll: Option<f64>) -> kedit_locate_edit::z::ZSpec {
+    kedit_locate_edit::z::ZSpec {
         layer: 0,
-        sites: vec![Site::Residual],
+        sites,
         steps: 8,
         lr: 0.5,
         weight_decay: 0.5,
         clamp_norm_factor: 4.0,
         kl_factor: 0.0625,
-        adaptive_nll: None,
-    };
-    let jobs: Vec<Job<'_>> = reqs
-        .iter()
-        .zip(&prompts)
-        .map(|(req, p)| Job {
+        adaptive_nll,
+    }
+}
+
+fn z_jobs<'a>(
+    reqs: &'a [EditRequest],
+    prompts: &'a [Vec<kedit_locate_edit::kv::Prompt>],
+) -> Vec<kedit_locate_edit::z::Job<'a>> {
+    reqs.iter()
+        .zip(prompts)
+        .map(|(req, p)| kedit_locate_edit::z::Job {
             req,
             prompts: p.iter().collect(),
         })
-        .collect();
+        .collect()
+}
+
+/// The requests sharing a δ get the same δ, found against all their targets (not either one's
+/// own); a request alone in its δ gets what `optimize_many` gives it.
+#[test]
+fn shared_offsets_serve_every_request_of_the_subject() {
+    use kedit_locate_edit::z::{optimize_many, optimize_shared};
+    let lm = tiny();
+    let reqs = same_subject_requests();
+    let prompts = z_prompts(&lm, &reqs);
+    let spec = z_spec(vec![Site::Residual], None);
+    let jobs = z_jobs(&reqs, &prompts);
     let merged = optimize_shared(&lm, &jobs, &[0, 0, 1], &spec).unwrap();
     let own = optimize_many(&lm, &jobs, &spec).unwrap();
     assert_eq!(merged[0].delta, merged[1].delta, "one δ for one subject");
@@ -430,42 +444,16 @@ fn keys_average_within_then_across_template_groups() {
 /// its own δ, Adam state and stopping step; only float sums are ordered differently).
 #[test]
 fn batched_targets_equal_one_at_a_time() {
-    use kedit_locate_edit::z::{optimize, optimize_many, Job, ZSpec};
+    use kedit_locate_edit::z::{optimize, optimize_many};
     let lm = tiny();
-    let groups = context_templates(&lm, &[[4, 2]], 0).unwrap();
     let reqs = requests();
-    let prompts: Vec<Vec<kedit_locate_edit::kv::Prompt>> = reqs
-        .iter()
-        .map(|r| {
-            template_prompts(&lm, &groups, r)
-                .unwrap()
-                .into_iter()
-                .flatten()
-                .collect()
-        })
-        .collect();
+    let prompts = z_prompts(&lm, &reqs);
     for (sites, adaptive) in [
         (vec![Site::Residual], None),
         (vec![Site::AttnOut, Site::MlpOut], Some(1.0)),
     ] {
-        let spec = ZSpec {
-            layer: 0,
-            sites,
-            steps: 8,
-            lr: 0.5,
-            weight_decay: 0.5,
-            clamp_norm_factor: 4.0,
-            kl_factor: 0.0625,
-            adaptive_nll: adaptive,
-        };
-        let jobs: Vec<Job<'_>> = reqs
-            .iter()
-            .zip(&prompts)
-            .map(|(req, p)| Job {
-                req,
-                prompts: p.iter().collect(),
-            })
-            .collect();
+        let spec = z_spec(sites, adaptive);
+        let jobs = z_jobs(&reqs, &prompts);
         let together = optimize_many(&lm, &jobs, &spec).unwrap();
         for (i, (req, p)) in reqs.iter().zip(&prompts).enumerate() {
             let alone = optimize(&lm, req, &p.iter().collect::<Vec<_>>(), &spec).unwrap();
