@@ -5,11 +5,14 @@ pub use kedit_editing::hparams::Hparams;
 use kedit_editing::hparams::{parse_yaml, RUN_KEYS};
 use serde::{Deserialize, Serialize};
 
+use crate::kv::FactToken;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RomeHparams {
     pub layers: Vec<usize>,
-    /// Where the key is read: `subject_last` (the only choice EasyEdit ships).
+    /// Where the key is read and v* optimised: `subject_last` (every released config) or `last`
+    /// (`kv::FactToken`).
     pub fact_token: String,
     pub v_num_grad_steps: usize,
     pub v_lr: f64,
@@ -40,18 +43,15 @@ macro_rules! bundled {
     };
 }
 
-/// Where keys are read: `subject_last` is the only choice EasyEdit ships.
-fn fact_token(file: &str, token: &str) -> Result<()> {
-    if token != "subject_last" {
-        bail!("{file}: field `fact_token`: only `subject_last` is supported, got {token:?}");
-    }
-    Ok(())
-}
-
 impl RomeHparams {
     /// The defaults for SmolLM2-135M (see hparams/rome-smollm2.yaml for why).
     pub fn smollm2() -> Self {
         bundled!("rome-smollm2.yaml")
+    }
+
+    /// `fact_token`, checked when the file was read.
+    pub fn fact_token(&self) -> FactToken {
+        FactToken::parse("hparams", &self.fact_token).expect("checked on load")
     }
 }
 
@@ -64,7 +64,7 @@ impl Hparams for RomeHparams {
                 h.layers
             );
         }
-        fact_token(file, &h.fact_token)?;
+        FactToken::parse(file, &h.fact_token)?;
         Ok(h)
     }
 }
@@ -128,6 +128,11 @@ impl MemitHparams {
     pub fn smollm2_pmet() -> Self {
         bundled!("pmet-smollm2.yaml")
     }
+
+    /// `fact_token`, checked when the file was read.
+    pub fn fact_token(&self) -> FactToken {
+        FactToken::parse("hparams", &self.fact_token).expect("checked on load")
+    }
 }
 
 impl Hparams for MemitHparams {
@@ -139,7 +144,7 @@ impl Hparams for MemitHparams {
                 h.layers
             );
         }
-        fact_token(file, &h.fact_token)?;
+        FactToken::parse(file, &h.fact_token)?;
         if let Some(s) = h.layer_selection.as_deref().filter(|s| *s != "all") {
             bail!("{file}: field `layer_selection`: only `all` is supported, got {s:?}");
         }

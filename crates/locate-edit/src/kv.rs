@@ -1,4 +1,4 @@
-//! What ROME, MEMIT and PMET share before they differ: prompts with the subject's last token
+//! What ROME, MEMIT and PMET share before they differ: prompts with the key position (`fact_token`)
 //! located, activations read there, and keys averaged over context templates.
 
 use anyhow::{bail, Context, Result};
@@ -6,18 +6,44 @@ use burn::tensor::{backend::Backend, Tensor};
 use kedit_editing::EditRequest;
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site};
 
-/// A tokenised prompt and the position of the subject's last token in it.
+/// Where a method reads its keys and adds its offset δ (EasyEdit's and ROME's `fact_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactToken {
+    /// The subject's last token (every released config): the key is nearly the subject's alone.
+    SubjectLast,
+    /// The prompt's last token, after the relation: a key that carries the relation too. ROME's
+    /// code has it as `last`; there its v* position is the rewriting prompt's last token, which for
+    /// a multi-token target lies inside the target, so kedit takes the prompt's last token for
+    /// both the key and δ (the position the key u is read at).
+    Last,
+}
+
+impl FactToken {
+    /// The hparams value, checked: a one-line error naming the file and the field.
+    pub fn parse(file: &str, token: &str) -> Result<Self> {
+        match token {
+            "subject_last" => Ok(Self::SubjectLast),
+            "last" => Ok(Self::Last),
+            _ => bail!(
+                "{file}: field `fact_token`: expected `subject_last` or `last`, got {token:?}"
+            ),
+        }
+    }
+}
+
+/// A tokenised prompt and the position its key is read at (`fact_token`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
     pub ids: Vec<u32>,
-    pub subject_last: usize,
+    pub lookup: usize,
 }
 
-/// `text_with_slot` with `{}` filled by `subject`, and where the subject's last token sits.
-pub fn subject_last<B: Backend>(
+/// `text_with_slot` with `{}` filled by `subject`, and where `fact_token` sits in it.
+pub fn lookup<B: Backend>(
     lm: &LanguageModel<B>,
     text_with_slot: &str,
     subject: &str,
+    fact_token: FactToken,
 ) -> Result<Prompt> {
     let at = text_with_slot
         .find("{}")
@@ -29,10 +55,11 @@ pub fn subject_last<B: Backend>(
     if n == 0 || n > ids.len() {
         bail!("subject {subject:?} not found in the tokens of {full:?}");
     }
-    Ok(Prompt {
-        ids,
-        subject_last: n - 1,
-    })
+    let lookup = match fact_token {
+        FactToken::SubjectLast => n - 1,
+        FactToken::Last => ids.len() - 1,
+    };
+    Ok(Prompt { ids, lookup })
 }
 
 /// The request's prompt inside every context template, kept in the templates' groups.
@@ -40,12 +67,20 @@ pub fn template_prompts<B: Backend>(
     lm: &LanguageModel<B>,
     groups: &[Vec<String>],
     req: &EditRequest,
+    fact_token: FactToken,
 ) -> Result<Vec<Vec<Prompt>>> {
     groups
         .iter()
         .map(|g| {
             g.iter()
-                .map(|t| subject_last(lm, &t.replacen("{}", &req.prompt, 1), &req.subject))
+                .map(|t| {
+                    lookup(
+                        lm,
+                        &t.replacen("{}", &req.prompt, 1),
+                        &req.subject,
+                        fact_token,
+                    )
+                })
                 .collect()
         })
         .collect()
@@ -62,8 +97,8 @@ pub fn norm(x: &[f32]) -> f32 {
 /// Rows per forward pass when reading activations: bounds memory for large batches.
 const CHUNK: usize = 64;
 
-/// The activation at `(layer, site)` at each prompt's subject-last token, `[n][width]`.
-pub fn at_subject<B: Backend>(
+/// The activation at `(layer, site)` at each prompt's key position, `[n][width]`.
+pub fn at_lookup<B: Backend>(
     lm: &LanguageModel<B>,
     layer: usize,
     site: Site,
@@ -77,13 +112,12 @@ pub fn at_subject<B: Backend>(
         let a = fwd.captured[&(layer, site)].clone();
         let [b, s, d] = a.dims();
         let flat = a.reshape([b * s, d]);
-        out.extend(chunk.iter().enumerate().map(|(i, p)| {
-            host(
-                flat.clone()
-                    .narrow(0, i * s + p.subject_last, 1)
-                    .reshape([d]),
-            )
-        }));
+        out.extend(
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| host(flat.clone().narrow(0, i * s + p.lookup, 1).reshape([d]))),
+        );
     }
     out
 }
@@ -115,7 +149,7 @@ pub fn request_keys<B: Backend>(
     how: Average,
 ) -> (Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>) {
     let flat: Vec<&Prompt> = prompts.iter().flatten().flatten().collect();
-    let mut keys = at_subject(lm, layer, Site::MlpKey, &flat).into_iter();
+    let mut keys = at_lookup(lm, layer, Site::MlpKey, &flat).into_iter();
     let mut averaged = Vec::with_capacity(prompts.len());
     let mut each = Vec::with_capacity(prompts.len());
     for groups in prompts {

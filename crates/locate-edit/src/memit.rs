@@ -10,7 +10,7 @@ use kedit_editing::{EditRequest, Editor, LayerKeys, Matrix, Patch, PatchEntry};
 use kedit_models::{LanguageModel, Site};
 
 use crate::hparams::MemitHparams;
-use crate::kv::{at_subject, norm, request_keys, template_prompts, Average, Prompt};
+use crate::kv::{at_lookup, norm, request_keys, template_prompts, Average, Prompt};
 use crate::solve;
 use crate::stats::SecondMoment;
 use crate::templates::TemplateCache;
@@ -104,7 +104,7 @@ impl Memit {
             .get(lm, &h.context_template_length_params, h.seed)?;
         requests
             .iter()
-            .map(|r| template_prompts(lm, &groups, r))
+            .map(|r| template_prompts(lm, &groups, r, h.fact_token()))
             .collect()
     }
 
@@ -144,6 +144,7 @@ impl Memit {
             weight_decay: h.v_weight_decay,
             clamp_norm_factor: h.clamp_norm_factor,
             kl_factor: h.kl_factor,
+            fact_token: h.fact_token(),
             adaptive_nll: self
                 .flavor
                 .adaptive
@@ -235,7 +236,7 @@ impl Memit {
         let z_layer = *h.layers.last().expect("checked");
         let z_site = self.flavor.z_sites[self.flavor.target];
         let bare: Vec<&Prompt> = prompts.iter().map(|p| &p[0][0]).collect();
-        let z0 = at_subject(lm, z_layer, z_site, &bare);
+        let z0 = at_lookup(lm, z_layer, z_site, &bare);
         let mut entries = Vec::with_capacity(h.layers.len());
         for (i, &layer) in h.layers.iter().enumerate() {
             let (keys, _) = request_keys(lm, layer, &prompts, Average::ByGroup);
@@ -243,7 +244,7 @@ impl Memit {
             let cur = if i == 0 {
                 z0.clone()
             } else {
-                at_subject(lm, z_layer, z_site, &bare)
+                at_lookup(lm, z_layer, z_site, &bare)
             };
             tracing::debug!(
                 layer,
@@ -280,7 +281,7 @@ impl Memit {
         }
         // One more forward pass, only for the log.
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let cur = at_subject(lm, z_layer, z_site, &bare);
+            let cur = at_lookup(lm, z_layer, z_site, &bare);
             tracing::debug!(
                 left = residual_left(&zs, &cur, &z0),
                 "{}: share of z - z₀ missing after the last layer",

@@ -60,7 +60,7 @@ impl Rome {
             &self.hparams.context_template_length_params,
             self.hparams.seed,
         )?;
-        let prompts = template_prompts(lm, &groups, req)?;
+        let prompts = template_prompts(lm, &groups, req, self.hparams.fact_token())?;
         let (mut k_avg, mut keys) = request_keys(
             lm,
             self.hparams.layers[0],
@@ -121,6 +121,7 @@ impl Rome {
             weight_decay: h.v_weight_decay,
             clamp_norm_factor: h.clamp_norm_factor,
             kl_factor: h.kl_factor,
+            fact_token: h.fact_token(),
             adaptive_nll: None,
         };
         let v_star = z::optimize(lm, req, &prompts.iter().collect::<Vec<_>>(), &spec)?.target(0);

@@ -1,5 +1,6 @@
-//! The target vector of a locate-then-edit method: offsets δ added at the subject's last token of
-//! every rewriting prompt, at one layer, optimised (Adam) until the model says `target_new`.
+//! The target vector of a locate-then-edit method: offsets δ added at the key position of every
+//! rewriting prompt (the subject's last token, or the prompt's last with `fact_token: last`), at
+//! one layer, optimised (Adam) until the model says `target_new`.
 //! ROME optimises the MLP output (its v*), MEMIT the residual stream (its z), PMET the attention
 //! and MLP outputs together; the loss, clamping and early stop are otherwise one procedure
 //! (methods.md §3.2–3.4).
@@ -11,7 +12,7 @@ use kedit_editing::EditRequest;
 use kedit_models::prefix::suffixes;
 use kedit_models::{CausalLm, Interventions, LanguageModel, Site, ToAutodiff};
 
-use crate::kv::{host, norm, subject_last, Prompt};
+use crate::kv::{host, lookup, norm, FactToken, Prompt};
 
 /// v* optimisation steps run in this process (each one forward and one backward pass), for
 /// timing harnesses that relate an edit's time to the work it did.
@@ -28,6 +29,8 @@ pub struct ZSpec {
     pub weight_decay: f64,
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
+    /// Where δ is added in the KL prompt (`{subject} is a`), as in the rewriting prompts.
+    pub fact_token: FactToken,
     /// PMET's adaptive loss: the NLL weight, cut to a tenth once the target is the argmax at
     /// every target position; then the loop stops when `kl_factor · KL ≤ 0.01` (EasyEdit's
     /// `compute_zs`, the function PMET calls). `None`: ROME's and MEMIT's fixed weight 1.
@@ -157,13 +160,13 @@ pub fn optimize_shared<B: Backend>(
             }
             counts[r] += target.len();
             seqs.push([p.ids.clone(), target[..target.len() - 1].to_vec()].concat());
-            prefix.push(p.subject_last);
+            prefix.push(p.lookup);
             row_owner.push(shared[r] as i64);
         }
-        let kl = subject_last(lm, "{} is a", &job.req.subject)?;
+        let kl = lookup(lm, "{} is a", &job.req.subject, spec.fact_token)?;
         kl_rows.push(seqs.len());
         seqs.push(kl.ids);
-        prefix.push(kl.subject_last);
+        prefix.push(kl.lookup);
         row_owner.push(shared[r] as i64);
     }
 
@@ -178,7 +181,7 @@ pub fn optimize_shared<B: Backend>(
             .stop_after(layer - 1);
         model.forward(ids, &iv).captured[&(layer - 1, Site::Residual)].clone()
     };
-    // Nothing before a row's subject-last token changes while δ is optimised: keep those tokens'
+    // Nothing before a row's key position changes while δ is optimised: keep those tokens'
     // keys and values and run only the suffixes (δ and logits at suffix positions).
     let suffix_len = seqs
         .iter()
@@ -195,7 +198,7 @@ pub fn optimize_shared<B: Backend>(
     }
     let init = model.forward_suffix(&cache, h_suf.clone(), &capture);
     let d = model.config.hidden_size;
-    // inits[site][request]: the activation at the bare prompt's subject-last token.
+    // inits[site][request]: the activation at the bare prompt's key position.
     let inits: Vec<Vec<Vec<f32>>> = spec
         .sites
         .iter()

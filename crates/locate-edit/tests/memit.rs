@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, Patch};
-use kedit_locate_edit::kv::{at_subject, request_keys, template_prompts, Average};
+use kedit_locate_edit::kv::{at_lookup, request_keys, template_prompts, Average, FactToken};
 use kedit_locate_edit::solve::solve_keys;
 use kedit_locate_edit::stats::SecondMoment;
 use kedit_locate_edit::templates::context_templates;
@@ -294,7 +294,7 @@ fn z_prompts<B: Backend>(
     let groups = context_templates(lm, &[[4, 2]], 0).unwrap();
     reqs.iter()
         .map(|r| {
-            template_prompts(lm, &groups, r)
+            template_prompts(lm, &groups, r, FactToken::SubjectLast)
                 .unwrap()
                 .into_iter()
                 .flatten()
@@ -313,6 +313,7 @@ fn z_spec(sites: Vec<Site>, adaptive_nll: Option<f64>) -> kedit_locate_edit::z::
         weight_decay: 0.5,
         clamp_norm_factor: 4.0,
         kl_factor: 0.0625,
+        fact_token: FactToken::SubjectLast,
         adaptive_nll,
     }
 }
@@ -421,10 +422,10 @@ fn keys_average_within_then_across_template_groups() {
     let groups = context_templates(&lm, &[[4, 3]], 0).unwrap();
     assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [1, 3]);
     let req = &requests()[0];
-    let prompts = template_prompts(&lm, &groups, req).unwrap();
+    let prompts = template_prompts(&lm, &groups, req, FactToken::SubjectLast).unwrap();
     let (by_group, _) = request_keys(&lm, 1, std::slice::from_ref(&prompts), Average::ByGroup);
     let (flat, _) = request_keys(&lm, 1, std::slice::from_ref(&prompts), Average::Flat);
-    let each = at_subject(
+    let each = at_lookup(
         &lm,
         1,
         Site::MlpKey,

@@ -76,6 +76,82 @@ fn rome_takes<B: Backend>(device: &B::Device, _dev: TestDevice) {
     assert_eq!(margin(&lm3).to_bits(), after.to_bits());
 }
 
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn about(prompt: &str) -> EditRequest {
+    EditRequest {
+        prompt: prompt.into(),
+        ..request()
+    }
+}
+
+test_device!(
+    fact_token_last_reads_a_key_that_carries_the_relation_and_edits,
+    fact_token_last
+);
+/// The S2RKE mechanism and the open question it raises (paper.md §7): under `subject_last`, two
+/// prompts that start with the same subject share their key whatever the relation; under `last`
+/// they do not, and ROME still makes its edit there.
+fn fact_token_last<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let mut lm = tiny::<B>(device);
+    let (a, b) = (
+        about("{} is a citizen of"),
+        about("{} was born in the city"),
+    );
+    let keys = |h: RomeHparams| {
+        let mut rome = Rome::new(h, Variant::Original);
+        let ka = rome.layer_keys(&lm, &a).unwrap().remove(0).1;
+        let kb = rome.layer_keys(&lm, &b).unwrap().remove(0).1;
+        cosine(&ka, &kb)
+    };
+    let same = keys(hparams());
+    let mut last = hparams();
+    last.fact_token = "last".into();
+    let apart = keys(last.clone());
+    assert!(
+        same > 0.9999,
+        "subject_last: one subject's keys must coincide, cosine {same}"
+    );
+    assert!(
+        apart < 0.99,
+        "last: keys of two relations must differ, cosine {apart}"
+    );
+
+    let before = margin(&lm);
+    Rome::new(last, Variant::Original)
+        .apply(&mut lm, &[request()])
+        .unwrap();
+    let after = margin(&lm);
+    assert!(
+        after > 0.0 && after > before,
+        "fact_token last: p(new) must beat p(true) after the edit: margin {before} -> {after}"
+    );
+}
+
+#[test]
+fn unknown_fact_token_is_named() {
+    let text = include_str!("../hparams/rome-smollm2.yaml")
+        .replace("fact_token: subject_last", "fact_token: subject_first");
+    let e = RomeHparams::from_yaml_str(&text, "h.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("h.yaml") && e.contains("`fact_token`") && e.contains("subject_first"),
+        "{e}"
+    );
+    let ok = text.replace("fact_token: subject_first", "fact_token: last");
+    assert_eq!(
+        RomeHparams::from_yaml_str(&ok, "h.yaml")
+            .unwrap()
+            .fact_token,
+        "last"
+    );
+}
+
 #[test]
 fn unknown_hparams_key_is_named() {
     let e = RomeHparams::from_yaml_str(
