@@ -53,11 +53,111 @@ pub struct BenchArgs {
     /// Results directory (one JSONL file per method and plan, appended, resumable)
     #[arg(long)]
     pub out: PathBuf,
+    /// Name of the results file and of the report's method column (default: the method), to
+    /// keep runs of one method with other hyperparameters apart in one directory
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// What a results file was made with, kept next to it (`<file>.run.json`): a resume with another
+/// method, model, backend, dataset, hyperparameters or MEND archive would mix two experiments'
+/// numbers in one file, so it is refused.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunIdentity {
+    method: String,
+    model: String,
+    backend: String,
+    data_sha256: String,
+    hparams: serde_json::Value,
+    archive_sha256: Option<String>,
+}
+
+fn sha256_of(path: &std::path::Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// The first field in which `old` and `new` differ, as `field (old → new)`; for hyperparameters,
+/// the first key that differs.
+fn first_difference(old: &RunIdentity, new: &RunIdentity) -> Option<String> {
+    let pairs = [
+        ("method", old.method.clone(), new.method.clone()),
+        ("model", old.model.clone(), new.model.clone()),
+        ("backend", old.backend.clone(), new.backend.clone()),
+        ("data", old.data_sha256.clone(), new.data_sha256.clone()),
+        (
+            "MEND archive",
+            format!("{:?}", old.archive_sha256),
+            format!("{:?}", new.archive_sha256),
+        ),
+    ];
+    if let Some((f, a, b)) = pairs.into_iter().find(|(_, a, b)| a != b) {
+        return Some(format!("{f} ({a} → {b})"));
+    }
+    if old.hparams != new.hparams {
+        let empty = serde_json::Map::new();
+        let (a, b) = (
+            old.hparams.as_object().unwrap_or(&empty),
+            new.hparams.as_object().unwrap_or(&empty),
+        );
+        let key = a
+            .keys()
+            .chain(b.keys())
+            .find(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .unwrap_or_default();
+        let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
+        return Some(format!(
+            "hyperparameter `{key}` ({} → {})",
+            show(a.get(&key)),
+            show(b.get(&key))
+        ));
+    }
+    None
+}
+
+/// Refuse to append to results made with something else; record this run's identity the first
+/// time (also for results written before kedit kept it, after a warning).
+fn check_identity(path: &std::path::Path, id: &RunIdentity, lines: usize) -> Result<()> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let old: RunIdentity = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a run record", path.display()))?;
+        if let Some(d) = first_difference(&old, id) {
+            bail!(
+                "{}: its results were made with another {d}; pass another --out, or --label to keep both runs",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    if lines > 0 {
+        tracing::warn!(
+            "{}: no record of what its {lines} result lines were made with (an older kedit); recording this run's",
+            path.display()
+        );
+    }
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_string_pretty(id)?)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
 }
 
 impl RunOnBackend for BenchArgs {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         methods::check(&self.method)?;
+        let label = self.label.clone().unwrap_or_else(|| self.method.clone());
+        if label.is_empty()
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            bail!("--label {label:?}: use letters, digits, '.', '_' and '-' only");
+        }
+        let hparams = methods::resolved_hparams(&self.method, self.hparams.as_deref())?;
         let shard = match &self.shard {
             Some(s) => parse_shard(s)?,
             None => (1, 1),
@@ -93,19 +193,47 @@ impl RunOnBackend for BenchArgs {
                 self.method
             );
         }
-        let mut file = format!("{}-{}", self.method, pspec.label());
+        let mut file = format!("{label}-{}", pspec.label());
         if self.shard.is_some() {
             file.push_str(&format!("-shard{}of{}", shard.0, shard.1));
         }
         let path = self.out.join(format!("{file}.jsonl"));
         let mut results = Results::open(&path)?;
+        let before = results.lines.len();
+        let mut lm = LanguageModel::<B>::load(spec, device)?;
+        let archive = match (&self.archive, self.method.as_str()) {
+            (Some(a), _) => Some(sha256_of(a)?),
+            (None, "mend") => {
+                let a = methods::mend_archive(self.hparams.as_deref(), &lm)?;
+                a.exists().then(|| sha256_of(&a)).transpose()?
+            }
+            (None, _) => None,
+        };
+        let identity = RunIdentity {
+            method: self.method.clone(),
+            model: match spec {
+                // One folder under two spellings (relative, absolute) is one model.
+                ModelSpec::HfFolder(p) | ModelSpec::Gguf(p) => std::fs::canonicalize(p)
+                    .unwrap_or(p.clone())
+                    .display()
+                    .to_string(),
+                other => format!("{other:?}"),
+            },
+            backend: B::name(device),
+            data_sha256: sha256_of(&self.data)?,
+            hparams,
+            archive_sha256: archive,
+        };
+        check_identity(
+            &self.out.join(format!("{file}.run.json")),
+            &identity,
+            before,
+        )?;
         std::fs::write(
             self.out.join(format!("{file}.plan.json")),
             serde_json::to_string_pretty(&plan)?,
         )
         .with_context(|| format!("{}: cannot write the plan", self.out.display()))?;
-        let before = results.lines.len();
-        let mut lm = LanguageModel::<B>::load(spec, device)?;
         let mut editor = methods::editor(
             &self.method,
             self.hparams.as_deref(),
@@ -115,7 +243,7 @@ impl RunOnBackend for BenchArgs {
         let secs = run_plan(
             &mut lm,
             editor.as_mut(),
-            &self.method,
+            &label,
             &cases,
             &plan,
             shard,
@@ -130,7 +258,7 @@ impl RunOnBackend for BenchArgs {
         );
         println!(
             "{} {}: {} groups, {} result lines ({} new, {:.1} s) -> {}",
-            self.method,
+            label,
             pspec.label(),
             plan.groups.len(),
             results.lines.len(),

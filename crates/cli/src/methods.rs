@@ -191,6 +191,29 @@ pub fn mend_archive<B: Backend>(
     kedit_gradient_edit::mend_train::default_archive(&fetch::cache_dir()?, lm, &hp)
 }
 
+/// The hyperparameters a run of `name` uses (the file's, else the bundled ones) as JSON: what a
+/// results file records, so that resuming it with other settings is refused.
+pub fn resolved_hparams(name: &str, hparams: Option<&Path>) -> Result<serde_json::Value> {
+    use kedit_gradient_edit::{FtHparams, MendHparams};
+    use kedit_locate_edit::{MemitHparams, RomeHparams};
+    use kedit_neuron_edit::KnHparams;
+    fn json<H: Hparams + serde::Serialize>(
+        path: Option<&Path>,
+        bundled: fn() -> H,
+    ) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(load(path, bundled)?)?)
+    }
+    match name {
+        "rome" | "r-rome" => json(hparams, RomeHparams::smollm2),
+        "memit" | "memit-merge" => json(hparams, MemitHparams::smollm2),
+        "pmet" => json(hparams, MemitHparams::smollm2_pmet),
+        "ft-m" | "ft-l" => json(hparams, FtHparams::smollm2),
+        "mend" => json(hparams, MendHparams::smollm2),
+        "kn" => json(hparams, KnHparams::smollm2),
+        other => bail!("--method {other}: unknown method ({})", names()),
+    }
+}
+
 /// The YAML file's hyperparameters, else the bundled defaults for the default model.
 fn load<H: Hparams>(path: Option<&Path>, bundled: fn() -> H) -> Result<H> {
     match path {

@@ -246,3 +246,58 @@ fn data_build_is_reproducible_and_known_by_filters() {
         .iter()
         .all(|s| s["Star_Topology"].as_array().unwrap().len() >= 3));
 }
+
+#[test]
+fn a_resume_with_other_hparams_is_refused_and_a_label_keeps_both_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject_last = dir.path().join("h.yaml");
+    std::fs::write(&subject_last, HPARAMS).unwrap();
+    let last = dir.path().join("last.yaml");
+    std::fs::write(
+        &last,
+        HPARAMS.replace("fact_token: subject_last", "fact_token: last"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = |h: &Path| {
+        let mut a = bench_args(
+            Box::leak(h.to_str().unwrap().to_owned().into_boxed_str()),
+            Box::leak(out.to_str().unwrap().to_owned().into_boxed_str()),
+            "homogeneous",
+        );
+        a[10] = "1"; // --groups 1
+        a
+    };
+    let (ok, _, err) = kedit(&args(&subject_last));
+    assert!(ok, "{err}");
+    let before = only_jsonl(&out);
+
+    // The same file name with other hyperparameters: refused, naming the record and the key.
+    let (ok, _, err) = kedit(&args(&last));
+    assert!(!ok, "a resume with other hparams must fail");
+    let lines: Vec<&str> = err.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains(".run.json") && lines[0].contains("`fact_token`"),
+        "{err}"
+    );
+    assert_eq!(only_jsonl(&out), before, "results left as they were");
+
+    // The same settings resume (nothing to add); a label keeps the other run apart.
+    let (ok, _, err) = kedit(&args(&subject_last));
+    assert!(ok, "{err}");
+    let mut labelled = args(&last);
+    labelled.extend(["--label", "rome-last"]);
+    let (ok, _, err) = kedit(&labelled);
+    assert!(ok, "{err}");
+    let (ok, md, err) = kedit(&["report", out.to_str().unwrap(), "--format", "md"]);
+    assert!(ok, "{err}");
+    assert!(
+        md.contains("| rome |") && md.contains("| rome-last |"),
+        "both runs in the report: {md}"
+    );
+    let n = labelled.len();
+    labelled[n - 1] = "rome last";
+    let (ok, _, err) = kedit(&labelled);
+    assert!(!ok && err.contains("--label"), "{err}");
+}
