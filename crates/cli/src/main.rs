@@ -252,7 +252,7 @@ enum Command {
     /// one JSON line per case to OUT/<method or label>-<plan>.jsonl. Rerun the same command to resume;
     /// a rerun with another model, dataset or hyperparameters is refused.
     #[command(
-        after_help = "Example:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs"
+        after_help = "Examples:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs"
     )]
     Bench {
         #[command(flatten)]
