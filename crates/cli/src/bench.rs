@@ -118,9 +118,10 @@ fn first_difference(old: &RunIdentity, new: &RunIdentity) -> Option<String> {
 }
 
 /// Refuse to append to results made with something else; record this run's identity the first
-/// time (also for results written before kedit kept it, after a warning).
+/// time (also for results written before kedit kept it, after a warning). A record with no result
+/// lines yet (a run that stopped before its first) is replaced.
 fn check_identity(path: &std::path::Path, id: &RunIdentity, lines: usize) -> Result<()> {
-    if path.exists() {
+    if path.exists() && lines > 0 {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let old: RunIdentity = serde_json::from_str(&text)
