@@ -81,40 +81,28 @@ fn sha256_of(path: &std::path::Path) -> Result<String> {
 /// The first field in which `old` and `new` differ, as `field (old → new)`; for hyperparameters,
 /// the first key that differs.
 fn first_difference(old: &RunIdentity, new: &RunIdentity) -> Option<String> {
-    let pairs = [
-        ("method", old.method.clone(), new.method.clone()),
-        ("model", old.model.clone(), new.model.clone()),
-        ("backend", old.backend.clone(), new.backend.clone()),
-        ("data", old.data_sha256.clone(), new.data_sha256.clone()),
-        (
-            "MEND archive",
-            format!("{:?}", old.archive_sha256),
-            format!("{:?}", new.archive_sha256),
-        ),
-    ];
-    if let Some((f, a, b)) = pairs.into_iter().find(|(_, a, b)| a != b) {
-        return Some(format!("{f} ({a} → {b})"));
-    }
-    if old.hparams != new.hparams {
-        let empty = serde_json::Map::new();
-        let (a, b) = (
-            old.hparams.as_object().unwrap_or(&empty),
-            new.hparams.as_object().unwrap_or(&empty),
-        );
-        let key = a
-            .keys()
+    use serde_json::Value;
+    let key_differing = |a: &Value, b: &Value| -> Option<String> {
+        let (a, b) = (a.as_object()?, b.as_object()?);
+        a.keys()
             .chain(b.keys())
             .find(|k| a.get(*k) != b.get(*k))
             .cloned()
-            .unwrap_or_default();
-        let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
-        return Some(format!(
-            "hyperparameter `{key}` ({} → {})",
-            show(a.get(&key)),
-            show(b.get(&key))
-        ));
-    }
-    None
+    };
+    let (a, b) = (
+        serde_json::to_value(old).ok()?,
+        serde_json::to_value(new).ok()?,
+    );
+    let field = key_differing(&a, &b)?;
+    let (a, b, name) = match key_differing(&a[&field], &b[&field]) {
+        Some(k) if field == "hparams" => (
+            &a[&field][&k],
+            &b[&field][&k],
+            format!("hyperparameter `{k}`"),
+        ),
+        _ => (&a[&field], &b[&field], field.clone()),
+    };
+    Some(format!("{name} ({a} → {b})"))
 }
 
 /// Refuse to append to results made with something else; record this run's identity the first
