@@ -789,6 +789,24 @@ fn main() -> Result<()> {
                 "fixtures/s2rke-wikidata.json",
                 "--seed",
                 "1",
+            ])?;
+            // The deep set: subjects with >= 8 records, for N = 8 (paper.md's largest N) and
+            // beyond. ParaRel's relations stop at 7 per subject; kedit's own cloze patterns
+            // (data/patterns) open six more KAMEL relations, most of them facts about countries.
+            build(&[
+                "--relations",
+                "data/patterns",
+                "--out",
+                "fixtures/s2rke-wikidata-deep.json",
+                "--stats",
+                "fixtures/s2rke-wikidata-deep.stats.md",
+                "--min-relations",
+                "8",
+                "--prefer-relations",
+                "8",
+                "--distinct-prompts",
+                "--seed",
+                "0",
             ])
         }
         Some("reference") => {

@@ -58,9 +58,11 @@ enum DataCommand {
         /// (subject, relation)
         #[arg(long, required = true)]
         facts: Vec<PathBuf>,
-        /// ParaRel pattern folder (`pattern_data/graphs_json`)
-        #[arg(long)]
-        relations: PathBuf,
+        /// Cloze pattern folders (`P*.jsonl`, ParaRel's format: ParaRel's `pattern_data/graphs_json`,
+        /// kedit's `data/patterns`); repeatable, earlier folders win per relation. Only relations
+        /// with a pattern are read from the facts
+        #[arg(long, required = true)]
+        relations: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         /// At most this many subjects: every subject with ≥ --prefer-relations relations, then a
@@ -90,6 +92,10 @@ enum DataCommand {
         /// disjoint by subject from an evaluation set (MEND's training data)
         #[arg(long)]
         exclude: Vec<PathBuf>,
+        /// Within a subject, keep one record per prompt: where two relations share their main
+        /// pattern ("{} is located in": P17, P30), the later relation's record is left out
+        #[arg(long)]
+        distinct_prompts: bool,
     },
 }
 
@@ -884,10 +890,16 @@ fn run(cli: Cli) -> Result<()> {
                     known_by,
                     stats,
                     exclude,
+                    distinct_prompts,
                 },
         } => {
             use kedit_s2rke_data as data;
-            let patterns = data::load_patterns(&relations)?;
+            let mut patterns = data::Patterns::new();
+            for dir in &relations {
+                for (rel, pats) in data::load_patterns(dir)? {
+                    patterns.entry(rel).or_insert(pats);
+                }
+            }
             let mut all = Vec::new();
             for f in &facts {
                 all.extend(data::load_facts(f, &patterns)?);
@@ -900,6 +912,7 @@ fn run(cli: Cli) -> Result<()> {
                 neighbours,
                 seed,
                 exclude: excluded_subjects(&exclude)?,
+                distinct_prompts,
             };
             let mut built = data::build(&all, &patterns, &opt)?;
             if let Some(model) = known_by {

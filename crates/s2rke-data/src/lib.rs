@@ -47,6 +47,10 @@ pub struct BuildOptions {
     /// Subject labels left out entirely (a training split disjoint by subject from an
     /// evaluation set).
     pub exclude: BTreeSet<String>,
+    /// One record per prompt within a subject: where two relations share their main pattern
+    /// ("{} is located in" for P17 and P30), the later relation's record is left out, since a
+    /// sequence editing both would ask the same question for two different answers.
+    pub distinct_prompts: bool,
 }
 
 /// The coarse type of a relation's subject, to split homonyms.
@@ -54,7 +58,8 @@ fn subject_type(relation: &str) -> &'static str {
     match relation {
         "P19" | "P20" | "P27" | "P101" | "P103" | "P106" | "P108" | "P1303" | "P1412" | "P39"
         | "P413" | "P937" => "person",
-        "P30" | "P36" | "P131" | "P1376" | "P190" | "P47" | "P37" | "P530" => "place",
+        "P30" | "P36" | "P131" | "P1376" | "P190" | "P47" | "P37" | "P530" | "P610" | "P6"
+        | "P2936" | "P206" | "P150" => "place",
         "P364" | "P449" | "P495" | "P136" | "P178" | "P176" | "P407" => "work",
         "P159" | "P127" | "P740" => "organisation",
         _ => "any",
@@ -223,6 +228,7 @@ pub fn build(facts: &[Fact], patterns: &Patterns, opt: &BuildOptions) -> Result<
     for key in &chosen {
         let subject = key.0;
         let mut star = Vec::new();
+        let mut prompts = BTreeSet::new();
         let mut fs = subjects[key].clone();
         fs.shuffle(&mut rng);
         fs.truncate(opt.max_relations);
@@ -230,6 +236,9 @@ pub fn build(facts: &[Fact], patterns: &Patterns, opt: &BuildOptions) -> Result<
         for f in fs {
             let rel = f.relation.as_str();
             let pats = &patterns[rel];
+            if opt.distinct_prompts && !prompts.insert(pats[0].as_str()) {
+                continue;
+            }
             // target_new: a common object of the relation (the object of ≥ 5 facts, as
             // CounterFact's counterfactual targets are well-known entities), else any other.
             let common: Vec<&&str> = objects[rel]
@@ -325,6 +334,7 @@ mod tests {
             neighbours: 2,
             seed: 1,
             exclude: BTreeSet::new(),
+            distinct_prompts: false,
         };
         let out = build(&facts, &pats, &opt).unwrap();
         assert_eq!(out.len(), 2);
@@ -348,6 +358,67 @@ mod tests {
             out,
             "same seed, same dataset"
         );
+    }
+
+    #[test]
+    fn distinct_prompts_leaves_out_a_subjects_second_record_of_one_prompt() {
+        let f = |s: &str, r: &str, o: &str| Fact {
+            subject: s.into(),
+            relation: r.into(),
+            object: o.into(),
+        };
+        // P17 and P30 share "{} is located in": a same-subject sequence would ask it twice.
+        let facts = vec![
+            f("Cuba", "P17", "Cuba"),
+            f("Catalonia", "P17", "Spain"),
+            f("Catalonia", "P30", "Europe"),
+            f("Catalonia", "P36", "Barcelona"),
+            f("Aragon", "P17", "France"),
+            f("Aragon", "P30", "Asia"),
+            f("Aragon", "P36", "Zaragoza"),
+        ];
+        let pats: Patterns = [
+            ("P17".into(), vec!["{} is located in".into()]),
+            ("P30".into(), vec!["{} is located in".into()]),
+            ("P36".into(), vec!["The capital of {} is".into()]),
+        ]
+        .into();
+        let opt = BuildOptions {
+            subjects: 10,
+            min_relations: 2,
+            prefer_relations: 99,
+            max_relations: 13,
+            neighbours: 2,
+            seed: 0,
+            exclude: BTreeSet::new(),
+            distinct_prompts: false,
+        };
+        let prompts = |out: &[Value]| -> Vec<usize> {
+            out.iter()
+                .map(|s| s["Star_Topology"].as_array().unwrap().len())
+                .collect()
+        };
+        let both = build(&facts, &pats, &opt).unwrap();
+        assert_eq!(prompts(&both), [3, 3]);
+        let distinct = build(
+            &facts,
+            &pats,
+            &BuildOptions {
+                distinct_prompts: true,
+                ..opt
+            },
+        )
+        .unwrap();
+        assert_eq!(prompts(&distinct), [2, 2]);
+        for s in &distinct {
+            let rels: Vec<&str> = s["Star_Topology"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["requested_rewrite"]["relation"].as_str().unwrap())
+                .collect();
+            assert_eq!(rels, ["P17", "P36"], "the earlier relation's record stays");
+        }
     }
 
     #[test]
@@ -386,6 +457,7 @@ mod tests {
             neighbours: 2,
             seed: 0,
             exclude: BTreeSet::new(),
+            distinct_prompts: false,
         };
         let out = build(&facts, &pats, &opt).unwrap();
         let orlando: Vec<&Value> = out
