@@ -6,17 +6,21 @@ use std::collections::{BTreeSet, HashMap};
 use kedit_s2rke_data::plan::{make_plan, Density, Design, Order, PlanSpec, Record, Strategy};
 use serde_json::Value;
 
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/s2rke-wikidata.json"
-    );
+const MAIN: &str = "s2rke-wikidata.json";
+const DEEP: &str = "s2rke-wikidata-deep.json";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn records() -> Vec<Record> {
+    records_of(MAIN)
+}
+
+fn records_of(name: &str) -> Vec<Record> {
     let mut out = Vec::new();
-    for s in fixture().as_array().unwrap() {
+    for s in fixture(name).as_array().unwrap() {
         let sid = s["subjectID"].to_string();
         for (j, e) in s["Star_Topology"].as_array().unwrap().iter().enumerate() {
             out.push(Record {
@@ -134,13 +138,22 @@ fn impossible_plans_name_the_flag() {
     assert!(e.starts_with("--n 4:"), "{e}");
 }
 
-/// The committed dataset keeps the format's promises (issue 6, bar 3).
+/// The committed datasets keep the format's promises (issue 6, bar 3).
 #[test]
 fn committed_dataset_prompts_and_neighbourhoods() {
-    for s in fixture().as_array().unwrap() {
+    for (name, min) in [(MAIN, 3), (DEEP, 8)] {
+        committed_prompts_and_neighbourhoods(name, min);
+    }
+}
+
+fn committed_prompts_and_neighbourhoods(name: &str, min_records: usize) {
+    for s in fixture(name).as_array().unwrap() {
         let subject = s["subject"]["name"].as_str().unwrap();
         let star = s["Star_Topology"].as_array().unwrap();
-        assert!(star.len() >= 3, "{subject}: fewer than 3 records");
+        assert!(
+            star.len() >= min_records,
+            "{name}: {subject}: fewer than {min_records} records"
+        );
         for e in star {
             let rw = &e["requested_rewrite"];
             let prompt = rw["prompt"].as_str().unwrap();
@@ -162,5 +175,40 @@ fn committed_dataset_prompts_and_neighbourhoods() {
                 );
             }
         }
+    }
+}
+
+/// The deep set makes the paper's largest N: 8 edits of one subject, each with its own prompt,
+/// against 8 edits of 8 subjects that start with the same fact.
+#[test]
+fn deep_dataset_makes_groups_of_eight() {
+    for s in fixture(DEEP).as_array().unwrap() {
+        let prompts: BTreeSet<&str> = s["Star_Topology"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["requested_rewrite"]["prompt"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            prompts.len(),
+            s["Star_Topology"].as_array().unwrap().len(),
+            "{}: two records share a prompt",
+            s["subject"]["name"]
+        );
+    }
+    let recs = records_of(DEEP);
+    let info: HashMap<&str, &Record> = recs.iter().map(|r| (r.case_id.as_str(), r)).collect();
+    let homo = make_plan(&recs, &spec(Design::Group, Order::Homogeneous, 8)).unwrap();
+    let hetero = make_plan(&recs, &spec(Design::Group, Order::Heterogeneous, 8)).unwrap();
+    assert_eq!((homo.groups.len(), hetero.groups.len()), (6, 6));
+    for (a, b) in homo.groups.iter().zip(&hetero.groups) {
+        let subjects = |g: &[String]| -> BTreeSet<&str> {
+            g.iter()
+                .map(|c| info[c.as_str()].subject_id.as_str())
+                .collect()
+        };
+        assert_eq!(subjects(&a.case_ids).len(), 1);
+        assert_eq!(subjects(&b.case_ids).len(), 8);
+        assert_eq!(a.case_ids[0], b.case_ids[0]);
     }
 }
