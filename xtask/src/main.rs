@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|contrast|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
+//! - `bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
@@ -14,8 +14,8 @@
 //! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit` (release, stripped) and SmolLM2
 //!   into gpu/1, gpu/2, … one per `device` call, for a GPU machine without a Rust toolchain or
 //!   network (`benchmarks/gpu_device.sh` stages and runs them there)
-//! - `data`: rebuild fixtures/s2rke-wikidata.json and fixtures/mend-train.json from the committed
-//!   facts (byte for byte)
+//! - `data`: rebuild fixtures/s2rke-wikidata.json, fixtures/mend-train.json and
+//!   fixtures/s2rke-wikidata-deep.json from the committed facts (byte for byte)
 //! - `reference`: regenerate fixtures/ with transformers (deliberate; never in CI)
 
 use std::path::{Path, PathBuf};
@@ -367,7 +367,8 @@ struct Profile {
     methods: Option<&'static [&'static str]>,
     /// Batch runs too, for the methods with a batch update.
     batch: bool,
-    ns: Vec<usize>,
+    /// The datasets and, on each, the Ns of its cells.
+    series: Vec<Series>,
     groups: usize,
     /// Hyperparameters files (relative to the root) replacing a method's bundled defaults.
     hparams: &'static [(&'static str, &'static str)],
@@ -376,6 +377,27 @@ struct Profile {
     /// MEND's archive is trained first when the cache has none (`kedit mend train` with the
     /// profile's MEND hparams): about this many minutes on a 2-core CPU.
     mend_minutes: f64,
+}
+
+/// Cells on one dataset: each N of `ns` for every method, strategy and order.
+struct Series {
+    data: &'static str,
+    ns: Vec<usize>,
+    /// Appended to the method's name as the cells' `--label` where a profile runs one method on
+    /// two datasets into one runs folder (run files and report rows are named by label).
+    suffix: &'static str,
+}
+
+const MAIN_DATA: &str = "fixtures/s2rke-wikidata.json";
+/// Subjects with 8-10 records (fixtures/README.md): the main set's largest subject has 7.
+const DEEP_DATA: &str = "fixtures/s2rke-wikidata-deep.json";
+
+fn main_series(ns: Vec<usize>) -> Vec<Series> {
+    vec![Series {
+        data: MAIN_DATA,
+        ns,
+        suffix: "",
+    }]
 }
 
 fn profile(name: &str) -> Result<Profile> {
@@ -388,7 +410,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "smoke",
             methods: Some(&["rome", "memit", "memit-merge", "ft-m", "mend"]),
             batch: true,
-            ns: vec![2],
+            series: main_series(vec![2]),
             groups: 1,
             hparams: &[
                 ("rome", "crates/locate-edit/hparams/rome-smollm2-smoke.yaml"),
@@ -416,7 +438,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "default",
             methods: None,
             batch: false,
-            ns: vec![2],
+            series: main_series(vec![2]),
             groups: 3,
             hparams: &[],
             speed: 1.0,
@@ -432,7 +454,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "contrast",
             methods: Some(&["rome", "memit", "ft-m", "mend"]),
             batch: false,
-            ns: vec![3],
+            series: main_series(vec![3]),
             groups: 12,
             hparams: &[],
             // Measured: 47-49 s per ROME edit and 29-31 s per MEMIT edit at N = 3 (statistics
@@ -440,18 +462,48 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
-        // The paper's matrix, for a GPU.
+        // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
+        // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
+        // per cell. About 1.5 hours on a 2-core CPU (benchmarks/README.md, "N = 8").
+        "deep" => Profile {
+            name: "deep",
+            methods: Some(&["rome", "memit", "ft-m", "mend"]),
+            batch: false,
+            series: vec![Series {
+                data: DEEP_DATA,
+                ns: vec![8],
+                suffix: "",
+            }],
+            groups: 8,
+            hparams: &[],
+            speed: 1.3,
+            mend_minutes: MEND_TRAIN_MINUTES,
+        },
+        // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
+        // subjects there), and N = 2..8 on the deep set, so that one curve over N runs on the
+        // same subjects to the paper's largest N.
         "paper" => Profile {
             name: "paper",
             methods: None,
             batch: true,
-            ns: (2..=8).collect(),
+            series: vec![
+                Series {
+                    data: MAIN_DATA,
+                    ns: (2..=7).collect(),
+                    suffix: "",
+                },
+                Series {
+                    data: DEEP_DATA,
+                    ns: (2..=8).collect(),
+                    suffix: "-deep",
+                },
+            ],
             groups: 40,
             hparams: &[],
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
-        other => bail!("--profile {other}: expected smoke, default, contrast or paper"),
+        other => bail!("--profile {other}: expected smoke, default, contrast, deep or paper"),
     })
 }
 
@@ -605,9 +657,13 @@ fn bench_all(
     let mend_train = with_mend.then_some(0);
     let mut runs = Vec::new();
     let mut edits = 0;
+    let cells = p
+        .series
+        .iter()
+        .flat_map(|series| series.ns.iter().map(move |n| (series, *n)));
     for (m, strategies, sec) in &methods {
         for s in strategies {
-            for n in &p.ns {
+            for (series, n) in cells.clone() {
                 for order in ["homogeneous", "heterogeneous"] {
                     let mut args: Vec<std::ffi::OsString> = vec![
                         "bench".into(),
@@ -616,7 +672,7 @@ fn bench_all(
                         "--method".into(),
                         m.into(),
                         "--data".into(),
-                        "fixtures/s2rke-wikidata.json".into(),
+                        series.data.into(),
                         "--strategy".into(),
                         (*s).into(),
                         "--design".into(),
@@ -633,8 +689,11 @@ fn bench_all(
                     if let Some(h) = hparams_of(m) {
                         args.extend(["--hparams".into(), h.into()]);
                     }
+                    if !series.suffix.is_empty() {
+                        args.extend(["--label".into(), format!("{m}{}", series.suffix).into()]);
+                    }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
-                    let label = format!("{m} {s} {order} N={n}");
+                    let label = format!("{m}{} {s} {order} N={n}", series.suffix);
                     edits += n * p.groups;
                     runs.push(jobs::Job {
                         log: logs_dir.join(format!("{}.log", label.replace([' ', '='], "-"))),
@@ -659,11 +718,15 @@ fn bench_all(
     let after: Vec<Option<usize>> = matrix.iter().map(|j| j.after).collect();
     let eta = jobs::makespan(&estimates, &after, jobs);
     println!(
-        "bench-all, profile {}: {} methods ({}), N = {:?}, up to {} groups per cell, {n_runs} runs, at most {edits} edits, {jobs} at a time; ETA about {:.0} min on a 2-core CPU",
+        "bench-all, profile {}: {} methods ({}), {}, up to {} groups per cell, {n_runs} runs, at most {edits} edits, {jobs} at a time; ETA about {:.0} min on a 2-core CPU",
         p.name,
         methods.len(),
         methods.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "),
-        p.ns,
+        p.series
+            .iter()
+            .map(|s| format!("N = {:?} on {}", s.ns, s.data))
+            .collect::<Vec<_>>()
+            .join(", "),
         p.groups,
         eta / 60.0
     );
@@ -822,7 +885,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
             std::process::exit(2)
         }
     }
@@ -854,6 +917,34 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("--profile nope"));
+    }
+
+    /// Every cell of every profile can be planned: its dataset has a subject with N records
+    /// (the paper profile once asked the main set, whose largest subject has 7, for N = 8).
+    #[test]
+    fn every_profile_cell_fits_its_dataset() {
+        for name in ["smoke", "default", "contrast", "deep", "paper"] {
+            for series in profile(name).unwrap().series {
+                let data: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(root().join(series.data)).unwrap(),
+                )
+                .unwrap();
+                let largest = data
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["Star_Topology"].as_array().unwrap().len())
+                    .max()
+                    .unwrap();
+                for n in &series.ns {
+                    assert!(
+                        *n <= largest,
+                        "profile {name}: N = {n} on {}, whose largest subject has {largest} records",
+                        series.data
+                    );
+                }
+            }
+        }
     }
 
     #[test]
