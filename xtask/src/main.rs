@@ -32,6 +32,15 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's output folder: `$CARGO_TARGET_DIR` where set (relative to the workspace root, as
+/// cargo reads it from here), else `target/`; the binaries the chores run are found there.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<String> {
     eprintln!("xtask: {cmd:?}");
     let out = cmd
@@ -126,12 +135,12 @@ fn gpu_pack() -> Result<()> {
     }
     for bin in ["kedit", "gpu-edit"] {
         std::fs::copy(
-            root.join("target/release").join(bin),
+            target_dir().join("release").join(bin),
             stage.join("bin").join(bin),
         )?;
     }
     // kedit's own cache lookup (fetching the model first if it is not there) says where it is.
-    let fetched = run(Command::new(root.join("target/release/kedit")).arg("fetch"))?;
+    let fetched = run(Command::new(target_dir().join("release/kedit")).arg("fetch"))?;
     let gguf = PathBuf::from(fetched.trim());
     let file = gguf.file_name().context("the GGUF path has no file name")?;
     std::fs::copy(&gguf, stage.join("home/models").join(file))?;
@@ -310,7 +319,7 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     build_benchmarks()?;
     let gguf = smollm2()?;
     let mut lines = Vec::new();
-    let kedit = run(Command::new(root.join("target/release/fwd-bwd")).args([
+    let kedit = run(Command::new(target_dir().join("release/fwd-bwd")).args([
         "--repeats",
         &repeats.to_string(),
         "--from-layer",
@@ -594,7 +603,7 @@ fn bench_all(
         build.args(["--features", "openblas"]);
     }
     run(&mut build)?;
-    let kedit = root.join("target").join(out_dir).join("kedit");
+    let kedit = target_dir().join(out_dir).join("kedit");
     let registry: serde_json::Value =
         serde_json::from_str(&run(Command::new(&kedit).args(["methods", "--json"]))?)?;
     let registered = registry.as_array().context("kedit methods --json")?;
@@ -792,7 +801,7 @@ fn main() -> Result<()> {
         Some("bench-rome") => {
             let root = root();
             build_benchmarks()?;
-            let out = run(Command::new(root.join("target/release/rome-edit"))
+            let out = run(Command::new(target_dir().join("release/rome-edit"))
                 .args(["--edits", &repeats.to_string()]))?;
             record(&root.join("benchmarks/results/rome-edit.jsonl"), &out)
         }
@@ -805,7 +814,7 @@ fn main() -> Result<()> {
                 .and_then(|i| args.get(i + 1))
                 .map_or("1,10,100", String::as_str);
             let out = run(
-                Command::new(root.join("target/release/memit-batch")).args(["--sizes", sizes])
+                Command::new(target_dir().join("release/memit-batch")).args(["--sizes", sizes])
             )?;
             record(&root.join("benchmarks/results/memit-batch.jsonl"), &out)
         }
