@@ -473,7 +473,8 @@ fn profile(name: &str) -> Result<Profile> {
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
-        // per cell. About 1.5 hours on a 2-core CPU (benchmarks/README.md, "N = 8").
+        // per cell. About 1.7 hours on a 2-core CPU, two cells at a time (measured: ROME's cells
+        // 48-50 min, MEMIT's 42-44, FT-M's 11, MEND's 1; benchmarks/README.md, "N = 8").
         "deep" => Profile {
             name: "deep",
             methods: Some(&["rome", "memit", "ft-m", "mend"]),
