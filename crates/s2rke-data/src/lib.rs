@@ -307,19 +307,36 @@ pub fn statistics(data: &[Value]) -> String {
 mod tests {
     use super::*;
 
+    fn fact(subject: &str, relation: &str, object: &str) -> Fact {
+        Fact {
+            subject: subject.into(),
+            relation: relation.into(),
+            object: object.into(),
+        }
+    }
+
+    /// Every subject kept, two neighbours, no exclusions: each test changes what it is about.
+    fn options(min_relations: usize, seed: u64) -> BuildOptions {
+        BuildOptions {
+            subjects: 10,
+            min_relations,
+            prefer_relations: 99,
+            max_relations: 13,
+            neighbours: 2,
+            seed,
+            exclude: BTreeSet::new(),
+            distinct_prompts: false,
+        }
+    }
+
     #[test]
     fn builds_same_subject_records_with_other_objects() {
-        let f = |s: &str, r: &str, o: &str| Fact {
-            subject: s.into(),
-            relation: r.into(),
-            object: o.into(),
-        };
         let facts = vec![
-            f("A", "P1", "x"),
-            f("A", "P2", "y"),
-            f("B", "P1", "x"),
-            f("B", "P2", "z"),
-            f("C", "P1", "w"),
+            fact("A", "P1", "x"),
+            fact("A", "P2", "y"),
+            fact("B", "P1", "x"),
+            fact("B", "P2", "z"),
+            fact("C", "P1", "w"),
         ];
         let pats: BTreeMap<String, Vec<String>> = [
             ("P1".into(), vec!["{} is in".into(), "{} lies in".into()]),
@@ -328,13 +345,7 @@ mod tests {
         .into();
         let opt = BuildOptions {
             subjects: 2,
-            min_relations: 2,
-            prefer_relations: 99,
-            max_relations: 13,
-            neighbours: 2,
-            seed: 1,
-            exclude: BTreeSet::new(),
-            distinct_prompts: false,
+            ..options(2, 1)
         };
         let out = build(&facts, &pats, &opt).unwrap();
         assert_eq!(out.len(), 2);
@@ -362,20 +373,15 @@ mod tests {
 
     #[test]
     fn distinct_prompts_leaves_out_a_subjects_second_record_of_one_prompt() {
-        let f = |s: &str, r: &str, o: &str| Fact {
-            subject: s.into(),
-            relation: r.into(),
-            object: o.into(),
-        };
         // P17 and P30 share "{} is located in": a same-subject sequence would ask it twice.
         let facts = vec![
-            f("Cuba", "P17", "Cuba"),
-            f("Catalonia", "P17", "Spain"),
-            f("Catalonia", "P30", "Europe"),
-            f("Catalonia", "P36", "Barcelona"),
-            f("Aragon", "P17", "France"),
-            f("Aragon", "P30", "Asia"),
-            f("Aragon", "P36", "Zaragoza"),
+            fact("Cuba", "P17", "Cuba"),
+            fact("Catalonia", "P17", "Spain"),
+            fact("Catalonia", "P30", "Europe"),
+            fact("Catalonia", "P36", "Barcelona"),
+            fact("Aragon", "P17", "France"),
+            fact("Aragon", "P30", "Asia"),
+            fact("Aragon", "P36", "Zaragoza"),
         ];
         let pats: Patterns = [
             ("P17".into(), vec!["{} is located in".into()]),
@@ -383,16 +389,7 @@ mod tests {
             ("P36".into(), vec!["The capital of {} is".into()]),
         ]
         .into();
-        let opt = BuildOptions {
-            subjects: 10,
-            min_relations: 2,
-            prefer_relations: 99,
-            max_relations: 13,
-            neighbours: 2,
-            seed: 0,
-            exclude: BTreeSet::new(),
-            distinct_prompts: false,
-        };
+        let opt = options(2, 0);
         let prompts = |out: &[Value]| -> Vec<usize> {
             out.iter()
                 .map(|s| s["Star_Topology"].as_array().unwrap().len())
@@ -423,42 +420,28 @@ mod tests {
 
     #[test]
     fn homonyms_are_split_by_subject_type() {
-        let f = |s: &str, r: &str, o: &str| Fact {
-            subject: s.into(),
-            relation: r.into(),
-            object: o.into(),
-        };
         // "Orlando" the city (place relations) and the opera (work relations) share a label.
         let facts = vec![
-            f("Orlando", "P131", "Florida"),
-            f("Orlando", "P30", "North America"),
-            f("Orlando", "P47", "Winter Park"),
-            f("Orlando", "P364", "Italian"),
-            f("Orlando", "P495", "Italy"),
-            f("Orlando", "P136", "opera"),
-            f("Orlando", "P138", "Roland"),
-            f("Tampa", "P131", "Texas"),
-            f("Tampa", "P30", "Europe"),
-            f("Tampa", "P47", "Clearwater"),
-            f("Aida", "P364", "French"),
-            f("Aida", "P495", "Egypt"),
-            f("Aida", "P136", "ballet"),
+            fact("Orlando", "P131", "Florida"),
+            fact("Orlando", "P30", "North America"),
+            fact("Orlando", "P47", "Winter Park"),
+            fact("Orlando", "P364", "Italian"),
+            fact("Orlando", "P495", "Italy"),
+            fact("Orlando", "P136", "opera"),
+            fact("Orlando", "P138", "Roland"),
+            fact("Tampa", "P131", "Texas"),
+            fact("Tampa", "P30", "Europe"),
+            fact("Tampa", "P47", "Clearwater"),
+            fact("Aida", "P364", "French"),
+            fact("Aida", "P495", "Egypt"),
+            fact("Aida", "P136", "ballet"),
         ];
         let rels = ["P131", "P30", "P47", "P364", "P495", "P136", "P138"];
         let pats: Patterns = rels
             .iter()
             .map(|r| (r.to_string(), vec![format!("{{}} {r}")]))
             .collect();
-        let opt = BuildOptions {
-            subjects: 10,
-            min_relations: 3,
-            prefer_relations: 99,
-            max_relations: 13,
-            neighbours: 2,
-            seed: 0,
-            exclude: BTreeSet::new(),
-            distinct_prompts: false,
-        };
+        let opt = options(3, 0);
         let out = build(&facts, &pats, &opt).unwrap();
         let orlando: Vec<&Value> = out
             .iter()
