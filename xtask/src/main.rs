@@ -841,7 +841,7 @@ fn main() -> Result<()> {
             };
             build(&[
                 "--out",
-                "fixtures/s2rke-wikidata.json",
+                MAIN_DATA,
                 "--stats",
                 "fixtures/s2rke-wikidata.stats.md",
                 "--subjects",
@@ -859,7 +859,7 @@ fn main() -> Result<()> {
                 "--min-relations",
                 "1",
                 "--exclude",
-                "fixtures/s2rke-wikidata.json",
+                MAIN_DATA,
                 "--seed",
                 "1",
             ])?;
@@ -870,7 +870,7 @@ fn main() -> Result<()> {
                 "--relations",
                 "data/patterns",
                 "--out",
-                "fixtures/s2rke-wikidata-deep.json",
+                DEEP_DATA,
                 "--stats",
                 "fixtures/s2rke-wikidata-deep.stats.md",
                 "--min-relations",

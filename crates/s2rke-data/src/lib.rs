@@ -390,13 +390,13 @@ mod tests {
         ]
         .into();
         let opt = options(2, 0);
-        let prompts = |out: &[Value]| -> Vec<usize> {
+        let records_per_subject = |out: &[Value]| -> Vec<usize> {
             out.iter()
                 .map(|s| s["Star_Topology"].as_array().unwrap().len())
                 .collect()
         };
         let both = build(&facts, &pats, &opt).unwrap();
-        assert_eq!(prompts(&both), [3, 3]);
+        assert_eq!(records_per_subject(&both), [3, 3]);
         let distinct = build(
             &facts,
             &pats,
@@ -406,7 +406,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(prompts(&distinct), [2, 2]);
+        assert_eq!(records_per_subject(&distinct), [2, 2]);
         for s in &distinct {
             let rels: Vec<&str> = s["Star_Topology"]
                 .as_array()
