@@ -25,8 +25,15 @@ BEGIN, END = "<!-- gpu-edit table: begin -->", "<!-- gpu-edit table: end -->"
 
 def run(cmd):
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    # stderr passes through: a GPU call's log is all there is when a side fails.
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def record(path, line):
+    # Each side's line as soon as it exists: a call cut short keeps what finished.
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def table(rows):
@@ -67,13 +74,13 @@ def main():
             w = os.path.join(tmp, "workload.json")
             k = run([a.gpu_edit, "--model", model, "--backend", a.backend, "--rome-edits",
                      a.rome_edits, "--memit-batch", a.memit_batch, "--workload", w])
+            record(a.results, k)
             cmd = [sys.executable, os.path.join(HERE, "gpu_edit_torch.py"), "--workload", w,
                    "--device", device]
             if model == "smollm2":
                 cmd += ["--gguf", a.gguf]
             t = run(cmd)
-        with open(a.results, "a") as f:
-            f.write(json.dumps(k) + "\n" + json.dumps(t) + "\n")
+            record(a.results, t)
         rows.append((k, t))
     md = table(rows)
     print(md)

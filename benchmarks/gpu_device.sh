@@ -16,6 +16,10 @@
 #   call 3: carry gpu/3   bash benchmarks/gpu_device.sh tests-smollm2 bench-smollm2
 #
 # Logs and results go to $OUT: card.txt, tests-*.log, gpu-edit.jsonl, table-*.md.
+#
+# DEADLINE (seconds from the script's start, default 540) stops a call's phases in time for its
+# `timeout_s`: each test binary gets at most what is left (and TEST_TIMEOUT), a phase that cannot
+# start in time is skipped and said so, so the logs always come back.
 set -uo pipefail
 OUT=${OUT:-/tmp/kedit-gpu-out}
 STAGE=${STAGE:-/tmp/kedit-gpu}
@@ -25,6 +29,8 @@ mkdir -p "$OUT" "$STAGE"
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export KEDIT_HOME=$STAGE/home PYTHONUNBUFFERED=1
 GGUF=$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf
+DEADLINE=${DEADLINE:-540}
+left() { echo $((DEADLINE - SECONDS)); }
 nvidia-smi -L | tee "$OUT/card.txt"
 
 for part in gpu/[0-9]*; do
@@ -64,6 +70,10 @@ if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
     mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
 fi
 mkdir -p target/release && cp "$STAGE/bin/kedit" target/release/kedit
+# Every process (each test binary, each kedit the CLI tests start) would compile the same kernels
+# again through NVRTC: CubeCL's PTX cache, kept under target/ while the machine stays warm, lets
+# them share the compiled kernels. CubeCL reads cubecl.toml from the working directory up.
+[ -f cubecl.toml ] || printf '[compilation]\ncache = "target"\n' > cubecl.toml
 
 status=0
 tests() { # $1: log name; the rest: test binaries
@@ -72,9 +82,15 @@ tests() { # $1: log name; the rest: test binaries
     for t in "$@"; do
         # `cuda` selects the burn-cuda instances (name::cuda) and the cuda-only tests' names.
         echo "== $t" | tee -a "$log"
-        local t0=$SECONDS
+        local t0=$SECONDS budget=$(($(left) - 15))
+        [ "$budget" -gt "${TEST_TIMEOUT:-240}" ] && budget=${TEST_TIMEOUT:-240}
+        if [ "$budget" -lt 10 ]; then
+            echo "== $t: not run, the call's DEADLINE is near" | tee -a "$log"
+            status=1
+            continue
+        fi
         # One hung kernel must not take the call's other binaries with it.
-        timeout "${TEST_TIMEOUT:-240}" "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
+        timeout "$budget" "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
         echo "== $t: $((SECONDS - t0)) s" | tee -a "$log"
     done
 }
@@ -86,19 +102,23 @@ bench() { # $1: model; $2: MEMIT batch
         2> >(tee -a "$OUT/bench.log" >&2) | tee "$OUT/table-${1//[:]/-}.md" || status=1
 }
 smollm2_tests=(smollm2 rome_smollm2)
+# The model substrate first, the CLI (many processes) last: what a short call reaches is the core.
+tiny_first=(tiny_llama families prefix patch rome_tiny memit stats ft_tiny kn_tiny mend_tiny)
 for phase in "$@"; do
     echo "=== $phase ($(date -u +%T))"
     case $phase in
     tests-tiny)
         tiny=()
+        for t in "${tiny_first[@]}"; do [ -f "$STAGE/tests/$t" ] && tiny+=("$t"); done
         for t in "$STAGE"/tests/*; do
-            case " ${smollm2_tests[*]} " in *" ${t##*/} "*) ;; *) tiny+=("${t##*/}") ;; esac
+            case " ${smollm2_tests[*]} ${tiny_first[*]} " in *" ${t##*/} "*) ;; *) tiny+=("${t##*/}") ;; esac
         done
         tests tiny "${tiny[@]}" ;;
     tests-smollm2)
         have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
         tests smollm2 "${smollm2_tests[@]}" ;;
     bench-7b)
+        [ "$(left)" -gt 60 ] || { echo "bench-7b: not run, the call's DEADLINE is near"; status=1; continue; }
         bench random:llama2-7b "${MEMIT_7B:-0}" ;;
     bench-smollm2)
         have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
@@ -106,7 +126,8 @@ for phase in "$@"; do
             python3 -m pip install -q --no-index --no-deps --target "$STAGE/site" "$STAGE"/whl/*.whl
             export PYTHONPATH=$STAGE/site
         fi
-        bench smollm2 100 ;;
+        [ "$(left)" -gt 60 ] || { echo "bench-smollm2: not run, the call's DEADLINE is near"; status=1; continue; }
+        bench smollm2 "${MEMIT_SMOLLM2:-100}" ;;
     *) echo "unknown phase $phase (tests-tiny, bench-7b, tests-smollm2, bench-smollm2)" >&2; status=2 ;;
     esac
 done
