@@ -38,21 +38,23 @@ def record(path, line):
 
 def table(rows):
     lines = [
-        "| model | device | ROME s/edit kedit | v* steps | floor s | kedit ÷ floor | ROME s/edit PyTorch "
-        "| kedit ÷ PyTorch | MEMIT 100: kedit s | PyTorch s | kedit ÷ PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | device | kedit matmul | ROME s/edit kedit | v* steps | floor s | kedit ÷ floor "
+        "| ROME s/edit PyTorch f32 | kedit ÷ PyTorch | PyTorch TF32 s/edit "
+        "| MEMIT 100: kedit s | PyTorch s | kedit ÷ PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, t in rows:
+    for k, t, t32 in rows:
         kr, tr = k["rome"], t["rome"]
+        tf32 = "{:.3f}".format(t32["rome"]["median_s"]) if t32 else "–"
         km, tm = k.get("memit") or {}, t.get("memit") or {}
         mem = ("| {:.2f} | {:.2f} | {:.2f} |".format(km["time_s"], tm["time_s"],
                                                    km["time_s"] / tm["time_s"])
                if km and tm else "| – | – | – |")
         lines.append(
-            "| {} | {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.2f} {}".format(
-                k["model"], t["card"], kr["median_s"], sorted(kr["steps"])[len(kr["steps"]) // 2],
-                kr["floor_median_s"], kr["ratio_to_floor"], tr["median_s"],
-                kr["median_s"] / tr["median_s"], mem))
+            "| {} | {} | {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.2f} | {} {}".format(
+                k["model"], t["card"], k.get("matmul", "TF32"), kr["median_s"],
+                sorted(kr["steps"])[len(kr["steps"]) // 2], kr["floor_median_s"],
+                kr["ratio_to_floor"], tr["median_s"], kr["median_s"] / tr["median_s"], tf32, mem))
     return "\n".join(lines)
 
 
@@ -66,6 +68,8 @@ def main():
     ap.add_argument("--gpu-edit", default=os.path.join(ROOT, "target/release/gpu-edit"))
     ap.add_argument("--results", default=os.path.join(HERE, "results/gpu-edit.jsonl"))
     ap.add_argument("--readme", default=os.path.join(HERE, "README.md"))
+    ap.add_argument("--torch-tf32", action="store_true",
+                    help="also time the PyTorch side with TF32 matmuls (ROME only)")
     a = ap.parse_args()
     device = "cuda" if a.backend == "cuda" else "cpu"
     rows = []
@@ -81,7 +85,15 @@ def main():
                 cmd += ["--gguf", a.gguf]
             t = run(cmd)
             record(a.results, t)
-        rows.append((k, t))
+            t32 = None
+            if a.torch_tf32 and device == "cuda":
+                # ROME only: the same workload with MEMIT's batch left out.
+                wl = json.load(open(w))
+                wl["memit"]["batch"] = 0
+                json.dump(wl, open(w, "w"))
+                t32 = run(cmd + ["--tf32"])
+                record(a.results, t32)
+        rows.append((k, t, t32))
     md = table(rows)
     print(md)
     text = open(a.readme).read()

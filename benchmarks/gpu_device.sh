@@ -98,7 +98,7 @@ bench() { # $1: model; $2: MEMIT batch
     python3 benchmarks/gpu_bench.py --models "$1" --backend cuda --memit-batch "$2" \
         --rome-edits "${ROME_EDITS:-3}" \
         --gpu-edit "$STAGE/bin/gpu-edit" --results "$OUT/gpu-edit.jsonl" --readme /dev/null \
-        --gguf "$GGUF" \
+        --gguf "$GGUF" --torch-tf32 \
         2> >(tee -a "$OUT/bench.log" >&2) | tee "$OUT/table-${1//[:]/-}.md" || status=1
 }
 smollm2_tests=(smollm2 rome_smollm2)

@@ -171,7 +171,10 @@ def main():
     ap.add_argument("--workload", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--gguf")
+    ap.add_argument("--tf32", action="store_true",
+                    help="let float32 matmuls run on TF32 tensor cores (PyTorch's default is off)")
     a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
     w = json.load(open(a.workload))
     dev = a.device
     t = time.perf_counter()
@@ -227,6 +230,7 @@ def main():
     s = sorted(times)
     print(json.dumps({"benchmark": "gpu-edit", "side": "pytorch", "model": w["model"],
                       "device": dev, "torch": torch.__version__,
+                      "matmul": "TF32" if a.tf32 and dev == "cuda" else "f32",
                       "card": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                       "load_s": load_s, "rome": {"layer": layer, "edits": len(times),
                       "times_s": times, "steps": rh["steps"], "median_s": s[len(s) // 2]},

@@ -24,6 +24,7 @@ use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use kedit_editing::hparams::{parse_yaml, Hparams, RUN_KEYS};
 use kedit_editing::{EditRequest, Editor, Matrix, Patch, PatchEntry};
+use kedit_models::layers::matmul;
 use kedit_models::{CausalLm, Family, Interventions, LanguageModel, Site, ToAutodiff, Transformer};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -445,7 +446,7 @@ impl<B: Backend> Hypernet<B> {
             let [v, u, bias, scale, shift] = layer else {
                 unreachable!("chunks of PER_LAYER")
             };
-            let pre = z.clone().matmul(v.clone()).matmul(u.clone()) + bias.clone();
+            let pre = matmul(matmul(z.clone(), v.clone()), u.clone()) + bias.clone();
             let pre = pre * scale.clone().narrow(0, mode, 1) + shift.clone().narrow(0, mode, 1);
             // clamp, not relu: at 0 (where the identity initialisation starts) its gradient
             // passes, as torch's clamp's does.
@@ -496,7 +497,7 @@ impl<B: Backend> Hypernet<B> {
         self.low_rank(norm, f, shape, device)
             .into_iter()
             .map(|ab| match ab {
-                Some((a, b)) => a.matmul(b),
+                Some((a, b)) => matmul(a, b),
                 None => Tensor::zeros(shape, device),
             })
             .collect()

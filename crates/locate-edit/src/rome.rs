@@ -135,7 +135,7 @@ impl Rome {
         let dev = w.device();
         let d_model = w.dims()[1];
         let k_t = Tensor::<B, 2>::from_data(TensorData::new(k.clone(), [1, d_ff]), &dev);
-        let cur_out = host(k_t.matmul(w).reshape([d_model]));
+        let cur_out = host(kedit_models::layers::matmul(k_t, w).reshape([d_model]));
         let denom: f32 = k.iter().zip(&u).map(|(a, b)| a * b).sum();
         let right: Vec<f32> = v_star
             .iter()

@@ -123,10 +123,7 @@ pub fn compute_layers<B: Backend>(
                 })
                 .collect();
             let k = Tensor::cat(rows, 0);
-            let kk: Vec<f32> = k
-                .clone()
-                .transpose()
-                .matmul(k)
+            let kk: Vec<f32> = kedit_models::layers::matmul(k.clone().transpose(), k)
                 .into_data()
                 .convert::<f32>()
                 .to_vec()

@@ -1,6 +1,41 @@
 //! Building blocks shared by the model families: projections, norms, rotary embeddings, attention.
 
+use std::sync::OnceLock;
+
 use burn::tensor::{activation, backend::Backend, Bool, Int, Tensor, TensorData};
+
+/// Whether `B`'s f32 matmul runs on TF32 tensor cores: burn-cuda's (cubek's `Auto` strategy
+/// reads f32 inputs as TF32, 10 mantissa bits, on every card that has them, with no setting to
+/// turn it off). Measured on an H200 (2026-12-04): greedy continuations of SmolLM2 and of the
+/// tiny GPT-2 then part from the CPU's at a near-tie. `KEDIT_CUDA_MATMUL=tf32` keeps plain TF32
+/// (about 3x faster matmuls, TF32 numbers).
+pub fn reduced_precision_matmul<B: Backend>() -> bool {
+    static TF32: OnceLock<bool> = OnceLock::new();
+    std::any::type_name::<B>().contains("cubecl_cuda")
+        && !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
+}
+
+/// `a @ b` in f32 precision on every backend. Where the matmul reads TF32
+/// ([`reduced_precision_matmul`]), each operand is split as `hi + lo` with `hi` holding the top 11
+/// significant bits (Veltkamp's split by 2^13 + 1: exactly representable in TF32, and `lo = x -
+/// hi` is exact), and `a @ b ≈ hi_a @ hi_b + hi_a @ lo_b + lo_a @ hi_b`: three TF32 products whose
+/// error is ~2^-22 relative, against TF32's ~2^-11 (the "3xTF32" scheme). Elsewhere, one matmul.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    if !reduced_precision_matmul::<B>() {
+        return a.matmul(b);
+    }
+    let (ah, al) = tf32_split(a);
+    let (bh, bl) = tf32_split(b);
+    ah.clone().matmul(bh.clone()) + ah.matmul(bl) + al.matmul(bh)
+}
+
+fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+    // Separate f32 kernels (no fusion in this build), each rounding: the split is exact.
+    let c = x.clone() * 8193.0;
+    let hi = c.clone() - (c - x.clone());
+    let lo = x - hi.clone();
+    (hi, lo)
+}
 
 /// `x @ w (+ b)` for `x: [batch, seq, d_in]` and `w: [d_in, d_out]`.
 pub fn linear<B: Backend>(
@@ -10,7 +45,7 @@ pub fn linear<B: Backend>(
 ) -> Tensor<B, 3> {
     let [bs, s, d] = x.dims();
     let d_out = w.dims()[1];
-    let y = x.reshape([bs * s, d]).matmul(w.clone());
+    let y = matmul(x.reshape([bs * s, d]), w.clone());
     let y = match b {
         Some(b) => y + b.clone().unsqueeze_dim(0),
         None => y,
@@ -173,9 +208,9 @@ fn masked_attention<B: Backend>(
     mask: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
     let hd = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+    let scores = matmul(q, k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
     let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-    activation::softmax(scores, 3).matmul(v)
+    matmul(activation::softmax(scores, 3), v)
 }
 
 /// Token ids of a right-padded batch.
@@ -187,4 +222,87 @@ pub fn batch_ids<B: Backend>(seqs: &[Vec<u32>], pad: u32, device: &B::Device) ->
         ids.extend(std::iter::repeat_n(pad as i64, len - s.len()));
     }
     Tensor::from_data(TensorData::new(ids, [seqs.len(), len]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a TF32 tensor core reads of an f32: the top 10 mantissa bits (truncated, the
+    /// pessimistic case; rounding to nearest is closer).
+    fn tf32(x: f32) -> f32 {
+        f32::from_bits(x.to_bits() & !0x1fff)
+    }
+
+    #[test]
+    fn tf32_split_is_exact_and_three_tf32_products_reach_f32_precision() {
+        let dev = Default::default();
+        let n = 64;
+        // A deterministic spread of magnitudes and signs.
+        let vals = |seed: u32| -> Vec<f32> {
+            (0..n * n)
+                .map(|i| {
+                    let t = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as f32;
+                    (t / u32::MAX as f32 - 0.5) * 10f32.powi((i % 5) as i32 - 2)
+                })
+                .collect()
+        };
+        let (a, b) = (vals(1), vals(7));
+        let t = |v: &[f32]| {
+            Tensor::<crate::Cpu, 2>::from_data(TensorData::new(v.to_vec(), [n, n]), &dev)
+        };
+        let host = |x: Tensor<crate::Cpu, 2>| x.into_data().to_vec::<f32>().unwrap();
+        let (ah, al) = tf32_split(t(&a));
+        let (ah, al) = (host(ah), host(al));
+        for ((x, h), l) in a.iter().zip(&ah).zip(&al) {
+            assert_eq!(tf32(*h), *h, "hi of {x} is not TF32: {h}");
+            assert_eq!(h + l, *x, "hi + lo of {x}");
+        }
+        let (bh, bl) = tf32_split(t(&b));
+        let (bh, bl) = (host(bh), host(bl));
+        // The products as a TF32 tensor core forms them (inputs read as TF32, f64 here for the
+        // sums), against the exact product of the f32 inputs.
+        let prod = |x: &[f32], y: &[f32], i: usize, j: usize| -> f64 {
+            (0..n)
+                .map(|k| tf32(x[i * n + k]) as f64 * tf32(y[k * n + j]) as f64)
+                .sum()
+        };
+        let (mut err_split, mut err_tf32, mut norm) = (0f64, 0f64, 0f64);
+        for i in 0..n {
+            for j in 0..n {
+                let exact: f64 = (0..n)
+                    .map(|k| a[i * n + k] as f64 * b[k * n + j] as f64)
+                    .sum();
+                let split = prod(&ah, &bh, i, j) + prod(&ah, &bl, i, j) + prod(&al, &bh, i, j);
+                err_split += (split - exact).powi(2);
+                err_tf32 += (prod(&a, &b, i, j) - exact).powi(2);
+                norm += exact * exact;
+            }
+        }
+        let (e3, e1) = ((err_split / norm).sqrt(), (err_tf32 / norm).sqrt());
+        // f32 rounding is 6e-8; one TF32 product ~1e-3 relative.
+        assert!(e3 < 1e-6, "3xTF32 relative error {e3:e}");
+        assert!(
+            e1 > 1e-4,
+            "plain TF32 relative error {e1:e}: the emulation reads full f32"
+        );
+    }
+
+    #[test]
+    fn matmul_is_one_product_on_the_cpu() {
+        assert!(!reduced_precision_matmul::<crate::Cpu>());
+        assert!(!reduced_precision_matmul::<
+            burn::backend::Autodiff<crate::Cpu>,
+        >());
+    }
+
+    // A type-name test, no GPU needed: it fails if Burn renames the CUDA runtime.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn matmul_is_split_on_cuda() {
+        assert!(reduced_precision_matmul::<crate::Gpu>());
+        assert!(reduced_precision_matmul::<
+            burn::backend::Autodiff<crate::Gpu>,
+        >());
+    }
 }

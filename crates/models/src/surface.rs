@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::layers::matmul;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// A place in a transformer block.
@@ -160,11 +161,8 @@ impl<B: Backend> Interventions<B> {
             if let Action::LowRank(a, b) = &e.action {
                 let [bs, s, _] = m.dims();
                 let mask = position_mask::<B>(bs, s, &e.positions, &m.device());
-                m = m + key
-                    .clone()
-                    .matmul(a.clone().unsqueeze())
-                    .matmul(b.clone().unsqueeze())
-                    * mask;
+                let low = matmul(key.clone(), a.clone().unsqueeze());
+                m = m + matmul(low, b.clone().unsqueeze()) * mask;
             }
         }
         self.visit(layer, Site::MlpOut, m, captured)
@@ -186,7 +184,7 @@ impl<B: Backend> Interventions<B> {
             let [b, s, w] = x.dims();
             if let Action::AddRows(rows) = &e.action {
                 let sel = selection::<B>(b, s, &e.positions, &x.device());
-                x = x + sel.matmul(rows.clone()).reshape([b, s, w]);
+                x = x + matmul(sel, rows.clone()).reshape([b, s, w]);
                 continue;
             }
             let mask = position_mask::<B>(b, s, &e.positions, &x.device());

@@ -488,7 +488,7 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
     }
 
     fn unembed(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = hidden.matmul(self.lm_head.w.clone());
+        let y = crate::layers::matmul(hidden, self.lm_head.w.clone());
         match &self.lm_head.b {
             Some(b) => y + b.clone().unsqueeze_dim(0),
             None => y,
