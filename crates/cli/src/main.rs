@@ -30,7 +30,8 @@ struct Cli {
 enum BackendKind {
     /// burn-ndarray on the CPU
     Cpu,
-    /// burn-cuda (needs a build with `--features cuda` and an NVIDIA GPU)
+    /// burn-cuda (needs a build with `--features cuda` and an NVIDIA GPU); matmuls in f32 precision
+    /// as three TF32 products, or plain TF32 (faster) with `KEDIT_CUDA_MATMUL=tf32`
     Cuda,
 }
 
