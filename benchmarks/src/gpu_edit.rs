@@ -199,7 +199,7 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
         "{}",
         serde_json::json!({"benchmark": "gpu-edit", "side": "kedit", "model": a.model,
             "backend": a.backend, "load_s": load_s,
-            "matmul": if kedit_models::layers::reduced_precision_matmul::<B>() { "3xTF32" }
+            "matmul": if kedit_models::layers::splits_matmul::<B>() { "3xTF32" }
                 else if a.backend == "cuda" { "TF32" } else { "f32" }, "bandwidth_gbs": bw / 1e9,
             "rome": {"layer": layer, "edits": times.len(), "times_s": times, "steps": steps,
                 "median_s": rome_median, "templates_s": templates_s,

@@ -4,24 +4,24 @@ use std::sync::OnceLock;
 
 use burn::tensor::{activation, backend::Backend, Bool, Int, Tensor, TensorData};
 
-/// Whether `B`'s f32 matmul runs on TF32 tensor cores: burn-cuda's (cubek's `Auto` strategy
-/// reads f32 inputs as TF32, 10 mantissa bits, on every card that has them, with no setting to
-/// turn it off). Measured on an H200 (2026-12-04): greedy continuations of SmolLM2 and of the
-/// tiny GPT-2 then part from the CPU's at a near-tie. `KEDIT_CUDA_MATMUL=tf32` keeps plain TF32
-/// (about 3x faster matmuls, TF32 numbers).
-pub fn reduced_precision_matmul<B: Backend>() -> bool {
+/// Whether [`matmul`] splits its products on `B` (3xTF32): on burn-cuda, whose f32 matmul reads
+/// TF32 (cubek's `Auto` strategy, 10 mantissa bits, on every card that has TF32 tensor cores, with
+/// no setting to turn it off), unless `KEDIT_CUDA_MATMUL=tf32`. Measured on an H200 (2026-12-04):
+/// with plain TF32, greedy continuations of SmolLM2 and of the tiny GPT-2 part from the CPU's at
+/// a near-tie; plain TF32 edits ran 2.6x faster than split ones.
+pub fn splits_matmul<B: Backend>() -> bool {
     static TF32: OnceLock<bool> = OnceLock::new();
     std::any::type_name::<B>().contains("cubecl_cuda")
         && !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
 }
 
 /// `a @ b` in f32 precision on every backend. Where the matmul reads TF32
-/// ([`reduced_precision_matmul`]), each operand is split as `hi + lo` with `hi` holding the top 11
+/// ([`splits_matmul`]), each operand is split as `hi + lo` with `hi` holding the top 11
 /// significant bits (Veltkamp's split by 2^13 + 1: exactly representable in TF32, and `lo = x -
 /// hi` is exact), and `a @ b ≈ hi_a @ hi_b + hi_a @ lo_b + lo_a @ hi_b`: three TF32 products whose
 /// error is ~2^-22 relative, against TF32's ~2^-11 (the "3xTF32" scheme). Elsewhere, one matmul.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
-    if !reduced_precision_matmul::<B>() {
+    if !splits_matmul::<B>() {
         return a.matmul(b);
     }
     let (ah, al) = tf32_split(a);
@@ -290,19 +290,15 @@ mod tests {
 
     #[test]
     fn matmul_is_one_product_on_the_cpu() {
-        assert!(!reduced_precision_matmul::<crate::Cpu>());
-        assert!(!reduced_precision_matmul::<
-            burn::backend::Autodiff<crate::Cpu>,
-        >());
+        assert!(!splits_matmul::<crate::Cpu>());
+        assert!(!splits_matmul::<burn::backend::Autodiff<crate::Cpu>>());
     }
 
     // A type-name test, no GPU needed: it fails if Burn renames the CUDA runtime.
     #[cfg(feature = "cuda")]
     #[test]
     fn matmul_is_split_on_cuda() {
-        assert!(reduced_precision_matmul::<crate::Gpu>());
-        assert!(reduced_precision_matmul::<
-            burn::backend::Autodiff<crate::Gpu>,
-        >());
+        assert!(splits_matmul::<crate::Gpu>());
+        assert!(splits_matmul::<burn::backend::Autodiff<crate::Gpu>>());
     }
 }
