@@ -15,18 +15,38 @@ pub fn splits_matmul<B: Backend>() -> bool {
         && !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
 }
 
-/// `a @ b` in f32 precision on every backend. Where the matmul reads TF32
-/// ([`splits_matmul`]), each operand is split as `hi + lo` with `hi` holding the top 11
-/// significant bits (Veltkamp's split by 2^13 + 1: exactly representable in TF32, and `lo = x -
-/// hi` is exact), and `a @ b ≈ hi_a @ hi_b + hi_a @ lo_b + lo_a @ hi_b`: three TF32 products whose
-/// error is ~2^-22 relative, against TF32's ~2^-11 (the "3xTF32" scheme). Elsewhere, one matmul.
+/// `a @ b` in f32 precision on every backend: [`split_matmul`] where the matmul reads TF32
+/// ([`splits_matmul`]), one matmul elsewhere.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
-    if !splits_matmul::<B>() {
-        return a.matmul(b);
+    if splits_matmul::<B>() {
+        split_matmul(a, b)
+    } else {
+        a.matmul(b)
     }
-    let (ah, al) = tf32_split(a);
-    let (bh, bl) = tf32_split(b);
-    ah.clone().matmul(bh.clone()) + ah.matmul(bl) + al.matmul(bh)
+}
+
+/// `a @ b` from three TF32 products ("3xTF32"). Each operand is split as `hi + lo` with `hi`
+/// holding the top 11 significant bits (Veltkamp's split by 2^13 + 1: exactly representable in
+/// TF32, and `lo = x - hi` is exact), and `a @ b ≈ (hi_a @ hi_b + hi_a @ lo_b) + lo_a @ hi_b`,
+/// whose error is ~2^-22 relative against one TF32 product's ~2^-11.
+///
+/// Under autodiff only `hi_a @ hi_b` carries gradients, straight through the split (`∂hi/∂x =
+/// 1`); the two corrections are constants. The backward pass then runs one product per operand
+/// that needs a gradient instead of three (the whole-graph gradient of the split is exactly the
+/// same three terms with `lo_a`'s cancelling to zero, and `hi_a @ lo_b`'s 2^-12-relative share
+/// is below the TF32 rounding of the incoming gradient either way): four products per
+/// differentiated matmul instead of six, and none of the split's tensors kept for the backward.
+pub fn split_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let (ah, al) = tf32_split(a.clone().detach());
+    let (bh, bl) = tf32_split(b.clone().detach());
+    // `x - lo` is exactly `hi` (the split is exact) with `x`'s gradient; without autodiff, `hi`
+    // itself, sparing a pass over each weight.
+    let (a_main, b_main) = if B::ad_enabled(&a.device()) {
+        (a - al.clone(), b - bl.clone())
+    } else {
+        (ah.clone(), bh.clone())
+    };
+    a_main.matmul(b_main) + ah.matmul(bl) + al.matmul(bh)
 }
 
 fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
@@ -286,6 +306,65 @@ mod tests {
             e1 > 1e-4,
             "plain TF32 relative error {e1:e}: the emulation reads full f32"
         );
+    }
+
+    /// Under autodiff, [`split_matmul`]'s value is the inference path's to the bit and its
+    /// gradients are one product's, to within the weight's dropped low part (2^-12 relative).
+    #[test]
+    fn split_matmul_keeps_its_value_and_passes_gradients_straight_through() {
+        type Ad = burn::backend::Autodiff<crate::Cpu>;
+        let dev = Default::default();
+        let (m, k, n) = (5, 7, 3);
+        let vals = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    let t = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as f32;
+                    t / u32::MAX as f32 - 0.5
+                })
+                .collect()
+        };
+        let (av, bv, rv) = (vals(m * k, 3), vals(k * n, 11), vals(m * n, 5));
+        let host = |x: Tensor<crate::Cpu, 2>| x.into_data().to_vec::<f32>().unwrap();
+        let t = |v: &[f32], s: [usize; 2]| {
+            Tensor::<crate::Cpu, 2>::from_data(TensorData::new(v.to_vec(), s), &dev)
+        };
+        let plain = host(split_matmul(t(&av, [m, k]), t(&bv, [k, n])));
+        let exact = host(t(&av, [m, k]).matmul(t(&bv, [k, n])));
+        for (p, e) in plain.iter().zip(&exact) {
+            assert!((p - e).abs() < 1e-6, "split {p} vs one product {e}");
+        }
+        // Both operands tracked (a weight being trained), then only the activation (a frozen
+        // weight): the same value, and each tracked operand's gradient of sum(r ⊙ a @ b).
+        for b_tracked in [true, false] {
+            let a = Tensor::<Ad, 2>::from_inner(t(&av, [m, k])).require_grad();
+            let b = Tensor::<Ad, 2>::from_inner(t(&bv, [k, n]));
+            let b = if b_tracked { b.require_grad() } else { b };
+            let r = Tensor::<Ad, 2>::from_inner(t(&rv, [m, n]));
+            let y = split_matmul(a.clone(), b.clone());
+            assert_eq!(
+                host(y.clone().inner()),
+                plain,
+                "autodiff value, b tracked {b_tracked}"
+            );
+            let grads = (y * r.clone()).sum().backward();
+            let ga = host(a.grad(&grads).expect("a's gradient"));
+            let want_a = host(r.clone().inner().matmul(t(&bv, [k, n]).transpose()));
+            let close = |g: &[f32], w: &[f32], what: &str| {
+                let scale = w.iter().fold(0f32, |s, x| s.max(x.abs()));
+                for (x, y) in g.iter().zip(w) {
+                    assert!((x - y).abs() <= 1e-3 * scale, "{what}: {x} vs {y}");
+                }
+            };
+            close(&ga, &want_a, "∂/∂a");
+            match b.grad(&grads) {
+                Some(gb) if b_tracked => {
+                    let want_b = host(t(&av, [m, k]).transpose().matmul(r.inner()));
+                    close(&host(gb), &want_b, "∂/∂b");
+                }
+                None if !b_tracked => {}
+                g => panic!("b tracked {b_tracked}, gradient {:?}", g.is_some()),
+            }
+        }
     }
 
     #[test]
