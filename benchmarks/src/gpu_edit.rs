@@ -95,6 +95,31 @@ fn step_bytes<B: Backend>(lm: &LanguageModel<B>, layer: usize) -> f64 {
     4.0 * ((c.num_layers - layer) * block + d * c.vocab_size + 2 * d) as f64
 }
 
+/// How this run's products are computed: "3xTF32", "TF32" or "f32", and the cubek kernel
+/// `KEDIT_CUDA_KERNEL` chose, if any.
+fn matmul_kind<B: Backend>(backend: &str) -> String {
+    let split = kedit_models::layers::splits_matmul::<B>();
+    #[cfg(feature = "cuda")]
+    if let Some((name, _)) = kedit_models::kernel::chosen().filter(|_| backend == "cuda") {
+        let kind = if split {
+            "3xTF32"
+        } else if kedit_models::kernel::chosen_is_f32() {
+            "f32"
+        } else {
+            "TF32"
+        };
+        return format!("{kind} ({name})");
+    }
+    if split {
+        "3xTF32"
+    } else if backend == "cuda" {
+        "TF32"
+    } else {
+        "f32"
+    }
+    .into()
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -199,8 +224,7 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
         "{}",
         serde_json::json!({"benchmark": "gpu-edit", "side": "kedit", "model": a.model,
             "backend": a.backend, "load_s": load_s,
-            "matmul": if kedit_models::layers::splits_matmul::<B>() { "3xTF32" }
-                else if a.backend == "cuda" { "TF32" } else { "f32" }, "bandwidth_gbs": bw / 1e9,
+            "matmul": matmul_kind::<B>(&a.backend), "bandwidth_gbs": bw / 1e9,
             "rome": {"layer": layer, "edits": times.len(), "times_s": times, "steps": steps,
                 "median_s": rome_median, "templates_s": templates_s,
                 "bytes_per_step": 2.0 * bytes, "floor_s": floors, "floor_median_s": floor_median,

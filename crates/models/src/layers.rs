@@ -6,13 +6,29 @@ use burn::tensor::{activation, backend::Backend, Bool, Int, Tensor, TensorData};
 
 /// Whether [`matmul`] splits its products on `B` (3xTF32): on burn-cuda, whose f32 matmul reads
 /// TF32 (cubek's `Auto` strategy, 10 mantissa bits, on every card that has TF32 tensor cores, with
-/// no setting to turn it off), unless `KEDIT_CUDA_MATMUL=tf32`. Measured on an H200 (2026-12-04):
+/// no setting to turn it off), unless `KEDIT_CUDA_MATMUL=tf32` or `KEDIT_CUDA_KERNEL` names a
+/// kernel that computes in f32 ([`crate::kernel`]). Measured on an H200 (2026-12-04):
 /// with plain TF32, greedy continuations of SmolLM2 and of the tiny GPT-2 part from the CPU's at
 /// a near-tie; plain TF32 edits ran 2.6x faster than split ones.
 pub fn splits_matmul<B: Backend>() -> bool {
     static TF32: OnceLock<bool> = OnceLock::new();
-    std::any::type_name::<B>().contains("cubecl_cuda")
-        && !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
+    if !std::any::type_name::<B>().contains("cubecl_cuda") {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    if crate::kernel::chosen_is_f32() {
+        return false;
+    }
+    !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
+}
+
+/// One product: through the kernel `KEDIT_CUDA_KERNEL` names on burn-cuda ([`crate::kernel`]),
+/// else Burn's matmul.
+fn product<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    match crate::kernel::chosen_matmul(a, b) {
+        Ok(y) => y,
+        Err((a, b)) => a.matmul(b),
+    }
 }
 
 /// `a @ b` in f32 precision on every backend: [`split_matmul`] where the matmul reads TF32
@@ -21,7 +37,7 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
     if splits_matmul::<B>() {
         split_matmul(a, b)
     } else {
-        a.matmul(b)
+        product(a, b)
     }
 }
 
@@ -46,7 +62,7 @@ pub fn split_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>
     } else {
         (ah.clone(), bh.clone())
     };
-    a_main.matmul(b_main) + ah.matmul(bl) + al.matmul(bh)
+    product(a_main, b_main) + product(ah, bl) + product(al, bh)
 }
 
 fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {

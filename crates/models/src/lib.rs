@@ -9,6 +9,7 @@ pub mod config;
 pub mod fetch;
 pub mod gpt2;
 pub mod gptj;
+pub mod kernel;
 pub mod layers;
 pub mod llama;
 pub mod load;

@@ -1,0 +1,240 @@
+//! Which matmul kernel should kedit's CUDA path use? Times every kernel CubeCL's matmul library
+//! (cubek) offers, next to Burn's own `matmul` and kedit's 3xTF32 `split_matmul`, on the
+//! products one v* step of ROME on `random:llama2-7b` runs, and measures each one's error against
+//! an f64 product on the host. Prints one JSON line per (product, kernel) and a markdown table
+//! on stderr.
+//!
+//! Usage: matmul-probe [--m 512] [--reps 10] [--only NAME,…] [--deadline SECONDS]
+//!
+//! Why: on an H200 kedit's ROME edit of the 7B-shaped model ran 2.4x slower than PyTorch at
+//! f32 precision (benchmarks/README.md, "GPU"). Burn 0.21 without its `autotune` feature
+//! always launches cubek's `Auto` kernel, which reads f32 as TF32 at about 44 TFLOP/s; kedit's
+//! three-product split pays that three times. Whether a kernel computing in plain f32 (cubek's
+//! "unit" kernels), or a faster TF32 one (double-buffered, TMA), would do better is what this
+//! measures, in one short device call, before anything in kedit depends on the answer.
+//!
+//! The products: x @ W for each weight shape of a Llama-2-7B block (the forward pass), and
+//! g @ Wᵀ with Wᵀ a transposed view (the input gradient in the backward pass, as Burn's
+//! autodiff launches it), for M rows (the step's prompt tokens, about 500 with the byte-level
+//! tokenizer of the random models; `--m` takes several).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use kedit_models::kernel::cuda::{launch_tensors, strategies, Strategy};
+
+type B = kedit_models::Gpu;
+
+const USAGE: &str =
+    "matmul-probe: times every cubek matmul kernel, Burn's matmul and kedit's 3xTF32 \
+split on the products of a ROME v* step on a Llama-2-7B-shaped model, with each one's error \
+against f64 (one JSON line per product and kernel; a markdown table on stderr). Needs an \
+NVIDIA GPU.
+
+Usage: matmul-probe [--m 512] [--reps 10] [--only NAME,...] [--deadline SECONDS (150)]
+Example: matmul-probe --m 512 --only unit,cyclic > probe.jsonl 2> probe.md";
+
+/// Deterministic values in [-1, 1) (a 32-bit LCG): no RNG crate, the same on every run.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    /// W's shape [rows, cols]; the product is x[m, rows] @ W, or g[m, cols] @ Wᵀ.
+    w: [usize; 2],
+    transposed: bool,
+}
+
+fn main() -> Result<()> {
+    let a: Vec<String> = std::env::args().collect();
+    if a.iter().any(|x| x == "--help" || x == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let opt = |f: &str| a.iter().position(|x| x == f).and_then(|i| a.get(i + 1));
+    let ms: Vec<usize> = match opt("--m") {
+        Some(s) => s
+            .split(',')
+            .map(|x| x.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--m {s}: {e}"))?,
+        None => vec![512],
+    };
+    let reps: usize = match opt("--reps") {
+        Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--reps {s}: {e}"))?,
+        None => 10,
+    };
+    let only: Option<Vec<String>> = opt("--only").map(|s| s.split(',').map(String::from).collect());
+    let deadline: f64 = match opt("--deadline") {
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--deadline {s}: {e}"))?,
+        None => 150.0,
+    };
+    if ms.contains(&0) || reps == 0 {
+        bail!("--m and --reps must be positive");
+    }
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        bail!("matmul-probe needs an NVIDIA GPU: /dev/nvidiactl is not here");
+    }
+    let start = Instant::now();
+    let dev = Default::default();
+    let (d, ff) = (4096, 11008);
+    // The MLP's products first: they are two thirds of a block's arithmetic.
+    let cases = [
+        Case {
+            name: "up x@W",
+            w: [d, ff],
+            transposed: false,
+        },
+        Case {
+            name: "up g@Wᵀ",
+            w: [d, ff],
+            transposed: true,
+        },
+        Case {
+            name: "down x@W",
+            w: [ff, d],
+            transposed: false,
+        },
+        Case {
+            name: "down g@Wᵀ",
+            w: [ff, d],
+            transposed: true,
+        },
+        Case {
+            name: "attn x@W",
+            w: [d, d],
+            transposed: false,
+        },
+        Case {
+            name: "attn g@Wᵀ",
+            w: [d, d],
+            transposed: true,
+        },
+    ];
+    let mut kernels: Vec<(String, Option<Strategy>)> = vec![
+        ("burn matmul".into(), None),
+        ("kedit split_matmul (3xTF32)".into(), None),
+    ];
+    kernels.extend(strategies().into_iter().map(|(n, s)| (n, Some(s))));
+    if let Some(only) = &only {
+        kernels.retain(|(n, _)| only.iter().any(|o| n.contains(o.as_str())));
+    }
+    let mut table = String::from(
+        "| product | M | kernel | ms | TFLOP/s | rel. error |\n|---|---|---|---|---|---|\n",
+    );
+    for &m in &ms {
+        for (ci, c) in cases.iter().enumerate() {
+            let [wr, wc] = c.w;
+            let (k, n) = if c.transposed { (wc, wr) } else { (wr, wc) };
+            let wv = values(wr * wc, 7 + ci as u64);
+            let xv = values(m * k, 1000 + ci as u64);
+            let w = Tensor::<B, 2>::from_data(TensorData::new(wv.clone(), [wr, wc]), &dev);
+            let rhs = if c.transposed {
+                w.clone().transpose()
+            } else {
+                w.clone()
+            };
+            let x = Tensor::<B, 2>::from_data(TensorData::new(xv.clone(), [m, k]), &dev);
+            // f64 reference for the first rows.
+            let rows = m.min(4);
+            let rhs_at = |kk: usize, j: usize| {
+                if c.transposed {
+                    wv[j * wc + kk]
+                } else {
+                    wv[kk * wc + j]
+                }
+            };
+            let mut reference = vec![0f64; rows * n];
+            for i in 0..rows {
+                for kk in 0..k {
+                    let xi = xv[i * k + kk] as f64;
+                    for j in 0..n {
+                        reference[i * n + j] += xi * rhs_at(kk, j) as f64;
+                    }
+                }
+            }
+            let run = |kernel: &Option<Strategy>, name: &str| -> Result<Tensor<B, 2>, String> {
+                match kernel {
+                    Some(s) => launch_tensors(s, x.clone(), rhs.clone()),
+                    None if name.starts_with("kedit") => {
+                        Ok(kedit_models::layers::split_matmul(x.clone(), rhs.clone()))
+                    }
+                    None => Ok(x.clone().matmul(rhs.clone())),
+                }
+            };
+            for (name, kernel) in &kernels {
+                if start.elapsed().as_secs_f64() > deadline {
+                    eprintln!(
+                        "--deadline {deadline} s reached: {} M={m} {name} and after not run",
+                        c.name
+                    );
+                    eprint!("{table}");
+                    return Ok(());
+                }
+                // The first launch compiles the kernel (or fails to set up on this card).
+                let first =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(kernel, name)))
+                        .unwrap_or_else(|_| Err("panicked".into()));
+                let (ms_per, tflops, err) = match first {
+                    Err(e) => {
+                        let e: String = e.chars().take(120).collect();
+                        eprintln!("{} M={m} {name}: {e}", c.name);
+                        (None, None, Some(e))
+                    }
+                    Ok(y) => {
+                        let got = y.narrow(0, 0, rows).into_data().to_vec::<f32>().unwrap();
+                        let (mut num, mut den) = (0f64, 0f64);
+                        for (g, r) in got.iter().zip(&reference) {
+                            num += (*g as f64 - r).powi(2);
+                            den += r * r;
+                        }
+                        B::sync(&dev).ok();
+                        let t = Instant::now();
+                        for _ in 0..reps {
+                            let _ = run(kernel, name);
+                        }
+                        B::sync(&dev).ok();
+                        let s = t.elapsed().as_secs_f64() / reps as f64;
+                        let rel = (num / den).sqrt();
+                        (
+                            Some(s * 1e3),
+                            Some(2.0 * (m * k * n) as f64 / s / 1e12),
+                            Some(format!("{rel:.2e}")),
+                        )
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"benchmark": "matmul-probe", "product": c.name, "m": m,
+                        "k": k, "n": n, "transposed_rhs": c.transposed, "kernel": name,
+                        "ms": ms_per, "tflops": tflops,
+                        "rel_error": if ms_per.is_some() { err.clone() } else { None },
+                        "error": if ms_per.is_none() { err.clone() } else { None }})
+                );
+                if let (Some(t), Some(f)) = (ms_per, tflops) {
+                    table.push_str(&format!(
+                        "| {} | {m} | {name} | {t:.3} | {f:.1} | {} |\n",
+                        c.name,
+                        err.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    eprint!("{table}");
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Products through a kernel kedit chooses rather than the one Burn launches: on burn-cuda,
+//! `KEDIT_CUDA_KERNEL=<name>` runs every [`crate::layers::matmul`] through that cubek kernel
+//! (names as `matmul-probe` prints them; `matmul_simple_unit…` kernels compute in plain f32, the
+//! `…cmma`/`…mma` ones read TF32), in inference and under autodiff alike. Unset, nothing
+//! changes. Experimental: Burn 0.21 launches cubek's `Auto` kernel (TF32, about 44 TFLOP/s on
+//! an H200) with no setting to choose another; which kernel serves kedit best is measured by
+//! `matmul-probe` on the GPU (benchmarks/README.md, "GPU").
+//!
+//! Under autodiff the product is a custom operation whose backward pass runs the same kernel
+//! (`∂a = g @ bᵀ`, `∂b = aᵀ @ g`, as Burn's own matmul). Its wiring is generic and is tested on
+//! the CPU with ndarray's matmul as the kernel.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::{
+    checkpoint::{
+        base::Checkpointer,
+        strategy::{CheckpointStrategy, NoCheckpointing},
+    },
+    grads::Gradients,
+    ops::{binary, Backward, Ops, OpsKind},
+    NodeId,
+};
+use burn::backend::Autodiff;
+use burn::tensor::{backend::Backend, ops::FloatTensor, Tensor, TensorPrimitive};
+
+/// A product on backend `K`'s tensors.
+pub type Kernel<K> = fn(FloatTensor<K>, FloatTensor<K>) -> FloatTensor<K>;
+
+/// `a @ b` through `kernel` when `B` is `K` or `Autodiff<K>` and the operands' batch dimensions
+/// agree (no broadcasting: its gradient would need a reduction the kernel does not do); else the
+/// operands back, untouched.
+#[allow(clippy::type_complexity)]
+pub fn matmul_with<B: Backend, K: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    kernel: Kernel<K>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if a.dims()[..D - 2] != b.dims()[..D - 2] {
+        return Err((a, b));
+    }
+    let is = |t: TypeId| TypeId::of::<B>() == t;
+    if is(TypeId::of::<K>()) {
+        let y = kernel(cast::<B, K, D>(a), cast::<B, K, D>(b));
+        Ok(uncast::<K, B, D>(y))
+    } else if is(TypeId::of::<Autodiff<K>>()) {
+        let y = autodiff_matmul::<K, NoCheckpointing>(
+            cast::<B, Autodiff<K>, D>(a),
+            cast::<B, Autodiff<K>, D>(b),
+            kernel,
+        );
+        Ok(uncast::<Autodiff<K>, B, D>(y))
+    } else {
+        Err((a, b))
+    }
+}
+
+/// `B`'s float primitive as `T`'s; the caller checked that `B` is `T`.
+fn cast<B: Backend, T: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<T> {
+    let p: Box<dyn Any> = Box::new(x.into_primitive().tensor());
+    *p.downcast::<FloatTensor<T>>()
+        .unwrap_or_else(|_| unreachable!("TypeId said the backends are one"))
+}
+
+fn uncast<T: Backend, B: Backend, const D: usize>(y: FloatTensor<T>) -> Tensor<B, D> {
+    let p: Box<dyn Any> = Box::new(y);
+    let y = p
+        .downcast::<FloatTensor<B>>()
+        .unwrap_or_else(|_| unreachable!("TypeId said the backends are one"));
+    Tensor::from_primitive(TensorPrimitive::Float(*y))
+}
+
+/// The kernel's product as an autodiff operation: Burn's own matmul backward, through `kernel`.
+struct KernelMatmul<K: Backend>(Kernel<K>);
+
+impl<K: Backend> std::fmt::Debug for KernelMatmul<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelMatmul")
+    }
+}
+
+impl<K: Backend> Backward<K, 2> for KernelMatmul<K> {
+    /// Each operand, kept when the other one needs a gradient.
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let (lhs, rhs) = ops.state;
+        let lhs: Option<FloatTensor<K>> = lhs.map(|id| checkpointer.retrieve_node_output(id));
+        let rhs: Option<FloatTensor<K>> = rhs.map(|id| checkpointer.retrieve_node_output(id));
+        let kernel = self.0;
+        binary::<K, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |g| {
+                kernel(
+                    g,
+                    K::float_transpose(rhs.expect("kept for the lhs gradient")),
+                )
+            },
+            |g| {
+                kernel(
+                    K::float_transpose(lhs.expect("kept for the rhs gradient")),
+                    g,
+                )
+            },
+        );
+    }
+}
+
+fn autodiff_matmul<K: Backend, C: CheckpointStrategy>(
+    lhs: FloatTensor<Autodiff<K, C>>,
+    rhs: FloatTensor<Autodiff<K, C>>,
+    kernel: Kernel<K>,
+) -> FloatTensor<Autodiff<K, C>> {
+    let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+    match KernelMatmul(kernel)
+        .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+            let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+            prep.finish((lhs_state, rhs_state), kernel(lhs.primitive, rhs.primitive))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(kernel(lhs.primitive, rhs.primitive)),
+    }
+}
+
+/// The kernel `KEDIT_CUDA_KERNEL` names, read once; `None` when it is unset. A name no kernel
+/// has stops the process with the list of names.
+#[cfg(feature = "cuda")]
+pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
+    static CHOSEN: std::sync::OnceLock<Option<(String, cuda::Strategy)>> =
+        std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let name = std::env::var("KEDIT_CUDA_KERNEL")
+                .ok()
+                .filter(|v| !v.is_empty())?;
+            let all = cuda::strategies();
+            let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+            let found = all.iter().find(|(n, _)| *n == name).cloned();
+            if found.is_none() {
+                eprintln!(
+                    "error: KEDIT_CUDA_KERNEL={name}: no such kernel; one of {}",
+                    names.join(", ")
+                );
+                std::process::exit(2);
+            }
+            tracing::info!(kernel = %name, "KEDIT_CUDA_KERNEL: matmuls through this cubek kernel");
+            found
+        })
+        .as_ref()
+}
+
+/// Whether the chosen kernel computes in plain f32 (cubek's unit and naive kernels: no tensor
+/// cores, so no TF32), which makes the 3xTF32 split needless.
+#[cfg(feature = "cuda")]
+pub fn chosen_is_f32() -> bool {
+    chosen().is_some_and(|(n, _)| n.contains("unit") || n.contains("naive"))
+}
+
+/// `a @ b` through the chosen kernel on burn-cuda (inference or autodiff); the operands back
+/// when no kernel is chosen, on another backend, or with a broadcast batch dimension.
+#[allow(clippy::type_complexity)]
+pub fn chosen_matmul<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    #[cfg(feature = "cuda")]
+    if chosen().is_some() {
+        return matmul_with::<B, crate::Gpu, D>(a, b, cuda::chosen_kernel);
+    }
+    Err((a, b))
+}
+
+/// cubek's matmul kernels, launched one by one on Burn's CUDA tensors.
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    use burn::tensor::{ops::FloatTensor, Tensor, TensorPrimitive};
+    use burn_cubecl::{kernel::matmul::init_matmul_output, tensor::CubeTensor, CubeRuntime};
+    use cubek::matmul::{
+        components::tile::TileMatmulKind,
+        definition::{MatmulElems, MatmulGlobalElems},
+        launch::launch_ref,
+        routines::{
+            double_buffering::DoubleBufferingArgs, double_unit::DoubleUnitSelectionArgs,
+            ordered_double_buffering::OrderedSelectionArgs, simple::SimpleArgs,
+            simple_unit::SimpleUnitSelectionArgs, BlueprintStrategy, TileSizeSelection,
+        },
+    };
+    use cubek::std::InputBinding;
+
+    pub use cubek::matmul::launch::Strategy;
+
+    use crate::Gpu;
+
+    /// The kernels cubek offers for a dense f32 matmul (the candidates Burn's autotune weighs),
+    /// each with its name.
+    pub fn strategies() -> Vec<(String, Strategy)> {
+        use BlueprintStrategy::Inferred;
+        let simple = |multi_rows, tile_matmul| SimpleArgs {
+            multi_rows,
+            tile_matmul,
+        };
+        let double = |specialized, tile_matmul| DoubleBufferingArgs {
+            specialized,
+            tile_matmul,
+        };
+        let ordered = |row_count, tile_matmul| OrderedSelectionArgs {
+            partition_k: Some(2),
+            row_count: Some(row_count),
+            rows_per_plane: Some(2),
+            tile_matmul,
+        };
+        let (cmma, mma) = (TileMatmulKind::Cmma, TileMatmulKind::Mma);
+        let mut v = vec![Strategy::Auto, Strategy::Naive];
+        for tile_size in [
+            TileSizeSelection::MaxTileSize,
+            TileSizeSelection::MinTileSize,
+        ] {
+            v.push(Strategy::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
+                tile_size,
+            })));
+            v.push(Strategy::DoubleUnit(Inferred(DoubleUnitSelectionArgs {
+                tile_size,
+            })));
+        }
+        for multi_rows in [false, true] {
+            v.push(Strategy::SimpleCyclicCmma(Inferred(simple(
+                multi_rows, cmma,
+            ))));
+            v.push(Strategy::SimpleCyclicMma(Inferred(simple(multi_rows, mma))));
+            v.push(Strategy::SimpleTmaCmma(Inferred(simple(multi_rows, cmma))));
+            v.push(Strategy::SimpleTmaMma(Inferred(simple(multi_rows, mma))));
+        }
+        for rows in [4, 8] {
+            v.push(Strategy::OrderedDoubleCmma(Inferred(ordered(rows, cmma))));
+            v.push(Strategy::OrderedDoubleMma(Inferred(ordered(rows, mma))));
+        }
+        for specialized in [false, true] {
+            v.push(Strategy::DoubleCyclicCmma(Inferred(double(
+                specialized,
+                cmma,
+            ))));
+            v.push(Strategy::DoubleCyclicMma(Inferred(double(
+                specialized,
+                mma,
+            ))));
+        }
+        v.push(Strategy::SpecializedCyclicCmma(Inferred(().into())));
+        v.push(Strategy::SpecializedCyclicMma(Inferred(().into())));
+        v.push(Strategy::SpecializedTmaCmma(Inferred(().into())));
+        v.push(Strategy::SpecializedTmaMma(Inferred(().into())));
+        v.into_iter().map(|s| (s.to_string(), s)).collect()
+    }
+
+    /// `lhs @ rhs` with one cubek kernel, as Burn's matmul launches it (f32 in, f32 out); the
+    /// kernel's setup error when it cannot take these shapes or strides on this card.
+    pub fn launch<R: CubeRuntime>(
+        strategy: &Strategy,
+        lhs: CubeTensor<R>,
+        rhs: CubeTensor<R>,
+    ) -> Result<CubeTensor<R>, String> {
+        let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
+        let client = out.client.clone();
+        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+            lhs: lhs.dtype.into(),
+            rhs: rhs.dtype.into(),
+            out: out.dtype.into(),
+        });
+        let (ld, rd) = (lhs.dtype.into(), rhs.dtype.into());
+        launch_ref(
+            strategy,
+            &client,
+            InputBinding::new(lhs.binding(), ld),
+            InputBinding::new(rhs.binding(), rd),
+            out.clone().binding(),
+            &mut dtypes,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        Ok(out)
+    }
+
+    /// [`launch`] on Burn tensors of any rank.
+    pub fn launch_tensors<const D: usize>(
+        strategy: &Strategy,
+        a: Tensor<Gpu, D>,
+        b: Tensor<Gpu, D>,
+    ) -> Result<Tensor<Gpu, D>, String> {
+        launch(
+            strategy,
+            a.into_primitive().tensor(),
+            b.into_primitive().tensor(),
+        )
+        .map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
+    }
+
+    /// The chosen kernel; cubek's `Auto` where it cannot take the shapes (said once).
+    pub(super) fn chosen_kernel(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
+        let (name, strategy) = super::chosen().expect("called only with a kernel chosen");
+        launch(strategy, a.clone(), b.clone()).unwrap_or_else(|e| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(kernel = %name, error = %e, "KEDIT_CUDA_KERNEL cannot take a product; cubek's Auto runs it (said once)")
+            });
+            launch(&Strategy::Auto, a, b).expect("cubek's Auto kernel launches")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    type Cpu = crate::Cpu;
+    type Ad = Autodiff<Cpu>;
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    /// ndarray's matmul, counted.
+    fn counted(a: FloatTensor<Cpu>, b: FloatTensor<Cpu>) -> FloatTensor<Cpu> {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        <Cpu as burn::tensor::ops::FloatTensorOps<Cpu>>::float_matmul(a, b)
+    }
+
+    fn vals(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as f32 / u32::MAX as f32
+                    - 0.5
+            })
+            .collect()
+    }
+
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// One test, not several: they share the call counter.
+    #[test]
+    fn kernel_matmul_matches_burns_matmul_and_its_gradients() {
+        let dev = Default::default();
+        // Inference: the kernel's product, bit for bit.
+        let a = Tensor::<Cpu, 3>::from_data(TensorData::new(vals(2 * 3 * 4, 1), [2, 3, 4]), &dev);
+        let b = Tensor::<Cpu, 3>::from_data(TensorData::new(vals(2 * 4 * 5, 2), [2, 4, 5]), &dev);
+        let before = CALLS.load(Ordering::SeqCst);
+        let y = matmul_with::<Cpu, Cpu, 3>(a.clone(), b.clone(), counted).expect("Cpu is K");
+        assert_eq!(CALLS.load(Ordering::SeqCst) - before, 1);
+        assert_eq!(host(y), host(a.clone().matmul(b.clone())));
+        // A broadcast batch dimension is declined.
+        let b1 = b.clone().narrow(0, 0, 1);
+        assert!(matmul_with::<Cpu, Cpu, 3>(a.clone(), b1, counted).is_err());
+        // Another backend is declined.
+        assert!(matmul_with::<Cpu, Ad, 3>(a.clone(), b.clone(), |x, _| x).is_err());
+
+        // Autodiff, each operand tracked or not: value and gradients equal Burn's matmul's, and
+        // the backward pass goes through the kernel once per tracked operand.
+        let r = Tensor::<Cpu, 3>::from_data(TensorData::new(vals(2 * 3 * 5, 3), [2, 3, 5]), &dev);
+        for (ta, tb) in [(true, true), (true, false), (false, true)] {
+            let leaf = |t: &Tensor<Cpu, 3>, tracked: bool| {
+                let x = Tensor::<Ad, 3>::from_inner(t.clone());
+                if tracked {
+                    x.require_grad()
+                } else {
+                    x
+                }
+            };
+            let (xa, xb) = (leaf(&a, ta), leaf(&b, tb));
+            let (ya, yb) = (leaf(&a, ta), leaf(&b, tb));
+            let rr = Tensor::<Ad, 3>::from_inner(r.clone());
+            let before = CALLS.load(Ordering::SeqCst);
+            let got = matmul_with::<Ad, Cpu, 3>(xa.clone(), xb.clone(), counted)
+                .expect("Ad is Autodiff<K>");
+            let want = ya.clone().matmul(yb.clone());
+            assert_eq!(host(got.clone()), host(want.clone()));
+            let g_got = (got * rr.clone()).sum().backward();
+            let g_want = (want * rr.clone()).sum().backward();
+            assert_eq!(
+                CALLS.load(Ordering::SeqCst) - before,
+                1 + ta as usize + tb as usize,
+                "kernel calls with a tracked {ta}, b tracked {tb}"
+            );
+            for (x, y, tracked, name) in [(&xa, &ya, ta, "a"), (&xb, &yb, tb, "b")] {
+                match (x.grad(&g_got), y.grad(&g_want)) {
+                    (Some(g), Some(w)) => assert_eq!(host(g), host(w), "∂/∂{name}"),
+                    (None, None) => assert!(!tracked, "{name} tracked but no gradient"),
+                    _ => panic!("∂/∂{name}: one side has a gradient, the other not"),
+                }
+            }
+        }
+    }
+}
