@@ -10,9 +10,14 @@
 #                  ($ROME_EDITS edits per model, default 3)
 #   tests-smollm2  the SmolLM2 cuda tests (GGUF parts all staged)
 #   bench-smollm2  gpu_bench.py on SmolLM2 (ROME and a MEMIT batch of 100)
+#   probe          matmul-probe: every cubek kernel on the 7B step's products (PROBE_S seconds,
+#                  default 150) -> probe.jsonl, probe.md
+#   kernels-7b     kedit's ROME on random:llama2-7b with KEDIT_CUDA_KERNEL set to each kernel in
+#                  $KERNELS (comma-separated), or else the probe's fastest f32 kernel and its
+#                  fastest TF32 one on the MLP products -> gpu-edit.jsonl
 #
-#   call 1: carry gpu/1   bash benchmarks/gpu_device.sh tests-tiny
-#   call 2: carry gpu/2   bash benchmarks/gpu_device.sh bench-7b
+#   call 1: carry gpu/1   bash benchmarks/gpu_device.sh tests-tiny probe
+#   call 2: carry gpu/2   bash benchmarks/gpu_device.sh bench-7b kernels-7b
 #   call 3: carry gpu/3   bash benchmarks/gpu_device.sh tests-smollm2 bench-smollm2
 #
 # Logs and results go to $OUT: card.txt, tests-*.log, gpu-edit.jsonl, table-*.md.
@@ -128,7 +133,27 @@ for phase in "$@"; do
         fi
         [ "$(left)" -gt 60 ] || { echo "bench-smollm2: not run, the call's DEADLINE is near"; status=1; continue; }
         bench smollm2 "${MEMIT_SMOLLM2:-100}" ;;
-    *) echo "unknown phase $phase (tests-tiny, bench-7b, tests-smollm2, bench-smollm2)" >&2; status=2 ;;
+    probe)
+        p=${PROBE_S:-150}
+        [ "$(left)" -gt $((p + 30)) ] || p=$(($(left) - 30))
+        [ "$p" -gt 20 ] || { echo "probe: not run, the call's DEADLINE is near"; status=1; continue; }
+        timeout $((p + 20)) "$STAGE/bin/matmul-probe" --deadline "$p" \
+            > "$OUT/probe.jsonl" 2> >(tee "$OUT/probe.md" >&2) || status=1 ;;
+    kernels-7b)
+        kernels=${KERNELS:-}
+        if [ -z "$kernels" ] && [ -s "$OUT/probe.jsonl" ]; then
+            kernels=$(python3 benchmarks/gpu_pick_kernels.py "$OUT/probe.jsonl") || status=1
+        fi
+        [ -n "$kernels" ] || { echo "kernels-7b: no kernels (set KERNELS, or run probe in this call)"; status=1; continue; }
+        IFS=, read -ra ks <<< "$kernels"
+        for k in "${ks[@]}"; do
+            [ "$(left)" -gt 90 ] || { echo "kernels-7b: $k not run, the call's DEADLINE is near"; status=1; continue; }
+            echo "== KEDIT_CUDA_KERNEL=$k" | tee -a "$OUT/bench.log"
+            KEDIT_CUDA_KERNEL=$k timeout $(($(left) - 10)) "$STAGE/bin/gpu-edit" --model random:llama2-7b \
+                --backend cuda --rome-edits "${ROME_EDITS:-2}" --memit-batch 0 \
+                2>> "$OUT/bench.log" | tee -a "$OUT/gpu-edit.jsonl" || status=1
+        done ;;
+    *) echo "unknown phase $phase (tests-tiny, bench-7b, tests-smollm2, bench-smollm2, probe, kernels-7b)" >&2; status=2 ;;
     esac
 done
 echo "=== done ($(date -u +%T)), status $status"

@@ -99,7 +99,7 @@ fn step_bytes<B: Backend>(lm: &LanguageModel<B>, layer: usize) -> f64 {
 /// `KEDIT_CUDA_KERNEL` chose, if any.
 fn matmul_kind<B: Backend>(backend: &str) -> String {
     let split = kedit_models::layers::splits_matmul::<B>();
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-kernels")]
     if let Some((name, _)) = kedit_models::kernel::chosen().filter(|_| backend == "cuda") {
         let kind = if split {
             "3xTF32"

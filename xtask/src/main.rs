@@ -11,7 +11,7 @@
 //!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
-//! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit` (release, stripped) and SmolLM2
+//! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit`, `matmul-probe` (release, stripped) and SmolLM2
 //!   into gpu/1, gpu/2, … one per `device` call, for a GPU machine without a Rust toolchain or
 //!   network (`benchmarks/gpu_device.sh` stages and runs them there)
 //! - `data`: rebuild fixtures/s2rke-wikidata.json, fixtures/mend-train.json and
@@ -107,12 +107,22 @@ fn gpu_pack() -> Result<()> {
         "cuda",
         "-p",
         "kedit",
-        "-p",
-        "kedit-benchmarks",
         "--bin",
         "kedit",
+    ]))?;
+    // The GPU benchmarks alone carry every cubek kernel (`cuda-kernels`): a build of their own,
+    // so that the kedit binary and the tests stay as small as `cuda` makes them.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "kedit-benchmarks",
+        "--features",
+        "cuda-kernels",
         "--bin",
         "gpu-edit",
+        "--bin",
+        "matmul-probe",
     ]))?;
     let dir = root.join("gpu");
     let stage = dir.join("stage");
@@ -133,7 +143,7 @@ fn gpu_pack() -> Result<()> {
         std::fs::copy(exe, stage.join("tests").join(name))?;
         n += 1;
     }
-    for bin in ["kedit", "gpu-edit"] {
+    for bin in ["kedit", "gpu-edit", "matmul-probe"] {
         std::fs::copy(
             target_dir().join("release").join(bin),
             stage.join("bin").join(bin),
@@ -208,7 +218,7 @@ fn gpu_pack() -> Result<()> {
     std::fs::remove_file(dir.join("smollm2.tar"))?;
     std::fs::remove_dir_all(&stage)?;
     println!(
-        "gpu/: {n} test binaries, kedit and gpu-edit ({} bytes xz) and SmolLM2 ({} bytes) in {} parts of at most {cap} bytes: carry gpu/1, gpu/2, … one per call to the same warm machine (benchmarks/README.md, \"GPU\")",
+        "gpu/: {n} test binaries, kedit, gpu-edit and matmul-probe ({} bytes xz) and SmolLM2 ({} bytes) in {} parts of at most {cap} bytes: carry gpu/1, gpu/2, … one per call to the same warm machine (benchmarks/README.md, \"GPU\")",
         bins.len(),
         model.len(),
         chunks.len()

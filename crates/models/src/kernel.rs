@@ -1,5 +1,5 @@
-//! Products through a kernel kedit chooses rather than the one Burn launches: on burn-cuda,
-//! `KEDIT_CUDA_KERNEL=<name>` runs every [`crate::layers::matmul`] through that cubek kernel
+//! Products through a kernel kedit chooses rather than the one Burn launches: on burn-cuda, in a
+//! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every [`crate::layers::matmul`] through that cubek kernel
 //! (names as `matmul-probe` prints them; `matmul_simple_unit…` kernels compute in plain f32, the
 //! `…cmma`/`…mma` ones read TF32), in inference and under autodiff alike. Unset, nothing
 //! changes. Experimental: Burn 0.21 launches cubek's `Auto` kernel (TF32, about 44 TFLOP/s on
@@ -135,7 +135,7 @@ fn autodiff_matmul<K: Backend, C: CheckpointStrategy>(
 
 /// The kernel `KEDIT_CUDA_KERNEL` names, read once; `None` when it is unset. A name no kernel
 /// has stops the process with the list of names.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-kernels")]
 pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
     static CHOSEN: std::sync::OnceLock<Option<(String, cuda::Strategy)>> =
         std::sync::OnceLock::new();
@@ -162,7 +162,7 @@ pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
 
 /// Whether the chosen kernel computes in plain f32 (cubek's unit and naive kernels: no tensor
 /// cores, so no TF32), which makes the 3xTF32 split needless.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-kernels")]
 pub fn chosen_is_f32() -> bool {
     chosen().is_some_and(|(n, _)| n.contains("unit") || n.contains("naive"))
 }
@@ -174,7 +174,7 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
     a: Tensor<B, D>,
     b: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-kernels")]
     if chosen().is_some() {
         return matmul_with::<B, crate::Gpu, D>(a, b, cuda::chosen_kernel);
     }
@@ -182,7 +182,7 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
 }
 
 /// cubek's matmul kernels, launched one by one on Burn's CUDA tensors.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-kernels")]
 pub mod cuda {
     use burn::tensor::{ops::FloatTensor, Tensor, TensorPrimitive};
     use burn_cubecl::{kernel::matmul::init_matmul_output, tensor::CubeTensor, CubeRuntime};

@@ -15,7 +15,7 @@ pub fn splits_matmul<B: Backend>() -> bool {
     if !std::any::type_name::<B>().contains("cubecl_cuda") {
         return false;
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-kernels")]
     if crate::kernel::chosen_is_f32() {
         return false;
     }
