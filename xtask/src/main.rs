@@ -11,8 +11,8 @@
 //!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
-//! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit`, `matmul-probe` (release, stripped) and SmolLM2
-//!   into gpu/1, gpu/2, … one per `device` call, for a GPU machine without a Rust toolchain or
+//! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit`, `matmul-probe` (release, stripped)
+//!   and SmolLM2 into gpu/1, gpu/2, … one per `device` call, for a GPU machine without a Rust toolchain or
 //!   network (`benchmarks/gpu_device.sh` stages and runs them there)
 //! - `data`: rebuild fixtures/s2rke-wikidata.json, fixtures/mend-train.json and
 //!   fixtures/s2rke-wikidata-deep.json from the committed facts (byte for byte)

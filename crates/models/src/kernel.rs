@@ -1,10 +1,11 @@
-//! Products through a kernel kedit chooses rather than the one Burn launches: on burn-cuda, in a
-//! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every [`crate::layers::matmul`] through that cubek kernel
-//! (names as `matmul-probe` prints them; `matmul_simple_unit…` kernels compute in plain f32, the
-//! `…cmma`/`…mma` ones read TF32), in inference and under autodiff alike. Unset, nothing
-//! changes. Experimental: Burn 0.21 launches cubek's `Auto` kernel (TF32, about 44 TFLOP/s on
-//! an H200) with no setting to choose another; which kernel serves kedit best is measured by
-//! `matmul-probe` on the GPU (benchmarks/README.md, "GPU").
+//! Products through a kernel kedit chooses rather than the one Burn launches. On burn-cuda, in a
+//! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every
+//! [`crate::layers::matmul`] through that cubek kernel (names as `matmul-probe` prints them;
+//! `matmul_simple_unit…` kernels compute in plain f32, the `…cmma`/`…mma` ones read TF32), in
+//! inference and under autodiff alike. Unset, nothing changes. Experimental: Burn 0.21 launches
+//! cubek's `Auto` kernel (TF32, about 44 TFLOP/s on an H200) with no setting to choose another;
+//! which kernel serves kedit best is measured by `matmul-probe` on the GPU (benchmarks/README.md,
+//! "GPU").
 //!
 //! Under autodiff the product is a custom operation whose backward pass runs the same kernel
 //! (`∂a = g @ bᵀ`, `∂b = aᵀ @ g`, as Burn's own matmul). Its wiring is generic and is tested on
@@ -309,7 +310,11 @@ pub mod cuda {
         launch(strategy, a.clone(), b.clone()).unwrap_or_else(|e| {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                tracing::warn!(kernel = %name, error = %e, "KEDIT_CUDA_KERNEL cannot take a product; cubek's Auto runs it (said once)")
+                tracing::warn!(
+                    kernel = %name,
+                    error = %e,
+                    "KEDIT_CUDA_KERNEL cannot take a product; cubek's Auto runs it (said once)"
+                )
             });
             launch(&Strategy::Auto, a, b).expect("cubek's Auto kernel launches")
         })
