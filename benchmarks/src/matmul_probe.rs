@@ -51,7 +51,7 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 }
 
 struct Case {
-    name: &'static str,
+    name: String,
     /// W's shape [rows, cols]; the product is x[m, rows] @ W, or g[m, cols] @ Wᵀ.
     w: [usize; 2],
     transposed: bool,
@@ -93,38 +93,16 @@ fn main() -> Result<()> {
     let dev = Default::default();
     let (d, ff) = (4096, 11008);
     // The MLP's products first: they are two thirds of a block's arithmetic.
-    let cases = [
-        Case {
-            name: "up x@W",
-            w: [d, ff],
-            transposed: false,
-        },
-        Case {
-            name: "up g@Wᵀ",
-            w: [d, ff],
-            transposed: true,
-        },
-        Case {
-            name: "down x@W",
-            w: [ff, d],
-            transposed: false,
-        },
-        Case {
-            name: "down g@Wᵀ",
-            w: [ff, d],
-            transposed: true,
-        },
-        Case {
-            name: "attn x@W",
-            w: [d, d],
-            transposed: false,
-        },
-        Case {
-            name: "attn g@Wᵀ",
-            w: [d, d],
-            transposed: true,
-        },
-    ];
+    let cases: Vec<Case> = [("up", [d, ff]), ("down", [ff, d]), ("attn", [d, d])]
+        .into_iter()
+        .flat_map(|(layer, w)| {
+            [(false, "x@W"), (true, "g@Wᵀ")].map(|(transposed, product)| Case {
+                name: format!("{layer} {product}"),
+                w,
+                transposed,
+            })
+        })
+        .collect();
     let mut kernels: Vec<(String, Option<Strategy>)> = vec![
         ("burn matmul".into(), None),
         ("kedit split_matmul (3xTF32)".into(), None),
