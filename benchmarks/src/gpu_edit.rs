@@ -98,26 +98,21 @@ fn step_bytes<B: Backend>(lm: &LanguageModel<B>, layer: usize) -> f64 {
 /// How this run's products are computed: "3xTF32", "TF32" or "f32", and the cubek kernel
 /// `KEDIT_CUDA_KERNEL` chose, if any.
 fn matmul_kind<B: Backend>(backend: &str) -> String {
-    let split = kedit_models::layers::splits_matmul::<B>();
     #[cfg(feature = "cuda-kernels")]
-    if let Some((name, _)) = kedit_models::kernel::chosen().filter(|_| backend == "cuda") {
-        let kind = if split {
-            "3xTF32"
-        } else if kedit_models::kernel::chosen_is_f32() {
-            "f32"
-        } else {
-            "TF32"
-        };
-        return format!("{kind} ({name})");
-    }
-    if split {
+    let (f32_kernel, kernel) = match kedit_models::kernel::chosen().filter(|_| backend == "cuda") {
+        Some((name, _)) => (kedit_models::kernel::chosen_is_f32(), format!(" ({name})")),
+        None => (false, String::new()),
+    };
+    #[cfg(not(feature = "cuda-kernels"))]
+    let (f32_kernel, kernel) = (false, String::new());
+    let kind = if kedit_models::layers::splits_matmul::<B>() {
         "3xTF32"
-    } else if backend == "cuda" {
+    } else if backend == "cuda" && !f32_kernel {
         "TF32"
     } else {
         "f32"
-    }
-    .into()
+    };
+    format!("{kind}{kernel}")
 }
 
 fn median(v: &[f64]) -> f64 {

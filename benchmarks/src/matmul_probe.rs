@@ -50,6 +50,13 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// What a probe row times: Burn's matmul, kedit's 3xTF32 split, or one cubek kernel.
+enum Product {
+    Burn,
+    Split,
+    Cubek(Strategy),
+}
+
 struct Case {
     name: String,
     /// W's shape [rows, cols]; the product is x[m, rows] @ W, or g[m, cols] @ Wᵀ.
@@ -103,11 +110,15 @@ fn main() -> Result<()> {
             })
         })
         .collect();
-    let mut kernels: Vec<(String, Option<Strategy>)> = vec![
-        ("burn matmul".into(), None),
-        ("kedit split_matmul (3xTF32)".into(), None),
+    let mut kernels: Vec<(String, Product)> = vec![
+        ("burn matmul".into(), Product::Burn),
+        ("kedit split_matmul (3xTF32)".into(), Product::Split),
     ];
-    kernels.extend(strategies().into_iter().map(|(n, s)| (n, Some(s))));
+    kernels.extend(
+        strategies()
+            .into_iter()
+            .map(|(n, s)| (n, Product::Cubek(s))),
+    );
     if let Some(only) = &only {
         kernels.retain(|(n, _)| only.iter().any(|o| n.contains(o.as_str())));
     }
@@ -145,13 +156,13 @@ fn main() -> Result<()> {
                     }
                 }
             }
-            let run = |kernel: &Option<Strategy>, name: &str| -> Result<Tensor<B, 2>, String> {
+            let run = |kernel: &Product| -> Result<Tensor<B, 2>, String> {
                 match kernel {
-                    Some(s) => launch_tensors(s, x.clone(), rhs.clone()),
-                    None if name.starts_with("kedit") => {
+                    Product::Cubek(s) => launch_tensors(s, x.clone(), rhs.clone()),
+                    Product::Split => {
                         Ok(kedit_models::layers::split_matmul(x.clone(), rhs.clone()))
                     }
-                    None => Ok(x.clone().matmul(rhs.clone())),
+                    Product::Burn => Ok(x.clone().matmul(rhs.clone())),
                 }
             };
             for (name, kernel) in &kernels {
@@ -164,14 +175,14 @@ fn main() -> Result<()> {
                     return Ok(());
                 }
                 // The first launch compiles the kernel (or fails to set up on this card).
-                let first =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(kernel, name)))
-                        .unwrap_or_else(|_| Err("panicked".into()));
-                let (ms_per, tflops, err) = match first {
+                let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(kernel)))
+                    .unwrap_or_else(|_| Err("panicked".into()));
+                // (ms per product, relative error against f64), or why it did not run.
+                let outcome: Result<(f64, f64), String> = match first {
                     Err(e) => {
                         let e: String = e.chars().take(120).collect();
                         eprintln!("{} M={m} {name}: {e}", c.name);
-                        (None, None, Some(e))
+                        Err(e)
                     }
                     Ok(y) => {
                         let got = y.narrow(0, 0, rows).into_data().to_vec::<f32>().unwrap();
@@ -183,31 +194,29 @@ fn main() -> Result<()> {
                         B::sync(&dev).ok();
                         let t = Instant::now();
                         for _ in 0..reps {
-                            let _ = run(kernel, name);
+                            let _ = run(kernel);
                         }
                         B::sync(&dev).ok();
-                        let s = t.elapsed().as_secs_f64() / reps as f64;
-                        let rel = (num / den).sqrt();
-                        (
-                            Some(s * 1e3),
-                            Some(2.0 * (m * k * n) as f64 / s / 1e12),
-                            Some(format!("{rel:.2e}")),
-                        )
+                        Ok((
+                            t.elapsed().as_secs_f64() * 1e3 / reps as f64,
+                            (num / den).sqrt(),
+                        ))
                     }
                 };
-                println!(
-                    "{}",
-                    serde_json::json!({"benchmark": "matmul-probe", "product": c.name, "m": m,
-                        "k": k, "n": n, "transposed_rhs": c.transposed, "kernel": name,
-                        "ms": ms_per, "tflops": tflops,
-                        "rel_error": if ms_per.is_some() { err.clone() } else { None },
-                        "error": if ms_per.is_none() { err.clone() } else { None }})
-                );
-                if let (Some(t), Some(f)) = (ms_per, tflops) {
+                let tflops = |ms: f64| 2.0 * (m * k * n) as f64 / (ms / 1e3) / 1e12;
+                let (ms, rel, error) = match &outcome {
+                    Ok((ms, rel)) => (Some(*ms), Some(format!("{rel:.2e}")), None),
+                    Err(e) => (None, None, Some(e)),
+                };
+                let line = serde_json::json!({"benchmark": "matmul-probe", "product": c.name,
+                    "m": m, "k": k, "n": n, "transposed_rhs": c.transposed, "kernel": name,
+                    "ms": ms, "tflops": ms.map(tflops), "rel_error": rel, "error": error});
+                println!("{line}");
+                if let Ok((ms, rel)) = outcome {
                     table.push_str(&format!(
-                        "| {} | {m} | {name} | {t:.3} | {f:.1} | {} |\n",
+                        "| {} | {m} | {name} | {ms:.3} | {:.1} | {rel:.2e} |\n",
                         c.name,
-                        err.unwrap_or_default()
+                        tflops(ms)
                     ));
                 }
             }

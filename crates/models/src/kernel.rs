@@ -146,9 +146,9 @@ pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
                 .ok()
                 .filter(|v| !v.is_empty())?;
             let all = cuda::strategies();
-            let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
             let found = all.iter().find(|(n, _)| *n == name).cloned();
             if found.is_none() {
+                let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
                 eprintln!(
                     "error: KEDIT_CUDA_KERNEL={name}: no such kernel; one of {}",
                     names.join(", ")
@@ -272,12 +272,12 @@ pub mod cuda {
     ) -> Result<CubeTensor<R>, String> {
         let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
         let client = out.client.clone();
+        let (ld, rd) = (lhs.dtype.into(), rhs.dtype.into());
         let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
-            lhs: lhs.dtype.into(),
-            rhs: rhs.dtype.into(),
+            lhs: ld,
+            rhs: rd,
             out: out.dtype.into(),
         });
-        let (ld, rd) = (lhs.dtype.into(), rhs.dtype.into());
         launch_ref(
             strategy,
             &client,
