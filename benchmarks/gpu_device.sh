@@ -22,6 +22,10 @@
 #
 # Logs and results go to $OUT: card.txt, tests-*.log, gpu-edit.jsonl, table-*.md.
 #
+# Every packed binary is built with cubek's kernels: KEDIT_CUDA_KERNEL=<name> in the environment
+# runs the tests, the CLI and kedit's side of the benchmarks through that kernel (card.txt says
+# which), e.g. KEDIT_CUDA_KERNEL=matmul_simple_tma_mma bash benchmarks/gpu_device.sh tests-tiny.
+#
 # DEADLINE (seconds from the script's start, default 540) stops a call's phases in time for its
 # `timeout_s`: each test binary gets at most what is left (and TEST_TIMEOUT), a phase that cannot
 # start in time is skipped and said so, so the logs always come back.
@@ -37,6 +41,7 @@ GGUF=$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf
 DEADLINE=${DEADLINE:-540}
 left() { echo $((DEADLINE - SECONDS)); }
 nvidia-smi -L | tee "$OUT/card.txt"
+echo "KEDIT_CUDA_KERNEL=${KEDIT_CUDA_KERNEL:-} (empty: Burn's matmul)" | tee -a "$OUT/card.txt"
 
 for part in gpu/[0-9]*; do
     [ -d "$part" ] && cp -r "$part"/. "$STAGE"/ && rm -rf "$part"

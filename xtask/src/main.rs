@@ -53,6 +53,9 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The features of every binary `gpu-pack` builds.
+const CUDA_PACK_FEATURES: &str = "cuda,kedit-models/cuda-kernels";
+
 /// The integration tests with burn-cuda instances (`test_device!`) or cuda-only tests.
 const CUDA_TESTS: &[&str] = &[
     "tiny_llama",
@@ -87,12 +90,15 @@ const GGUF_WHEEL: &str = "gguf==0.19.0";
 /// calls. `benchmarks/gpu_device.sh` stages the parts there and runs what they allow.
 fn gpu_pack() -> Result<()> {
     let root = root();
+    // Every binary carries cubek's kernels (`cuda-kernels`), so that KEDIT_CUDA_KERNEL also
+    // reaches the tests and the CLI: a kernel is checked against the CPU on the GPU before it can
+    // become CUDA's default. One feature set for all three builds, so kedit-models builds once.
     let mut args: Vec<&str> = vec![
         "test",
         "--workspace",
         "--release",
         "--features",
-        "cuda",
+        CUDA_PACK_FEATURES,
         "--no-run",
         "--message-format=json",
     ];
@@ -104,14 +110,12 @@ fn gpu_pack() -> Result<()> {
         "build",
         "--release",
         "--features",
-        "cuda",
+        CUDA_PACK_FEATURES,
         "-p",
         "kedit",
         "--bin",
         "kedit",
     ]))?;
-    // The GPU benchmarks alone carry every cubek kernel (`cuda-kernels`): a build of their own,
-    // so that the kedit binary and the tests stay as small as `cuda` makes them.
     run(Command::new("cargo").current_dir(&root).args([
         "build",
         "--release",
