@@ -44,7 +44,10 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 /// `a @ b` from three TF32 products ("3xTF32"). Each operand is split as `hi + lo` with `hi`
 /// holding the top 11 significant bits (Veltkamp's split by 2^13 + 1: exactly representable in
 /// TF32, and `lo = x - hi` is exact), and `a @ b ≈ (hi_a @ hi_b + hi_a @ lo_b) + lo_a @ hi_b`,
-/// whose error is ~2^-22 relative against one TF32 product's ~2^-11.
+/// whose error is ~2^-22 relative against one TF32 product's ~2^-11. That is the arithmetic's
+/// bound; on an H200 the products measured 1.9e-5–5.2e-5, growing with the inner dimension
+/// (`matmul-probe`; benchmarks/README.md, "GPU"), so most likely the kernel's own accumulation,
+/// not the split, sets the error there.
 ///
 /// Under autodiff only `hi_a @ hi_b` carries gradients, straight through the split (`∂hi/∂x =
 /// 1`); the two corrections are constants. The backward pass then runs one product per operand
