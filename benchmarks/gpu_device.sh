@@ -11,7 +11,8 @@
 #   tests-smollm2  the SmolLM2 cuda tests (GGUF parts all staged)
 #   bench-smollm2  gpu_bench.py on SmolLM2 (ROME and a MEMIT batch of 100)
 #   probe          matmul-probe: every cubek kernel on the 7B step's products (PROBE_S seconds,
-#                  default 150) -> probe.jsonl, probe.md
+#                  default 150; PROBE_ONLY=a,b keeps the rows whose names contain a or b)
+#                  -> probe.jsonl, probe.md
 #   kernels-7b     kedit's ROME on random:llama2-7b with KEDIT_CUDA_KERNEL set to each kernel in
 #                  $KERNELS (comma-separated), or else the probe's fastest f32 kernel and its
 #                  fastest TF32 one on the MLP products -> gpu-edit.jsonl
@@ -142,7 +143,7 @@ for phase in "$@"; do
         p=${PROBE_S:-150}
         [ "$(left)" -gt $((p + 30)) ] || p=$(($(left) - 30))
         [ "$p" -gt 20 ] || { echo "probe: not run, the call's DEADLINE is near"; status=1; continue; }
-        timeout $((p + 20)) "$STAGE/bin/matmul-probe" --deadline "$p" \
+        timeout $((p + 20)) "$STAGE/bin/matmul-probe" --deadline "$p" ${PROBE_ONLY:+--only "$PROBE_ONLY"} \
             > "$OUT/probe.jsonl" 2> >(tee "$OUT/probe.md" >&2) || status=1 ;;
     kernels-7b)
         kernels=${KERNELS:-}

@@ -50,11 +50,36 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// What a probe row times: Burn's matmul, kedit's 3xTF32 split, or one cubek kernel.
+/// What a probe row times: Burn's matmul, kedit's 3xTF32 split, the split with its main
+/// product summed over chunks of K outside the kernel, or one cubek kernel.
 enum Product {
     Burn,
     Split,
+    /// On the H200, 3xTF32's error grew with K (1.9e-5 at 4096, 5.2e-5 at 11008) where the
+    /// split's arithmetic bounds it near 1e-6: if the kernel's accumulation (tensor cores round
+    /// toward zero there) is the cause, summing `hi_a @ hi_b` over short runs of K in f32 kernels
+    /// brings the error down by about K / chunk. The corrections are 2^-11 smaller: one product.
+    SplitChunked(usize),
     Cubek(Strategy),
+}
+
+/// [`Product::SplitChunked`]: `Σ_c hi_a[:, c] @ hi_b[c, :] + hi_a @ lo_b + lo_a @ hi_b`.
+fn split_chunked(a: Tensor<B, 2>, b: Tensor<B, 2>, chunk: usize) -> Tensor<B, 2> {
+    use kedit_models::layers::tf32_split;
+    let k = a.dims()[1];
+    let (ah, al) = tf32_split(a);
+    let (bh, bl) = tf32_split(b);
+    let main = (0..k)
+        .step_by(chunk)
+        .map(|k0| {
+            let len = chunk.min(k - k0);
+            ah.clone()
+                .narrow(1, k0, len)
+                .matmul(bh.clone().narrow(0, k0, len))
+        })
+        .reduce(|s, p| s + p)
+        .expect("K > 0");
+    main + ah.matmul(bl) + al.matmul(bh)
 }
 
 struct Case {
@@ -113,6 +138,14 @@ fn main() -> Result<()> {
     let mut kernels: Vec<(String, Product)> = vec![
         ("burn matmul".into(), Product::Burn),
         ("kedit split_matmul (3xTF32)".into(), Product::Split),
+        (
+            "split, main in K-chunks of 256".into(),
+            Product::SplitChunked(256),
+        ),
+        (
+            "split, main in K-chunks of 1024".into(),
+            Product::SplitChunked(1024),
+        ),
     ];
     kernels.extend(
         strategies()
@@ -162,6 +195,7 @@ fn main() -> Result<()> {
                     Product::Split => {
                         Ok(kedit_models::layers::split_matmul(x.clone(), rhs.clone()))
                     }
+                    Product::SplitChunked(c) => Ok(split_chunked(x.clone(), rhs.clone(), *c)),
                     Product::Burn => Ok(x.clone().matmul(rhs.clone())),
                 }
             };

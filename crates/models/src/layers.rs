@@ -68,7 +68,8 @@ pub fn split_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>
     product(a_main, b_main) + product(ah, bl) + product(al, bh)
 }
 
-fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+/// `x` as `hi + lo`, exactly: `hi` holds the top 11 significant bits (representable in TF32).
+pub fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
     // Separate f32 kernels (no fusion in this build), each rounding: the split is exact.
     let c = x.clone() * 8193.0;
     let hi = c.clone() - (c - x.clone());
