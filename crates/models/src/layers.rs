@@ -46,8 +46,9 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 /// TF32, and `lo = x - hi` is exact), and `a @ b ≈ (hi_a @ hi_b + hi_a @ lo_b) + lo_a @ hi_b`,
 /// whose error is ~2^-22 relative against one TF32 product's ~2^-11. That is the arithmetic's
 /// bound; on an H200 the products measured 1.9e-5–5.2e-5, growing with the inner dimension
-/// (`matmul-probe`; benchmarks/README.md, "GPU"), so most likely the kernel's own accumulation,
-/// not the split, sets the error there.
+/// (`matmul-probe`; benchmarks/README.md, "GPU"), as a CPU emulation of tensor cores that round
+/// their accumulator toward zero reproduces (`benchmarks/tf32_accumulation.py`): the kernel's
+/// accumulation, not the split, most likely sets the error there.
 ///
 /// Under autodiff only `hi_a @ hi_b` carries gradients, straight through the split (`∂hi/∂x =
 /// 1`); the two corrections are constants. The backward pass then runs one product per operand
