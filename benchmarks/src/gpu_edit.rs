@@ -55,7 +55,12 @@ fn main() -> Result<()> {
     match a.backend.as_str() {
         "cpu" => run::<kedit_models::Cpu>(&a, &Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => run::<kedit_models::Gpu>(&a, &Default::default()),
+        "cuda" => {
+            if let Ok(home) = kedit_models::fetch::cache_dir() {
+                kedit_models::kernel_cache::init(&home);
+            }
+            run::<kedit_models::Gpu>(&a, &Default::default())
+        }
         other => bail!("--backend {other}: expected cpu, or cuda in a build with --features cuda"),
     }
 }

@@ -302,7 +302,12 @@ fn with_backend(args: &ModelArgs, run: impl RunOnBackend) -> Result<()> {
     match args.backend {
         BackendKind::Cpu => run.run::<kedit_models::Cpu>(&spec, &Default::default()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => run.run::<kedit_models::Gpu>(&spec, &Default::default()),
+        BackendKind::Cuda => {
+            if let Ok(home) = kedit_models::fetch::cache_dir() {
+                kedit_models::kernel_cache::init(&home);
+            }
+            run.run::<kedit_models::Gpu>(&spec, &Default::default())
+        }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => bail!("--backend cuda: this kedit was built without the `cuda` feature (cargo build --release --features cuda)"),
     }

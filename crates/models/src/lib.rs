@@ -10,6 +10,8 @@ pub mod fetch;
 pub mod gpt2;
 pub mod gptj;
 pub mod kernel;
+#[cfg(feature = "cuda")]
+pub mod kernel_cache;
 pub mod layers;
 pub mod llama;
 pub mod load;
