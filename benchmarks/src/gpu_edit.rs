@@ -56,9 +56,7 @@ fn main() -> Result<()> {
         "cpu" => run::<kedit_models::Cpu>(&a, &Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => {
-            if let Ok(home) = kedit_models::fetch::cache_dir() {
-                kedit_models::kernel_cache::init(&home);
-            }
+            kedit_models::kernel_cache::init();
             run::<kedit_models::Gpu>(&a, &Default::default())
         }
         other => bail!("--backend {other}: expected cpu, or cuda in a build with --features cuda"),

@@ -138,15 +138,13 @@ fn main() -> Result<()> {
     let mut kernels: Vec<(String, Product)> = vec![
         ("burn matmul".into(), Product::Burn),
         ("kedit split_matmul (3xTF32)".into(), Product::Split),
-        (
-            "split, main in K-chunks of 256".into(),
-            Product::SplitChunked(256),
-        ),
-        (
-            "split, main in K-chunks of 1024".into(),
-            Product::SplitChunked(1024),
-        ),
     ];
+    kernels.extend([256, 1024].map(|c| {
+        (
+            format!("split, main in K-chunks of {c}"),
+            Product::SplitChunked(c),
+        )
+    }));
     kernels.extend(
         strategies()
             .into_iter()

@@ -303,9 +303,7 @@ fn with_backend(args: &ModelArgs, run: impl RunOnBackend) -> Result<()> {
         BackendKind::Cpu => run.run::<kedit_models::Cpu>(&spec, &Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            if let Ok(home) = kedit_models::fetch::cache_dir() {
-                kedit_models::kernel_cache::init(&home);
-            }
+            kedit_models::kernel_cache::init();
             run.run::<kedit_models::Gpu>(&spec, &Default::default())
         }
         #[cfg(not(feature = "cuda"))]

@@ -10,23 +10,29 @@ use std::path::Path;
 
 use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
 
-/// Sets CubeCL's configuration once per process, before burn-cuda first reads it: the user's
-/// `cubecl.toml` and `CUBECL_*` variables as CubeCL would load them, with the compilation cache
-/// under `home` when they name none. Does nothing if CubeCL has already loaded its configuration.
-pub fn init(home: &Path) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        if config.compilation.cache.is_none() {
-            config.compilation.cache = Some(CacheConfig::File(home.join("cubecl")));
-        }
-        // `RuntimeConfig::set` panics once anything has read the configuration; write it only
-        // while it is still unset, under the same lock.
-        let mut state = CubeClRuntimeConfig::storage().lock();
-        if state.is_none() {
-            *state = Some(std::sync::Arc::new(config));
-        }
-    });
+/// Sets CubeCL's configuration before burn-cuda first reads it, with the compilation cache
+/// under kedit's cache ([`crate::fetch::cache_dir`]); nothing when no cache directory can be had.
+pub fn init() {
+    if let Ok(home) = crate::fetch::cache_dir() {
+        init_under(&home);
+    }
+}
+
+/// [`init`] with the cache under `home`: the user's `cubecl.toml` and `CUBECL_*` variables as
+/// CubeCL would load them, with the compilation cache at `home/cubecl` when they name none. Does
+/// nothing once CubeCL's configuration is set or loaded.
+pub fn init_under(home: &Path) {
+    // `RuntimeConfig::set` panics once anything has read the configuration: check and write under
+    // the one lock instead.
+    let mut state = CubeClRuntimeConfig::storage().lock();
+    if state.is_some() {
+        return;
+    }
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::File(home.join("cubecl")));
+    }
+    *state = Some(std::sync::Arc::new(config));
 }
 
 #[cfg(test)]
@@ -38,8 +44,8 @@ mod tests {
     #[test]
     fn the_kernel_cache_goes_under_kedits_cache() {
         let home = std::env::temp_dir().join("kedit-kernel-cache-test");
-        init(&home);
-        init(Path::new("/elsewhere"));
+        init_under(&home);
+        init_under(Path::new("/elsewhere"));
         let config = CubeClRuntimeConfig::get();
         match &config.compilation.cache {
             Some(CacheConfig::File(p)) => assert_eq!(p, &home.join("cubecl")),
