@@ -150,9 +150,11 @@ impl Ft {
         let w0: Vec<Tensor<B, 2>> = h.layers.iter().map(|&l| get(l)).collect();
         let mut w = w0.clone();
         let mut adam = Adam::new(&w0);
-        let base = lm.model.map(&ToAutodiff);
-        // Below the lowest trained layer nothing changes: its input is computed once per chunk.
+        // Every weight but the trained ones is a constant across the steps: split once for
+        // 3xTF32 where products are split (CUDA); the trained ones are split per product.
         let start = *h.layers.iter().min().expect("checked non-empty");
+        let base = lm.model.presplit_if_split(start).map(&ToAutodiff);
+        // Below the lowest trained layer nothing changes: its input is computed once per chunk.
         let chunks: Vec<(TokenBatch, Tensor<B, 3>)> = data
             .chunks(h.batch_size)
             .map(|chunk| {

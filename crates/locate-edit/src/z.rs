@@ -218,7 +218,9 @@ pub fn optimize_shared<B: Backend>(
     let kl_pos: Vec<(usize, usize)> = kl_rows.iter().map(|&r| (r, 0)).collect();
     let kl_init = activation::log_softmax(model.logits_at(init.hidden, &kl_pos), 1);
 
-    let ad = model.map(&ToAutodiff);
+    // The weights are constants across the steps: where products are split for 3xTF32 (CUDA),
+    // split them once here rather than at every product of every step.
+    let ad = model.presplit_if_split(layer).map(&ToAutodiff);
     let cache = cache.map(&ToAutodiff);
     let dev = model.device();
     let h_suf = Tensor::<Autodiff<B>, 3>::from_inner(h_suf);

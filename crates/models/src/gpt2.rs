@@ -73,13 +73,13 @@ fn split_qkv<B: Backend>(
             .chunks_exact(3 * d)
             .flat_map(|row| row[part * d..(part + 1) * d].iter().copied())
             .collect();
-        Proj {
-            w: upload(vec![d, d], cols, device),
-            b: Some(upload(
+        Proj::new(
+            upload(vec![d, d], cols, device),
+            Some(upload(
                 vec![d],
                 b[part * d..(part + 1) * d].to_vec(),
                 device,
             )),
-        }
+        )
     }))
 }

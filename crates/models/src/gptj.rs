@@ -79,8 +79,5 @@ fn rotary_rows<B: Backend>(
         }
     }
     let (shape, data) = transpose_host(&[d, d], &rows);
-    Ok(Proj {
-        w: upload(shape, data, device),
-        b: None,
-    })
+    Ok(Proj::new(upload(shape, data, device), None))
 }

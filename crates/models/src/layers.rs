@@ -57,15 +57,45 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 /// is below the TF32 rounding of the incoming gradient either way): four products per
 /// differentiated matmul instead of six, and none of the split's tensors kept for the backward.
 pub fn split_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
-    let (ah, al) = tf32_split(a.clone().detach());
     let (bh, bl) = tf32_split(b.clone().detach());
-    // `x - lo` is exactly `hi` (the split is exact) with `x`'s gradient; without autodiff, `hi`
-    // itself, sparing a pass over each weight.
-    let (a_main, b_main) = if B::ad_enabled(&a.device()) {
-        (a - al.clone(), b - bl.clone())
+    let b_main = main_part(b, &bh, &bl);
+    split_products(a, b_main, bh, bl)
+}
+
+/// [`split_matmul`] with `b` a constant already split (`hi`, `lo` from [`tf32_split`]): the same
+/// products, so the same value to the bit, without the four elementwise passes over `b` that
+/// splitting it costs at every call. For weights that do not change across many products (ROME's
+/// v* steps), split once by [`crate::Transformer::presplit`]; `b` gets no gradient.
+pub fn presplit_matmul<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    hi: &Tensor<B, D>,
+    lo: &Tensor<B, D>,
+) -> Tensor<B, D> {
+    split_products(a, hi.clone(), hi.clone(), lo.clone())
+}
+
+/// The operand of the product that carries gradients: `x - lo` is exactly `hi` (the split is
+/// exact) with `x`'s gradient; without autodiff, `hi` itself, sparing a pass over `x`.
+fn main_part<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    hi: &Tensor<B, D>,
+    lo: &Tensor<B, D>,
+) -> Tensor<B, D> {
+    if B::ad_enabled(&x.device()) {
+        x - lo.clone()
     } else {
-        (ah.clone(), bh.clone())
-    };
+        hi.clone()
+    }
+}
+
+fn split_products<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b_main: Tensor<B, D>,
+    bh: Tensor<B, D>,
+    bl: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let (ah, al) = tf32_split(a.clone().detach());
+    let a_main = main_part(a, &ah, &al);
     product(a_main, b_main) + product(ah, bl) + product(al, bh)
 }
 
@@ -84,9 +114,27 @@ pub fn linear<B: Backend>(
     w: &Tensor<B, 2>,
     b: Option<&Tensor<B, 1>>,
 ) -> Tensor<B, 3> {
+    rows_then_bias(x, w.dims()[1], b, |x| matmul(x, w.clone()))
+}
+
+/// [`linear`] with `w` already split for 3xTF32 (`hi`, `lo`; [`presplit_matmul`]).
+pub fn linear_presplit<B: Backend>(
+    x: Tensor<B, 3>,
+    (hi, lo): (&Tensor<B, 2>, &Tensor<B, 2>),
+    b: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    rows_then_bias(x, hi.dims()[1], b, |x| presplit_matmul(x, hi, lo))
+}
+
+/// `product` on `x`'s tokens as rows, plus the bias, back in `x`'s shape.
+fn rows_then_bias<B: Backend>(
+    x: Tensor<B, 3>,
+    d_out: usize,
+    b: Option<&Tensor<B, 1>>,
+    product: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 3> {
     let [bs, s, d] = x.dims();
-    let d_out = w.dims()[1];
-    let y = matmul(x.reshape([bs * s, d]), w.clone());
+    let y = product(x.reshape([bs * s, d]));
     let y = match b {
         Some(b) => y + b.clone().unsqueeze_dim(0),
         None => y,
@@ -386,6 +434,57 @@ mod tests {
                 g => panic!("b tracked {b_tracked}, gradient {:?}", g.is_some()),
             }
         }
+    }
+
+    /// A weight split once gives [`split_matmul`]'s value and activation gradient to the bit,
+    /// in inference and under autodiff.
+    #[test]
+    fn presplit_matmul_is_split_matmul_to_the_bit() {
+        type Ad = burn::backend::Autodiff<crate::Cpu>;
+        let dev = Default::default();
+        let (m, k, n) = (6, 9, 4);
+        let vals = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    let t = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as f32;
+                    (t / u32::MAX as f32 - 0.5) * 10f32.powi((i % 3) as i32 - 1)
+                })
+                .collect()
+        };
+        let (av, bv, rv) = (vals(m * k, 2), vals(k * n, 13), vals(m * n, 8));
+        let t = |v: &[f32], s: [usize; 2]| {
+            Tensor::<crate::Cpu, 2>::from_data(TensorData::new(v.to_vec(), s), &dev)
+        };
+        let bits = |x: Tensor<crate::Cpu, 2>| -> Vec<u32> {
+            let v = x.into_data().to_vec::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let (hi, lo) = tf32_split(t(&bv, [k, n]));
+        let want = bits(split_matmul(t(&av, [m, k]), t(&bv, [k, n])));
+        assert_eq!(bits(presplit_matmul(t(&av, [m, k]), &hi, &lo)), want);
+        // The split is not a no-op on these values: `lo` carries bits.
+        assert!(bits(lo.clone()).iter().any(|&x| x != 0));
+
+        let run = |pre: bool| {
+            let a = Tensor::<Ad, 2>::from_inner(t(&av, [m, k])).require_grad();
+            let r = Tensor::<Ad, 2>::from_inner(t(&rv, [m, n]));
+            let y = if pre {
+                let (h, l) = (
+                    Tensor::<Ad, 2>::from_inner(hi.clone()),
+                    Tensor::<Ad, 2>::from_inner(lo.clone()),
+                );
+                presplit_matmul(a.clone(), &h, &l)
+            } else {
+                split_matmul(a.clone(), Tensor::from_inner(t(&bv, [k, n])))
+            };
+            let grads = (y.clone() * r).sum().backward();
+            (bits(y.inner()), bits(a.grad(&grads).expect("a's gradient")))
+        };
+        let (y_pre, g_pre) = run(true);
+        let (y_split, g_split) = run(false);
+        assert_eq!(y_pre, want, "autodiff value");
+        assert_eq!(y_split, want, "split_matmul's autodiff value");
+        assert_eq!(g_pre, g_split, "∂/∂a");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use crate::config::ModelConfig;
 use crate::layers::{
     apply_rotary, apply_rotary_rows, batch_ids, causal_mask, gelu_tanh, grouped_attention,
-    grouped_attention_rows, layer_norm, linear, rms_norm, rotary_tables, silu,
+    grouped_attention_rows, layer_norm, linear, linear_presplit, presplit_matmul, rms_norm,
+    rotary_tables, silu, tf32_split,
 };
 use crate::load::WeightSource;
 use crate::prefix::PrefixCache;
@@ -48,17 +49,64 @@ impl<B: Backend> Norm<B> {
 pub struct Proj<B: Backend> {
     pub w: Tensor<B, 2>,
     pub b: Option<Tensor<B, 1>>,
+    /// `w`'s 3xTF32 split (`hi`, `lo`), kept by [`Transformer::presplit`] for a run of forward
+    /// passes over constant weights; dropped when `w` is replaced.
+    split: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
 impl<B: Backend> Proj<B> {
+    pub fn new(w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Self {
+        Proj { w, b, split: None }
+    }
+
+    /// The kept split, unless `w` needs a gradient (fine-tuning it): the split is a constant.
+    fn kept_split(&self) -> Option<(&Tensor<B, 2>, &Tensor<B, 2>)> {
+        match &self.split {
+            Some((hi, lo)) if !self.w.is_require_grad() => Some((hi, lo)),
+            _ => None,
+        }
+    }
+
     fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(x, &self.w, self.b.as_ref())
+        match self.kept_split() {
+            Some(split) => linear_presplit(x, split, self.b.as_ref()),
+            None => linear(x, &self.w, self.b.as_ref()),
+        }
+    }
+
+    /// `x @ w (+ b)` for `x: [rows, d_in]`.
+    fn apply_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = match self.kept_split() {
+            Some((hi, lo)) => presplit_matmul(x, hi, lo),
+            None => crate::layers::matmul(x, self.w.clone()),
+        };
+        match &self.b {
+            Some(b) => y + b.clone().unsqueeze_dim(0),
+            None => y,
+        }
+    }
+
+    fn presplit(&self) -> Proj<B> {
+        let (hi, lo) = tf32_split(self.w.clone().detach());
+        Proj {
+            split: Some((hi, lo)),
+            ..self.clone()
+        }
+    }
+
+    fn set(&mut self, w: Tensor<B, 2>) {
+        self.w = w;
+        self.split = None;
     }
 
     fn map<B2: Backend>(&self, f: &impl TensorMap<B, B2>) -> Proj<B2> {
         Proj {
             w: f.map(self.w.clone()),
             b: self.b.as_ref().map(|b| f.map(b.clone())),
+            split: self
+                .split
+                .as_ref()
+                .map(|(hi, lo)| (f.map(hi.clone()), f.map(lo.clone()))),
         }
     }
 }
@@ -181,14 +229,13 @@ pub(crate) fn proj<B: Backend>(
     bias: bool,
     device: &B::Device,
 ) -> Result<Proj<B>> {
-    Ok(Proj {
-        w: weight(src, &format!("{prefix}.weight"), dims, layout, device)?,
-        b: if bias {
-            Some(vector(src, &format!("{prefix}.bias"), dims[1], device)?)
-        } else {
-            None
-        },
-    })
+    let w = weight(src, &format!("{prefix}.weight"), dims, layout, device)?;
+    let b = if bias {
+        Some(vector(src, &format!("{prefix}.bias"), dims[1], device)?)
+    } else {
+        None
+    };
+    Ok(Proj::new(w, b))
 }
 
 /// `{prefix}.weight` and `{prefix}.bias` as a LayerNorm.
@@ -221,10 +268,7 @@ pub(crate) fn embeddings<B: Backend>(
         proj(src, head, [d, v], Layout::OutIn, head_bias, device)?
     } else {
         let (s, t) = transpose_host(&[v, d], &data);
-        Proj {
-            w: upload(s, t, device),
-            b: None,
-        }
+        Proj::new(upload(s, t, device), None)
     };
     Ok((upload(vec![v, d], data, device), lm_head))
 }
@@ -283,6 +327,50 @@ impl<B: Backend> Transformer<B> {
                     down: b.down.map(f),
                 })
                 .collect(),
+        }
+    }
+
+    /// The same model with the weights of blocks `from..` and of the output head split for
+    /// 3xTF32 once ([`crate::layers::presplit_matmul`]) instead of at every product: for a run
+    /// of passes over constant weights (ROME's v* steps) where [`crate::layers::splits_matmul`]
+    /// holds. Same values to the bit as splitting at every product; costs twice those weights'
+    /// memory while it lives. A weight made to need a gradient, or replaced, is split per
+    /// product again.
+    pub fn presplit(&self, from: usize) -> Self {
+        let mut m = self.clone();
+        for b in &mut m.blocks[from..] {
+            for p in [
+                &mut b.wq,
+                &mut b.wk,
+                &mut b.wv,
+                &mut b.wo,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                *p = p.presplit();
+            }
+            if let Some(g) = &mut b.gate {
+                *g = g.presplit();
+            }
+        }
+        m.lm_head = m.lm_head.presplit();
+        m
+    }
+
+    /// [`Self::presplit`] where [`crate::layers::splits_matmul`] holds on `B`, else the model
+    /// as it is (a copy of its handles, not of its weights). `KEDIT_CUDA_PRESPLIT=off` keeps
+    /// splitting at every product: the kept halves double the memory of the weights from
+    /// `from` on (a 7B model edited at layer 5: 27 GB of weights, 45 GB more), which an 80 GB
+    /// card may not have.
+    pub fn presplit_if_split(&self, from: usize) -> Self {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off = *OFF.get_or_init(|| {
+            std::env::var("KEDIT_CUDA_PRESPLIT").is_ok_and(|v| v == "off" || v == "0")
+        });
+        if crate::layers::splits_matmul::<B>() && !off {
+            self.presplit(from)
+        } else {
+            self.clone()
         }
     }
 
@@ -488,11 +576,7 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
     }
 
     fn unembed(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = crate::layers::matmul(hidden, self.lm_head.w.clone());
-        match &self.lm_head.b {
-            Some(b) => y + b.clone().unsqueeze_dim(0),
-            None => y,
-        }
+        self.lm_head.apply_rows(hidden)
     }
 
     fn batch(&self, seqs: &[Vec<u32>]) -> Tensor<B, 2, Int> {
@@ -509,7 +593,7 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             self.blocks[layer].down.w.dims(),
             "set_mlp_out: shape mismatch"
         );
-        self.blocks[layer].down.w = w;
+        self.blocks[layer].down.set(w);
     }
 
     fn attn_out(&self, layer: usize) -> Tensor<B, 2> {
@@ -522,7 +606,7 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             self.blocks[layer].wo.w.dims(),
             "set_attn_out: shape mismatch"
         );
-        self.blocks[layer].wo.w = w;
+        self.blocks[layer].wo.set(w);
     }
 }
 
