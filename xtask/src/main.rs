@@ -61,6 +61,7 @@ const CUDA_TESTS: &[&str] = &[
     "tiny_llama",
     "families",
     "prefix",
+    "presplit",
     "smollm2",
     "patch",
     "rome_tiny",
@@ -918,6 +919,32 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU pack carries every integration test with a cuda instance: a test file added
+    /// without its name here would never run on the GPU.
+    #[test]
+    fn the_gpu_pack_lists_every_test_with_a_cuda_instance() {
+        let mut found = Vec::new();
+        for krate in std::fs::read_dir(root().join("crates")).unwrap() {
+            let dir = krate.unwrap().path().join("tests");
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for f in files {
+                let path = f.unwrap().path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if text.contains("test_device!(") || text.contains("feature = \"cuda\"") {
+                        found.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        assert!(found.len() >= 10, "found only {found:?}");
+        for t in &found {
+            assert!(CUDA_TESTS.contains(&t.as_str()), "{t} is not in CUDA_TESTS");
+        }
+    }
 
     #[test]
     fn a_profile_naming_an_unregistered_method_is_an_error() {
