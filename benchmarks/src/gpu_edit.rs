@@ -98,8 +98,9 @@ fn step_bytes<B: Backend>(lm: &LanguageModel<B>, layer: usize) -> f64 {
     4.0 * ((c.num_layers - layer) * block + d * c.vocab_size + 2 * d) as f64
 }
 
-/// How this run's products are computed: "3xTF32", "TF32" or "f32", and the cubek kernel
-/// `KEDIT_CUDA_KERNEL` chose, if any.
+/// How this run's products are computed: "3xTF32, presplit" (constant weights split once per
+/// edit), "3xTF32" (split at every product, `KEDIT_CUDA_PRESPLIT=off`), "TF32" or "f32", and
+/// the cubek kernel `KEDIT_CUDA_KERNEL` chose, if any.
 fn matmul_kind<B: Backend>(backend: &str) -> String {
     #[cfg(feature = "cuda-kernels")]
     let (f32_kernel, kernel) = match kedit_models::kernel::chosen().filter(|_| backend == "cuda") {
@@ -108,7 +109,10 @@ fn matmul_kind<B: Backend>(backend: &str) -> String {
     };
     #[cfg(not(feature = "cuda-kernels"))]
     let (f32_kernel, kernel) = (false, String::new());
-    let kind = if kedit_models::layers::splits_matmul::<B>() {
+    // Runs before session 15 split every product and are labelled "3xTF32".
+    let kind = if kedit_models::layers::presplits_weights::<B>() {
+        "3xTF32, presplit"
+    } else if kedit_models::layers::splits_matmul::<B>() {
         "3xTF32"
     } else if backend == "cuda" && !f32_kernel {
         "TF32"

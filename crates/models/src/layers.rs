@@ -22,6 +22,19 @@ pub fn splits_matmul<B: Backend>() -> bool {
     !*TF32.get_or_init(|| std::env::var("KEDIT_CUDA_MATMUL").is_ok_and(|v| v == "tf32"))
 }
 
+/// Whether editors split the weights they hold constant once per edit
+/// ([`crate::Transformer::presplit`]) rather than at every product: where [`splits_matmul`]
+/// holds, unless `KEDIT_CUDA_PRESPLIT=off` (or `0`). The kept halves double the memory of the
+/// weights from the edited layer on (a 7B model edited at layer 5: 27 GB of weights, 45 GB
+/// more), which an 80 GB card may not have.
+pub fn presplits_weights<B: Backend>() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    splits_matmul::<B>()
+        && !*OFF.get_or_init(|| {
+            std::env::var("KEDIT_CUDA_PRESPLIT").is_ok_and(|v| v == "off" || v == "0")
+        })
+}
+
 /// One product: through the kernel `KEDIT_CUDA_KERNEL` names on burn-cuda ([`crate::kernel`]),
 /// else Burn's matmul.
 fn product<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {

@@ -357,17 +357,10 @@ impl<B: Backend> Transformer<B> {
         m
     }
 
-    /// [`Self::presplit`] where [`crate::layers::splits_matmul`] holds on `B`, else the model
-    /// as it is (a copy of its handles, not of its weights). `KEDIT_CUDA_PRESPLIT=off` keeps
-    /// splitting at every product: the kept halves double the memory of the weights from
-    /// `from` on (a 7B model edited at layer 5: 27 GB of weights, 45 GB more), which an 80 GB
-    /// card may not have.
+    /// [`Self::presplit`] where [`crate::layers::presplits_weights`] holds on `B`, else the
+    /// model as it is (a copy of its handles, not of its weights).
     pub fn presplit_if_split(&self, from: usize) -> Self {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let off = *OFF.get_or_init(|| {
-            std::env::var("KEDIT_CUDA_PRESPLIT").is_ok_and(|v| v == "off" || v == "0")
-        });
-        if crate::layers::splits_matmul::<B>() && !off {
+        if crate::layers::presplits_weights::<B>() {
             self.presplit(from)
         } else {
             self.clone()
