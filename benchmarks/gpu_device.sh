@@ -25,7 +25,8 @@
 #
 # Every packed binary is built with cubek's kernels: KEDIT_CUDA_KERNEL=<name> in the environment
 # runs the tests, the CLI and kedit's side of the benchmarks through that kernel (card.txt says
-# which), e.g. KEDIT_CUDA_KERNEL=matmul_simple_tma_mma bash benchmarks/gpu_device.sh tests-tiny.
+# which), e.g. KEDIT_CUDA_KERNEL=matmul_simple_tma_mma bash benchmarks/gpu_device.sh tests-tiny;
+# KEDIT_CUDA_KERNEL=cublas runs them through cuBLAS's f32 SGEMM (crates/models/src/cublas.rs).
 #
 # DEADLINE (seconds from the script's start, default 540) stops a call's phases in time for its
 # `timeout_s`: each test binary gets at most what is left (and TEST_TIMEOUT), a phase that cannot
@@ -37,6 +38,12 @@ mkdir -p "$OUT" "$STAGE"
 # Burn's CUDA runtime (cudarc) loads the driver and CUDA 13 libraries at run time; never the
 # toolkit's `stubs` folder (CUDA_ERROR_STUB_LIBRARY).
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+# KEDIT_CUDA_KERNEL=cublas loads libcublas: the toolkit's (above) if it has one, else the one
+# PyTorch's wheel carries (nvidia/*/lib), searched last.
+for d in $(python3 -c 'import glob, nvidia; print(" ".join(p for r in nvidia.__path__ for p in glob.glob(r + "/*/lib")))' 2>/dev/null); do
+    LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
+ls /usr/local/cuda-13.0/targets/x86_64-linux/lib/libcublas.so* 2>/dev/null | head -3 > "$OUT/cublas.txt"
 export KEDIT_HOME=$STAGE/home PYTHONUNBUFFERED=1
 GGUF=$KEDIT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf
 DEADLINE=${DEADLINE:-540}

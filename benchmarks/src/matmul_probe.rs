@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 use kedit_models::kernel::cuda::{launch_tensors, strategies, Strategy};
 
 type B = kedit_models::Gpu;
@@ -50,10 +50,11 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// What a probe row times: Burn's matmul, kedit's 3xTF32 split, the split with its main
-/// product summed over chunks of K outside the kernel, or one cubek kernel.
+/// What a probe row times: Burn's matmul, cuBLAS's f32 SGEMM, kedit's 3xTF32 split, the split
+/// with its main product summed over chunks of K outside the kernel, or one cubek kernel.
 enum Product {
     Burn,
+    Cublas,
     Split,
     /// On the H200, 3xTF32's error grew with K (1.9e-5 at 4096, 5.2e-5 at 11008) where the
     /// split's arithmetic bounds it near 1e-6: if the kernel's accumulation (tensor cores round
@@ -137,6 +138,7 @@ fn main() -> Result<()> {
         .collect();
     let mut kernels: Vec<(String, Product)> = vec![
         ("burn matmul".into(), Product::Burn),
+        ("cublas (f32 SGEMM)".into(), Product::Cublas),
         ("kedit split_matmul (3xTF32)".into(), Product::Split),
     ];
     kernels.extend([256, 1024].map(|c| {
@@ -195,6 +197,12 @@ fn main() -> Result<()> {
                     }
                     Product::SplitChunked(c) => Ok(split_chunked(x.clone(), rhs.clone(), *c)),
                     Product::Burn => Ok(x.clone().matmul(rhs.clone())),
+                    Product::Cublas => Ok(Tensor::from_primitive(TensorPrimitive::Float(
+                        kedit_models::cublas::matmul(
+                            x.clone().into_primitive().tensor(),
+                            rhs.clone().into_primitive().tensor(),
+                        ),
+                    ))),
                 }
             };
             for (name, kernel) in &kernels {

@@ -1,8 +1,9 @@
 //! Products through a kernel kedit chooses rather than the one Burn launches. On burn-cuda, in a
 //! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every
 //! [`crate::layers::matmul`] through that cubek kernel (names as `matmul-probe` prints them;
-//! `matmul_simple_unit…` kernels compute in plain f32, the `…cmma`/`…mma` ones read TF32), in
-//! inference and under autodiff alike. Unset, nothing changes. Experimental: Burn 0.21 launches
+//! `matmul_simple_unit…` kernels compute in plain f32, the `…cmma`/`…mma` ones read TF32), or
+//! through cuBLAS's f32 SGEMM with `cublas` ([`crate::cublas`]), in inference and under autodiff
+//! alike. Unset, nothing changes. Experimental: Burn 0.21 launches
 //! cubek's `Auto` kernel (TF32, about 44 TFLOP/s on an H200) with no setting to choose another;
 //! which kernel serves kedit best is measured by `matmul-probe` on the GPU (benchmarks/README.md,
 //! "GPU").
@@ -145,12 +146,17 @@ pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
             let name = std::env::var("KEDIT_CUDA_KERNEL")
                 .ok()
                 .filter(|v| !v.is_empty())?;
+            if name == CUBLAS {
+                tracing::info!("KEDIT_CUDA_KERNEL=cublas: matmuls through cuBLAS's f32 SGEMM");
+                // The strategy is unused: `chosen_kernel` sends this name to cuBLAS.
+                return Some((name, cuda::Strategy::Auto));
+            }
             let all = cuda::strategies();
             let found = all.iter().find(|(n, _)| *n == name).cloned();
             if found.is_none() {
                 let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
                 eprintln!(
-                    "error: KEDIT_CUDA_KERNEL={name}: no such kernel; one of {}",
+                    "error: KEDIT_CUDA_KERNEL={name}: no such kernel; one of {CUBLAS}, {}",
                     names.join(", ")
                 );
                 std::process::exit(2);
@@ -161,11 +167,15 @@ pub fn chosen() -> Option<&'static (String, cuda::Strategy)> {
         .as_ref()
 }
 
-/// Whether the chosen kernel computes in plain f32 (cubek's unit and naive kernels: no tensor
-/// cores, so no TF32), which makes the 3xTF32 split needless.
+/// `KEDIT_CUDA_KERNEL`'s name for cuBLAS's f32 SGEMM ([`crate::cublas`]).
+#[cfg(feature = "cuda-kernels")]
+pub const CUBLAS: &str = "cublas";
+
+/// Whether the chosen kernel computes in plain f32 (cuBLAS's SGEMM; cubek's unit and naive
+/// kernels: no tensor cores, so no TF32), which makes the 3xTF32 split needless.
 #[cfg(feature = "cuda-kernels")]
 pub fn chosen_is_f32() -> bool {
-    chosen().is_some_and(|(n, _)| n.contains("unit") || n.contains("naive"))
+    chosen().is_some_and(|(n, _)| n == CUBLAS || n.contains("unit") || n.contains("naive"))
 }
 
 /// `a @ b` through the chosen kernel on burn-cuda (inference or autodiff); the operands back
@@ -307,6 +317,9 @@ pub mod cuda {
     /// The chosen kernel; cubek's `Auto` where it cannot take the shapes (said once).
     pub(super) fn chosen_kernel(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
         let (name, strategy) = super::chosen().expect("called only with a kernel chosen");
+        if name == super::CUBLAS {
+            return crate::cublas::matmul(a, b);
+        }
         launch(strategy, a.clone(), b.clone()).unwrap_or_else(|e| {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {

@@ -6,6 +6,8 @@
 //! `generate`. All model code is generic over a Burn backend `B`.
 
 pub mod config;
+#[cfg(feature = "cuda-kernels")]
+pub mod cublas;
 pub mod fetch;
 pub mod gpt2;
 pub mod gptj;
