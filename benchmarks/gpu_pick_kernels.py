@@ -1,5 +1,5 @@
 """From matmul-probe's JSON lines, the kernels worth an end-to-end ROME run: the fastest that
-computes in f32 (relative error under 1e-5 against f64) and the fastest TF32 one, by their
+computes in f32 (cuBLAS's SGEMM among them) (relative error under 1e-5 against f64) and the fastest TF32 one, by their
 summed time on the MLP's forward and backward products (two thirds of a block's arithmetic).
 Prints them comma-separated, for KEDIT_CUDA_KERNEL; exits 1 when the probe measured none.
 
@@ -16,8 +16,13 @@ def main():
     for line in open(sys.argv[1]):
         r = json.loads(line)
         name = r["kernel"]
-        # Only cubek's kernels can be chosen; Burn's matmul and kedit's split are the baselines.
-        if r["product"] not in PRODUCTS or r["ms"] is None or not name.startswith("matmul_"):
+        # The probe's "cublas (f32 SGEMM)" row is KEDIT_CUDA_KERNEL=cublas.
+        if name.startswith("cublas"):
+            name = "cublas"
+        # Only cubek's kernels and cuBLAS can be chosen; Burn's matmul and kedit's split are the
+        # baselines.
+        choosable = name.startswith("matmul_") or name == "cublas"
+        if r["product"] not in PRODUCTS or r["ms"] is None or not choosable:
             continue
         times.setdefault(name, {})[r["product"]] = r["ms"]
         errors[name] = max(errors.get(name, 0.0), float(r["rel_error"]))
