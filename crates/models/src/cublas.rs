@@ -77,7 +77,9 @@ fn int(x: usize, what: &str) -> i32 {
     i32::try_from(x).unwrap_or_else(|_| panic!("cuBLAS: {what} = {x} exceeds a C int"))
 }
 
-/// Per thread: the cuBLAS handle and its stream, in the device's primary context.
+/// Per thread: the cuBLAS handle and its stream, in the device's primary context. They live as
+/// long as the process: destroying them from a thread-local destructor could run after the
+/// driver has shut down at exit.
 struct Blas {
     device: usize,
     handle: blas_sys::cublasHandle_t,
@@ -151,14 +153,21 @@ pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     if m == 0 || n == 0 || batch == 0 {
         return out;
     }
-    // The operands' pending kernels first: cuBLAS's stream does not wait on CubeCL's.
-    burn_cubecl::cubecl::future::block_on(a.client.sync()).expect("CubeCL sync");
+    if k == 0 {
+        // An empty sum; cuBLAS would reject the leading dimensions of empty operands.
+        return crate::kernel::cuda::launch(&cubek::matmul::launch::Strategy::Auto, a, b)
+            .expect("cubek's Auto kernel launches");
+    }
+    // The buffers first: resolving them makes this thread's CubeCL stream wait for any other
+    // stream that wrote them; then that stream's pending kernels, since cuBLAS's stream does not
+    // wait on CubeCL's.
     let ra = a.client.get_resource(a.handle.clone()).expect("lhs buffer");
     let rb = b.client.get_resource(b.handle.clone()).expect("rhs buffer");
     let rc = out
         .client
         .get_resource(out.handle.clone())
         .expect("output buffer");
+    burn_cubecl::cubecl::future::block_on(a.client.sync()).expect("CubeCL sync");
     let op = |t: bool| {
         if t {
             blas_sys::cublasOperation_t::CUBLAS_OP_T
