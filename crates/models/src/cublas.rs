@@ -129,8 +129,7 @@ fn with_blas<T>(device: usize, f: impl FnOnce(&Blas) -> T) -> T {
 /// SGEMM (strided-batched); another dtype goes to cubek's `Auto` kernel.
 pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     if a.dtype != DType::F32 || b.dtype != DType::F32 {
-        return crate::kernel::cuda::launch(&cubek::matmul::launch::Strategy::Auto, a, b)
-            .expect("cubek's Auto kernel launches");
+        return crate::kernel::cuda::auto(a, b);
     }
     let read = |t: FloatTensor<Gpu>| match operand(t.meta.shape(), t.meta.strides()) {
         Some(op) => (t, op),
@@ -155,8 +154,7 @@ pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     }
     if k == 0 {
         // An empty sum; cuBLAS would reject the leading dimensions of empty operands.
-        return crate::kernel::cuda::launch(&cubek::matmul::launch::Strategy::Auto, a, b)
-            .expect("cubek's Auto kernel launches");
+        return crate::kernel::cuda::auto(a, b);
     }
     // The buffers first: resolving them makes this thread's CubeCL stream wait for any other
     // stream that wrote them; then that stream's pending kernels, since cuBLAS's stream does not

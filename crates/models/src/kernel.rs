@@ -329,8 +329,13 @@ pub mod cuda {
                     "KEDIT_CUDA_KERNEL cannot take a product; cubek's Auto runs it (said once)"
                 )
             });
-            launch(&Strategy::Auto, a, b).expect("cubek's Auto kernel launches")
+            auto(a, b)
         })
+    }
+
+    /// cubek's `Auto` kernel, Burn's own choice, which takes every shape.
+    pub(crate) fn auto(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
+        launch(&Strategy::Auto, a, b).expect("cubek's Auto kernel launches")
     }
 }
 

@@ -121,40 +121,6 @@ pub fn tf32_split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>,
     (hi, lo)
 }
 
-/// `x @ w (+ b)` for `x: [batch, seq, d_in]` and `w: [d_in, d_out]`.
-pub fn linear<B: Backend>(
-    x: Tensor<B, 3>,
-    w: &Tensor<B, 2>,
-    b: Option<&Tensor<B, 1>>,
-) -> Tensor<B, 3> {
-    rows_then_bias(x, w.dims()[1], b, |x| matmul(x, w.clone()))
-}
-
-/// [`linear`] with `w` already split for 3xTF32 (`hi`, `lo`; [`presplit_matmul`]).
-pub fn linear_presplit<B: Backend>(
-    x: Tensor<B, 3>,
-    (hi, lo): (&Tensor<B, 2>, &Tensor<B, 2>),
-    b: Option<&Tensor<B, 1>>,
-) -> Tensor<B, 3> {
-    rows_then_bias(x, hi.dims()[1], b, |x| presplit_matmul(x, hi, lo))
-}
-
-/// `product` on `x`'s tokens as rows, plus the bias, back in `x`'s shape.
-fn rows_then_bias<B: Backend>(
-    x: Tensor<B, 3>,
-    d_out: usize,
-    b: Option<&Tensor<B, 1>>,
-    product: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
-) -> Tensor<B, 3> {
-    let [bs, s, d] = x.dims();
-    let y = product(x.reshape([bs * s, d]));
-    let y = match b {
-        Some(b) => y + b.clone().unsqueeze_dim(0),
-        None => y,
-    };
-    y.reshape([bs, s, d_out])
-}
-
 /// SiLU as `x / (1 + e^-x)`. Burn 0.21's `activation::silu`/`sigmoid` give gradients that are off
 /// by ~1e-2 under `Autodiff` (found by the finite-difference test); these primitive ops are exact.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

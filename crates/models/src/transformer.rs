@@ -13,8 +13,7 @@ use rayon::prelude::*;
 use crate::config::ModelConfig;
 use crate::layers::{
     apply_rotary, apply_rotary_rows, batch_ids, causal_mask, gelu_tanh, grouped_attention,
-    grouped_attention_rows, layer_norm, linear, linear_presplit, presplit_matmul, rms_norm,
-    rotary_tables, silu, tf32_split,
+    grouped_attention_rows, layer_norm, presplit_matmul, rms_norm, rotary_tables, silu, tf32_split,
 };
 use crate::load::WeightSource;
 use crate::prefix::PrefixCache;
@@ -67,11 +66,12 @@ impl<B: Backend> Proj<B> {
         }
     }
 
+    /// `x @ w (+ b)` for `x: [batch, seq, d_in]`, the tokens as rows.
     fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self.kept_split() {
-            Some(split) => linear_presplit(x, split, self.b.as_ref()),
-            None => linear(x, &self.w, self.b.as_ref()),
-        }
+        let [bs, s, d] = x.dims();
+        let y = self.apply_rows(x.reshape([bs * s, d]));
+        let d_out = y.dims()[1];
+        y.reshape([bs, s, d_out])
     }
 
     /// `x @ w (+ b)` for `x: [rows, d_in]`.
