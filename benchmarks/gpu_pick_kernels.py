@@ -1,6 +1,7 @@
 """From matmul-probe's JSON lines, the kernels worth an end-to-end ROME run: the fastest that
-computes in f32 (cuBLAS's SGEMM among them) (relative error under 1e-5 against f64) and the fastest TF32 one, by their
-summed time on the MLP's forward and backward products (two thirds of a block's arithmetic).
+computes in f32 (relative error under 1e-5 against f64; cuBLAS's SGEMM among the candidates) and
+the fastest TF32 one, by their summed time on the MLP's forward and backward products (two
+thirds of a block's arithmetic).
 Prints them comma-separated, for KEDIT_CUDA_KERNEL; exits 1 when the probe measured none.
 
 Usage: python3 benchmarks/gpu_pick_kernels.py probe.jsonl

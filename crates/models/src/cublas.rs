@@ -131,6 +131,21 @@ pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     if a.dtype != DType::F32 || b.dtype != DType::F32 {
         return crate::kernel::cuda::auto(a, b);
     }
+    let d = a.meta.shape().len();
+    let (m, k, n) = (
+        a.meta.shape()[d - 2],
+        a.meta.shape()[d - 1],
+        b.meta.shape()[d - 1],
+    );
+    let batch: usize = a.meta.shape()[..d - 2].iter().product();
+    // The empty cases before any copy or allocation they would not use.
+    if m == 0 || n == 0 || batch == 0 {
+        return init_matmul_output(&a, &b, DType::F32);
+    }
+    if k == 0 {
+        // An empty sum; cuBLAS would reject the leading dimensions of empty operands.
+        return crate::kernel::cuda::auto(a, b);
+    }
     let read = |t: FloatTensor<Gpu>| match operand(t.meta.shape(), t.meta.strides()) {
         Some(op) => (t, op),
         None => {
@@ -142,20 +157,6 @@ pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     let (a, opa) = read(a);
     let (b, opb) = read(b);
     let out = init_matmul_output(&a, &b, DType::F32);
-    let d = a.meta.shape().len();
-    let (m, k, n) = (
-        a.meta.shape()[d - 2],
-        a.meta.shape()[d - 1],
-        b.meta.shape()[d - 1],
-    );
-    let batch: usize = a.meta.shape()[..d - 2].iter().product();
-    if m == 0 || n == 0 || batch == 0 {
-        return out;
-    }
-    if k == 0 {
-        // An empty sum; cuBLAS would reject the leading dimensions of empty operands.
-        return crate::kernel::cuda::auto(a, b);
-    }
     // The buffers first: resolving them makes this thread's CubeCL stream wait for any other
     // stream that wrote them; then that stream's pending kernels, since cuBLAS's stream does not
     // wait on CubeCL's.
