@@ -25,6 +25,7 @@ const BACKEND: &str = "kedit (burn-ndarray + OpenBLAS)";
 const BACKEND: &str = "kedit (burn-ndarray, matrixmultiply)";
 
 fn main() -> Result<()> {
+    kedit_models::allocator::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let repeats: usize = args
         .iter()
@@ -126,6 +127,8 @@ fn main() -> Result<()> {
         "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         // OpenBLAS takes its kernels from this when it is set (some machines set it).
         "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
+        "cpu_matmul": kedit_benchmarks::cpu_matmul(),
+        "mimalloc_purge_delay": kedit_benchmarks::mimalloc_purge_delay(),
     });
     println!("{out}");
     Ok(())

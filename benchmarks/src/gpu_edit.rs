@@ -51,6 +51,7 @@ fn args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    kedit_models::allocator::retain_freed_memory();
     let a = args()?;
     match a.backend.as_str() {
         "cpu" => run::<kedit_models::Cpu>(&a, &Default::default()),

@@ -4,9 +4,10 @@ use anyhow::Result;
 use kedit_editing::{requests::load_cases, EditRequest};
 use kedit_models::{fetch, Cpu, LanguageModel};
 
-// The harnesses time what the `kedit` binary runs: the same allocator.
+// The harnesses time what the `kedit` binary runs: the same allocator, set the same way (each
+// `main` calls `kedit_models::allocator::retain_freed_memory` first).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kedit_models::allocator::MiMalloc = kedit_models::allocator::MiMalloc;
 
 /// SmolLM2 and the first record of each subject of the committed dataset, in file order.
 pub fn smollm2_and_requests() -> Result<(LanguageModel<Cpu>, Vec<EditRequest>)> {
@@ -27,4 +28,20 @@ pub fn requests() -> Result<Vec<EditRequest>> {
         .map(|c| c.request)
         .collect();
     Ok(reqs)
+}
+
+/// Which product the CPU runs: kedit's GEMM (`kedit_models::kernel::cpu`) or, with
+/// `KEDIT_CPU_MATMUL=burn`, Burn's own matmul; each result line says which.
+pub fn cpu_matmul() -> &'static str {
+    #[cfg(not(feature = "flex"))]
+    if !kedit_models::kernel::cpu::off() {
+        return "kedit";
+    }
+    "burn"
+}
+
+/// mimalloc's purge delay as the run set it: "off" (kedit's setting,
+/// `kedit_models::allocator`) unless `MIMALLOC_PURGE_DELAY` chose another.
+pub fn mimalloc_purge_delay() -> String {
+    std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "off".into())
 }

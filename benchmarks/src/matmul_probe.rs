@@ -91,6 +91,7 @@ struct Case {
 }
 
 fn main() -> Result<()> {
+    kedit_models::allocator::retain_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     if a.iter().any(|x| x == "--help" || x == "-h") {
         println!("{USAGE}");

@@ -15,6 +15,7 @@ use kedit_locate_edit::{stats, Memit, MemitHparams};
 use kedit_models::fetch;
 
 fn main() -> Result<()> {
+    kedit_models::allocator::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let sizes: Vec<usize> = args
         .iter()

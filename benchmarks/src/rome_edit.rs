@@ -14,6 +14,7 @@ use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
 use kedit_models::fetch;
 
 fn main() -> Result<()> {
+    kedit_models::allocator::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args
         .iter()
@@ -57,7 +58,9 @@ fn main() -> Result<()> {
             "hparams": "crates/locate-edit/hparams/rome-smollm2.yaml", "edits": times.len(),
             "templates_s": templates_s, "times_s": times, "median_s": median,
             "openblas": cfg!(feature = "openblas"),
-            "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok()})
+            "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
+            "cpu_matmul": kedit_benchmarks::cpu_matmul(),
+            "mimalloc_purge_delay": kedit_benchmarks::mimalloc_purge_delay()})
     );
     Ok(())
 }

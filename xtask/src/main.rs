@@ -7,8 +7,8 @@
 //!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
 //!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
-//! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median;
-//!   appends to benchmarks/results/rome-edit.jsonl
+//! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median,
+//!   with kedit's CPU product and then Burn's matmul; appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
 //! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit`, `matmul-probe` (release, stripped)
@@ -334,12 +334,14 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     build_benchmarks()?;
     let gguf = smollm2()?;
     let mut lines = Vec::new();
-    let kedit = run(Command::new(target_dir().join("release/fwd-bwd")).args([
-        "--repeats",
-        &repeats.to_string(),
-        "--from-layer",
-    ]))?;
-    lines.push(kedit.trim().to_owned());
+    // kedit's CPU product, then Burn's own matmul in the same run (KEDIT_CPU_MATMUL=burn): what
+    // the product kedit runs saves (crates/models/src/kernel.rs).
+    for matmul in ["kedit", "burn"] {
+        let kedit = run(Command::new(target_dir().join("release/fwd-bwd"))
+            .args(["--repeats", &repeats.to_string(), "--from-layer"])
+            .env("KEDIT_CPU_MATMUL", matmul))?;
+        lines.push(kedit.trim().to_owned());
+    }
     if pytorch {
         let py = venv()?;
         for threads in ["1", "2"] {
@@ -362,13 +364,13 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
             .get("threads")
             .map_or("all".to_string(), |t| t.to_string());
         // A kernel choice forced through the environment changes the numbers: say so.
-        let framework = match v["openblas_coretype"].as_str() {
-            Some(core) => format!(
-                "{} (OPENBLAS_CORETYPE={core})",
-                v["framework"].as_str().unwrap_or("?")
-            ),
-            None => v["framework"].as_str().unwrap_or("?").to_owned(),
-        };
+        let mut framework = v["framework"].as_str().unwrap_or("?").to_owned();
+        if let Some(core) = v["openblas_coretype"].as_str() {
+            framework += &format!(" (OPENBLAS_CORETYPE={core})");
+        }
+        if v["cpu_matmul"] == "burn" {
+            framework += ", Burn's matmul";
+        }
         for (variant, r) in v["results"].as_object().into_iter().flatten() {
             println!(
                 "| {framework} | {threads} | {variant} | {:.3} |",
@@ -817,9 +819,14 @@ fn main() -> Result<()> {
         Some("bench-rome") => {
             let root = root();
             build_benchmarks()?;
-            let out = run(Command::new(target_dir().join("release/rome-edit"))
-                .args(["--edits", &repeats.to_string()]))?;
-            record(&root.join("benchmarks/results/rome-edit.jsonl"), &out)
+            // kedit's CPU product, then Burn's own matmul in the same run.
+            for matmul in ["kedit", "burn"] {
+                let out = run(Command::new(target_dir().join("release/rome-edit"))
+                    .args(["--edits", &repeats.to_string()])
+                    .env("KEDIT_CPU_MATMUL", matmul))?;
+                record(&root.join("benchmarks/results/rome-edit.jsonl"), &out)?;
+            }
+            Ok(())
         }
         Some("bench-memit") => {
             let root = root();

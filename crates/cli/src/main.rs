@@ -10,10 +10,10 @@ use kedit_models::{fetch, LanguageModel, ModelSpec};
 mod bench;
 mod methods;
 
-/// Burn allocates a new tensor per op; glibc's allocator returned every large freed buffer to the
-/// kernel and faulted fresh pages in for the next (about a quarter of a ROME step's time).
+/// Burn allocates a new tensor per op: see `kedit_models::allocator` for why mimalloc, set to keep
+/// what is freed.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kedit_models::allocator::MiMalloc = kedit_models::allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -796,6 +796,7 @@ fn excluded_subjects(files: &[PathBuf]) -> Result<std::collections::BTreeSet<Str
 }
 
 fn main() {
+    kedit_models::allocator::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

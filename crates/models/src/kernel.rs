@@ -1,4 +1,7 @@
-//! Products through a kernel kedit chooses rather than the one Burn launches. On burn-cuda, in a
+//! Products through a kernel kedit chooses rather than the one Burn launches. On burn-ndarray,
+//! every rank-2 product runs [`cpu::gemm`]: one GEMM on the arrays as they lie (no copy of a
+//! transposed operand, no hop to a worker thread), which made a ROME edit of SmolLM2 about 1.8x
+//! faster than Burn 0.21's matmul (benchmarks/README.md). On burn-cuda, in a
 //! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every
 //! [`crate::layers::matmul`] through that cubek kernel (names as `matmul-probe` prints them;
 //! `matmul_simple_unit…` kernels compute in plain f32, the `…cmma`/`…mma` ones read TF32), or
@@ -178,8 +181,9 @@ pub fn chosen_is_f32() -> bool {
     chosen().is_some_and(|(n, _)| n == CUBLAS || n.contains("unit") || n.contains("naive"))
 }
 
-/// `a @ b` through the chosen kernel on burn-cuda (inference or autodiff); the operands back
-/// when no kernel is chosen, on another backend, or with a broadcast batch dimension.
+/// `a @ b` through kedit's kernel (inference or autodiff): the one `KEDIT_CUDA_KERNEL` chose on
+/// burn-cuda, [`cpu::gemm`] for a rank-2 product on burn-ndarray; the operands back otherwise
+/// (Burn's matmul then runs them).
 #[allow(clippy::type_complexity)]
 pub fn chosen_matmul<B: Backend, const D: usize>(
     a: Tensor<B, D>,
@@ -189,7 +193,58 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
     if chosen().is_some() {
         return matmul_with::<B, crate::Gpu, D>(a, b, cuda::chosen_kernel);
     }
+    #[cfg(not(feature = "flex"))]
+    if D == 2 && !cpu::off() {
+        return matmul_with::<B, crate::Cpu, D>(a, b, cpu::gemm);
+    }
     Err((a, b))
+}
+
+/// kedit's CPU product. Burn 0.21's matmul on burn-ndarray copies each operand that is not
+/// contiguous into a fresh 3-D array (its `reshape` clones even where a view would do: the
+/// backward's every transposed weight), zeroes a 3-D output and runs the GEMM on a rayon worker,
+/// even for a single matrix. Here a rank-2 product is one `general_mat_mul` on the calling
+/// thread: ndarray hands BLAS (OpenBLAS with `openblas`, matrixmultiply otherwise, each threaded
+/// by itself) row- or column-major operands as they are, and only a layout neither can read
+/// goes through matrixmultiply's strided path. The sums are the same library's kernel either
+/// way; results agree with Burn's matmul to rounding.
+#[cfg(not(feature = "flex"))]
+pub mod cpu {
+    use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+    use burn_ndarray::NdArrayTensor;
+    use ndarray::{linalg::general_mat_mul, Array2, Ix2};
+
+    use crate::Cpu;
+
+    /// `KEDIT_CPU_MATMUL=burn`: Burn's own matmul instead, to compare (benchmarks/README.md).
+    pub fn off() -> bool {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OFF.get_or_init(|| std::env::var("KEDIT_CPU_MATMUL").is_ok_and(|v| v == "burn"))
+    }
+
+    /// `a @ b` for rank-2 f32 operands; anything else goes to Burn's matmul.
+    pub fn gemm(a: FloatTensor<Cpu>, b: FloatTensor<Cpu>) -> FloatTensor<Cpu> {
+        let out = match (&a, &b) {
+            (NdArrayTensor::F32(x), NdArrayTensor::F32(y)) => {
+                match (
+                    x.view().into_dimensionality::<Ix2>(),
+                    y.view().into_dimensionality::<Ix2>(),
+                ) {
+                    (Ok(x), Ok(y)) => {
+                        let mut c = Array2::<f32>::zeros((x.nrows(), y.ncols()));
+                        general_mat_mul(1.0, &x, &y, 0.0, &mut c);
+                        Some(c)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match out {
+            Some(c) => NdArrayTensor::from(c.into_dyn().into_shared()),
+            None => Cpu::float_matmul(a, b),
+        }
+    }
 }
 
 /// cubek's matmul kernels, launched one by one on Burn's CUDA tensors.
@@ -420,6 +475,84 @@ mod tests {
                     _ => panic!("∂/∂{name}: one side has a gradient, the other not"),
                 }
             }
+        }
+    }
+
+    /// Largest |x - y| over two equal-length slices.
+    fn max_diff(x: &[f32], y: &[f32]) -> f32 {
+        assert_eq!(x.len(), y.len());
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// kedit's CPU GEMM reads the operands' strides (a transposed or sliced weight is not copied
+    /// first), so each layout is checked against Burn's matmul, which copies to contiguous.
+    #[cfg(not(feature = "flex"))]
+    #[test]
+    fn cpu_gemm_is_burns_matmul_in_every_layout() {
+        use crate::layers::matmul;
+        let dev = Default::default();
+        let t = |r: usize, c: usize, seed| {
+            Tensor::<Cpu, 2>::from_data(TensorData::new(vals(r * c, seed), [r, c]), &dev)
+        };
+        let burn = |a: &Tensor<Cpu, 2>, b: &Tensor<Cpu, 2>| host(a.clone().matmul(b.clone()));
+        let (m, k, n) = (37, 70, 29);
+        let cases = [
+            ("contiguous", t(m, k, 1), t(k, n, 2)),
+            ("a transposed", t(k, m, 3).transpose(), t(k, n, 4)),
+            ("b transposed", t(m, k, 5), t(n, k, 6).transpose()),
+            (
+                "both transposed",
+                t(k, m, 7).transpose(),
+                t(n, k, 8).transpose(),
+            ),
+            // A column slice: rows stride past the slice's width.
+            ("a sliced", t(m, k + 9, 9).narrow(1, 4, k), t(k, n, 10)),
+        ];
+        for (name, a, b) in cases {
+            let want = burn(&a, &b);
+            // Kahan-free sums of 70 products of values in [-0.5, 0.5] agree to ~1e-6 whatever
+            // the blocking; a misread stride would be off by O(1).
+            let got = host(matmul(a.clone(), b.clone()));
+            assert!(
+                max_diff(&got, &want) < 1e-5,
+                "{name}: {}",
+                max_diff(&got, &want)
+            );
+            let direct = cpu::gemm(a.into_primitive().tensor(), b.into_primitive().tensor());
+            let direct = host(Tensor::<Cpu, 2>::from_primitive(TensorPrimitive::Float(
+                direct,
+            )));
+            assert!(max_diff(&direct, &want) < 1e-5, "{name}, cpu::gemm");
+        }
+        // An empty inner dimension: zeros (Burn's own matmul divides by zero there).
+        let (a, b) = (t(m, 0, 11), t(0, n, 12));
+        let y = cpu::gemm(a.into_primitive().tensor(), b.into_primitive().tensor());
+        let y = Tensor::<Cpu, 2>::from_primitive(TensorPrimitive::Float(y));
+        assert_eq!(y.dims(), [m, n]);
+        assert!(host(y).iter().all(|&v| v == 0.0));
+
+        // Under autodiff, through `layers::matmul` (the model's products): value and both
+        // gradients, the backward's transposed operands included.
+        let (a, b) = (t(m, k, 13), t(k, n, 14));
+        let r = Tensor::<Ad, 2>::from_inner(t(m, n, 15));
+        let leaf = |x: &Tensor<Cpu, 2>| Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+        let (xa, xb, ya, yb) = (leaf(&a), leaf(&b), leaf(&a), leaf(&b));
+        let got = matmul(xa.clone(), xb.clone());
+        let want = ya.clone().matmul(yb.clone());
+        assert!(max_diff(&host(got.clone()), &host(want.clone())) < 1e-5);
+        let (g_got, g_want) = (
+            (got * r.clone()).sum().backward(),
+            (want * r).sum().backward(),
+        );
+        for (x, y, name) in [(&xa, &ya, "a"), (&xb, &yb, "b")] {
+            let (g, w) = (
+                host(x.grad(&g_got).unwrap()),
+                host(y.grad(&g_want).unwrap()),
+            );
+            assert!(max_diff(&g, &w) < 1e-5, "∂/∂{name}: {}", max_diff(&g, &w));
         }
     }
 }

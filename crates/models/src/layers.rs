@@ -35,8 +35,9 @@ pub fn presplits_weights<B: Backend>() -> bool {
         })
 }
 
-/// One product: through the kernel `KEDIT_CUDA_KERNEL` names on burn-cuda ([`crate::kernel`]),
-/// else Burn's matmul.
+/// One product: through kedit's kernel where it takes it ([`crate::kernel::chosen_matmul`]: a
+/// rank-2 product on burn-ndarray, any product with `KEDIT_CUDA_KERNEL` set on burn-cuda), else
+/// Burn's matmul.
 fn product<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match crate::kernel::chosen_matmul(a, b) {
         Ok(y) => y,

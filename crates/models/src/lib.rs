@@ -5,6 +5,7 @@
 //! and expose one editing surface, [`CausalLm`]. [`LanguageModel`] pairs a model with its tokenizer and offers `score` and
 //! `generate`. All model code is generic over a Burn backend `B`.
 
+pub mod allocator;
 pub mod config;
 #[cfg(feature = "cuda-kernels")]
 pub mod cublas;
