@@ -617,7 +617,10 @@ fn bench_all(
     }
     if backend == "cuda" {
         build.args(["--features", "cuda"]);
-    } else if use_openblas() {
+    } else if cargo_profile == "release" && use_openblas() {
+        // Not with `dev`: the tests' build has no OpenBLAS, and asking for it here rebuilt the
+        // whole workspace a second time (CI's target 5.3 GB instead of 3.5 where libopenblas is
+        // installed, 2026-12-05).
         build.args(["--features", "openblas"]);
     }
     run(&mut build)?;
