@@ -39,9 +39,3 @@ pub fn cpu_matmul() -> &'static str {
     }
     "burn"
 }
-
-/// mimalloc's purge delay as the run set it: "off" (kedit's setting,
-/// `kedit_models::allocator`) unless `MIMALLOC_PURGE_DELAY` chose another.
-pub fn mimalloc_purge_delay() -> String {
-    std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "off".into())
-}

@@ -60,7 +60,7 @@ fn main() -> Result<()> {
             "openblas": cfg!(feature = "openblas"),
             "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
             "cpu_matmul": kedit_benchmarks::cpu_matmul(),
-            "mimalloc_purge_delay": kedit_benchmarks::mimalloc_purge_delay()})
+            "mimalloc_purge_delay": kedit_models::allocator::purge_delay()})
     );
     Ok(())
 }

@@ -28,6 +28,16 @@ pub fn retain_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
 }
 
+/// The purge delay the process runs with, as mimalloc reports it: "off" for -1 (what
+/// [`retain_freed_memory`] sets), else milliseconds. Timing harnesses record it.
+pub fn purge_delay() -> String {
+    // SAFETY: reads one entry of mimalloc's option table.
+    match unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) } {
+        -1 => "off".into(),
+        ms => ms.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Products through a kernel kedit chooses rather than the one Burn launches. On burn-ndarray,
 //! every rank-2 product runs [`cpu::gemm`]: one GEMM on the arrays as they lie (no copy of a
-//! transposed operand, no hop to a worker thread), which made a ROME edit of SmolLM2 about 1.8x
+//! transposed operand, no hop to a worker thread), which made a ROME edit of SmolLM2 1.6–1.8x
 //! faster than Burn 0.21's matmul (benchmarks/README.md). On burn-cuda, in a
 //! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every
 //! [`crate::layers::matmul`] through that cubek kernel (names as `matmul-probe` prints them;
@@ -202,8 +202,8 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
 
 /// kedit's CPU product. Burn 0.21's matmul on burn-ndarray copies each operand that is not
 /// contiguous into a fresh 3-D array (its `reshape` clones even where a view would do: the
-/// backward's every transposed weight), zeroes a 3-D output and runs the GEMM on a rayon worker,
-/// even for a single matrix. Here a rank-2 product is one `general_mat_mul` on the calling
+/// backward's every transposed weight) and runs the GEMM on a rayon worker, even for a single
+/// matrix. Here a rank-2 product is one `general_mat_mul` on the calling
 /// thread: ndarray hands BLAS (OpenBLAS with `openblas`, matrixmultiply otherwise, each threaded
 /// by itself) row- or column-major operands as they are, and only a layout neither can read
 /// goes through matrixmultiply's strided path. The sums are the same library's kernel either
@@ -224,26 +224,18 @@ pub mod cpu {
 
     /// `a @ b` for rank-2 f32 operands; anything else goes to Burn's matmul.
     pub fn gemm(a: FloatTensor<Cpu>, b: FloatTensor<Cpu>) -> FloatTensor<Cpu> {
-        let out = match (&a, &b) {
-            (NdArrayTensor::F32(x), NdArrayTensor::F32(y)) => {
-                match (
-                    x.view().into_dimensionality::<Ix2>(),
-                    y.view().into_dimensionality::<Ix2>(),
-                ) {
-                    (Ok(x), Ok(y)) => {
-                        let mut c = Array2::<f32>::zeros((x.nrows(), y.ncols()));
-                        general_mat_mul(1.0, &x, &y, 0.0, &mut c);
-                        Some(c)
-                    }
-                    _ => None,
-                }
+        if let (NdArrayTensor::F32(x), NdArrayTensor::F32(y)) = (&a, &b) {
+            let (x, y) = (x.view(), y.view());
+            if let (Ok(x), Ok(y)) = (
+                x.into_dimensionality::<Ix2>(),
+                y.into_dimensionality::<Ix2>(),
+            ) {
+                let mut c = Array2::<f32>::zeros((x.nrows(), y.ncols()));
+                general_mat_mul(1.0, &x, &y, 0.0, &mut c);
+                return NdArrayTensor::from(c.into_dyn().into_shared());
             }
-            _ => None,
-        };
-        match out {
-            Some(c) => NdArrayTensor::from(c.into_dyn().into_shared()),
-            None => Cpu::float_matmul(a, b),
         }
+        Cpu::float_matmul(a, b)
     }
 }
 
