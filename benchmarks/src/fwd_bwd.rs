@@ -128,6 +128,7 @@ fn main() -> Result<()> {
         // OpenBLAS takes its kernels from this when it is set (some machines set it).
         "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
         "cpu_matmul": kedit_benchmarks::cpu_matmul(),
+        "cpu_fused": kedit_benchmarks::cpu_fused(),
         "mimalloc_purge_delay": kedit_models::allocator::purge_delay(),
     });
     println!("{out}");

@@ -39,3 +39,13 @@ pub fn cpu_matmul() -> &'static str {
     }
     "burn"
 }
+
+/// Whether Llama's element-wise chains run as kedit's fused passes (`kedit_models::fused`) or,
+/// with `KEDIT_CPU_FUSED=off`, as Burn's primitive ops; each result line says which.
+pub fn cpu_fused() -> &'static str {
+    #[cfg(not(feature = "flex"))]
+    if !kedit_models::fused::off() {
+        return "kedit";
+    }
+    "burn"
+}

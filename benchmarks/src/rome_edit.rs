@@ -60,6 +60,7 @@ fn main() -> Result<()> {
             "openblas": cfg!(feature = "openblas"),
             "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
             "cpu_matmul": kedit_benchmarks::cpu_matmul(),
+            "cpu_fused": kedit_benchmarks::cpu_fused(),
             "mimalloc_purge_delay": kedit_models::allocator::purge_delay()})
     );
     Ok(())

@@ -6,9 +6,11 @@
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
 //!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
-//!   and (with --pytorch) PyTorch in the same run; writes benchmarks/results/
+//!   (each of `CPU_KERNELS`) and (with --pytorch) PyTorch in the same run; writes
+//!   benchmarks/results/
 //! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median,
-//!   with kedit's CPU product and then Burn's matmul; appends to benchmarks/results/rome-edit.jsonl
+//!   in each of `CPU_KERNELS` (kedit's GEMM and fused passes, then Burn's ops in their place);
+//!   appends to benchmarks/results/rome-edit.jsonl
 //! - `bench-memit [--sizes 1,10,100]`: MEMIT batch edits on SmolLM2, time per request by batch
 //!   size; appends to benchmarks/results/memit-batch.jsonl
 //! - `gpu-pack`: the cuda test binaries, `kedit`, `gpu-edit`, `matmul-probe` (release, stripped)
@@ -329,17 +331,22 @@ fn build_benchmarks() -> Result<()> {
     run(&mut build).map(|_| ())
 }
 
+/// The CPU timings' configurations, measured in one run: kedit's GEMM and fused element-wise
+/// passes (the default), kedit's GEMM with Burn's primitive element-wise ops
+/// (`KEDIT_CPU_FUSED=off`), and Burn's ops throughout (`KEDIT_CPU_MATMUL=burn` too):
+/// crates/models/src/kernel.rs and fused.rs.
+const CPU_KERNELS: [(&str, &str); 3] = [("kedit", "on"), ("kedit", "off"), ("burn", "off")];
+
 fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
     let root = root();
     build_benchmarks()?;
     let gguf = smollm2()?;
     let mut lines = Vec::new();
-    // kedit's CPU product, then Burn's own matmul in the same run (KEDIT_CPU_MATMUL=burn): what
-    // the product kedit runs saves (crates/models/src/kernel.rs).
-    for matmul in ["kedit", "burn"] {
+    for (matmul, fused) in CPU_KERNELS {
         let kedit = run(Command::new(target_dir().join("release/fwd-bwd"))
             .args(["--repeats", &repeats.to_string(), "--from-layer"])
-            .env("KEDIT_CPU_MATMUL", matmul))?;
+            .env("KEDIT_CPU_MATMUL", matmul)
+            .env("KEDIT_CPU_FUSED", fused))?;
         lines.push(kedit.trim().to_owned());
     }
     if pytorch {
@@ -822,11 +829,11 @@ fn main() -> Result<()> {
         Some("bench-rome") => {
             let root = root();
             build_benchmarks()?;
-            // kedit's CPU product, then Burn's own matmul in the same run.
-            for matmul in ["kedit", "burn"] {
+            for (matmul, fused) in CPU_KERNELS {
                 let out = run(Command::new(target_dir().join("release/rome-edit"))
                     .args(["--edits", &repeats.to_string()])
-                    .env("KEDIT_CPU_MATMUL", matmul))?;
+                    .env("KEDIT_CPU_MATMUL", matmul)
+                    .env("KEDIT_CPU_FUSED", fused))?;
                 record(&root.join("benchmarks/results/rome-edit.jsonl"), &out)?;
             }
             Ok(())

@@ -61,13 +61,13 @@ pub fn matmul_with<B: Backend, K: Backend, const D: usize>(
 }
 
 /// `B`'s float primitive as `T`'s; the caller checked that `B` is `T`.
-fn cast<B: Backend, T: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<T> {
+pub(crate) fn cast<B: Backend, T: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<T> {
     let p: Box<dyn Any> = Box::new(x.into_primitive().tensor());
     *p.downcast::<FloatTensor<T>>()
         .unwrap_or_else(|_| unreachable!("TypeId said the backends are one"))
 }
 
-fn uncast<T: Backend, B: Backend, const D: usize>(y: FloatTensor<T>) -> Tensor<B, D> {
+pub(crate) fn uncast<T: Backend, B: Backend, const D: usize>(y: FloatTensor<T>) -> Tensor<B, D> {
     let p: Box<dyn Any> = Box::new(y);
     let y = p
         .downcast::<FloatTensor<B>>()

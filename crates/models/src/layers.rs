@@ -128,6 +128,17 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() / (x.neg().exp() + 1.0)
 }
 
+/// `silu(gate) * up` (Llama's MLP): one fused pass on burn-ndarray ([`crate::fused`]), the
+/// primitive ops elsewhere; the same values either way.
+pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(not(feature = "flex"))]
+    let (gate, up) = match crate::fused::swiglu(gate, up) {
+        Ok(y) => return y,
+        Err(operands) => operands,
+    };
+    silu(gate) * up
+}
+
 /// LayerNorm over the last axis (GPT-2, GPT-J): biased variance, as torch computes it.
 pub fn layer_norm<B: Backend>(
     x: Tensor<B, 3>,
@@ -150,8 +161,19 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x * (inner.tanh() + 1.0) * 0.5
 }
 
-/// Llama's RMSNorm, computed as transformers does: `w * x / sqrt(mean(x²) + eps)`.
+/// Llama's RMSNorm, computed as transformers does: `w * x / sqrt(mean(x²) + eps)`. One fused
+/// pass on burn-ndarray ([`crate::fused`]), the same values as the primitive ops.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    #[cfg(not(feature = "flex"))]
+    let x = match crate::fused::rms_norm(x, w, eps) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    rms_norm_ops(x, w, eps)
+}
+
+/// [`rms_norm`] as Burn's primitive ops, on any backend.
+pub fn rms_norm_ops<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let var = x.clone().square().mean_dim(2);
     let x = x * (var + eps).sqrt().recip();
     x * w.clone().unsqueeze_dims::<3>(&[0, 1])
@@ -205,8 +227,23 @@ pub fn apply_rotary<B: Backend>(
 }
 
 /// Rotary embeddings with a table per row: `x: [batch, heads, seq, head_dim]`,
-/// `cos, sin: [batch, seq, head_dim]` (rows at different positions).
+/// `cos, sin: [batch, seq, head_dim]` (rows at different positions). One fused pass on
+/// burn-ndarray ([`crate::fused`]), the same values as the primitive ops.
 pub fn apply_rotary_rows<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 3>,
+    sin: &Tensor<B, 3>,
+) -> Tensor<B, 4> {
+    #[cfg(not(feature = "flex"))]
+    let x = match crate::fused::rotary(x, cos, sin) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    rotary_ops(x, cos, sin)
+}
+
+/// [`apply_rotary_rows`] as Burn's primitive ops, on any backend.
+pub fn rotary_ops<B: Backend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 3>,
     sin: &Tensor<B, 3>,

@@ -10,6 +10,8 @@ pub mod config;
 #[cfg(feature = "cuda-kernels")]
 pub mod cublas;
 pub mod fetch;
+#[cfg(not(feature = "flex"))]
+pub mod fused;
 pub mod gpt2;
 pub mod gptj;
 pub mod kernel;

@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use crate::config::ModelConfig;
 use crate::layers::{
     apply_rotary, apply_rotary_rows, batch_ids, causal_mask, gelu_tanh, grouped_attention,
-    grouped_attention_rows, layer_norm, presplit_matmul, rms_norm, rotary_tables, silu, tf32_split,
+    grouped_attention_rows, layer_norm, presplit_matmul, rms_norm, rotary_tables, swiglu,
+    tf32_split,
 };
 use crate::load::WeightSource;
 use crate::prefix::PrefixCache;
@@ -437,7 +438,7 @@ impl<B: Backend> Transformer<B> {
         let key = match &w.gate {
             Some(g) => {
                 let gate = iv.visit(l, Site::MlpGate, g.apply(x.clone()), captured);
-                silu(gate) * w.up.apply(x)
+                swiglu(gate, w.up.apply(x))
             }
             None => gelu_tanh(iv.visit(l, Site::MlpGate, w.up.apply(x), captured)),
         };
