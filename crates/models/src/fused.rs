@@ -6,7 +6,8 @@
 //! element, in the same order, so they give the same values to the bit as
 //! [`crate::layers::silu`] and [`crate::layers::rms_norm`]; the backward passes are the
 //! closed-form derivatives, which agree with Burn's chain to rounding (the tests below bound
-//! both). `KEDIT_CPU_FUSED=off` runs the primitive ops instead, to compare.
+//! both). [`reshape`] gives a row-major array its new shape without the copy Burn's reshape
+//! makes. `KEDIT_CPU_FUSED=off` runs the primitive ops instead, to compare.
 //!
 //! Only for burn-ndarray (`Cpu`) and `Autodiff<Cpu>`; every other backend, a norm weight that
 //! needs a gradient, or operands of different shapes get `Err` with the operands back and the
@@ -382,6 +383,68 @@ impl Backward<Cpu, 1> for Rotary {
     }
 }
 
+/// `x` reshaped without a copy when its elements lie in row-major order. Burn 0.21's reshape
+/// on burn-ndarray always copies (it turns ndarray's borrowed view into a fresh array), and
+/// every projection reshapes its input and output, going forward and coming back.
+pub fn reshape<B: Backend, const D1: usize, const D2: usize>(
+    x: Tensor<B, D1>,
+    shape: [usize; D2],
+) -> Result<Tensor<B, D2>, Tensor<B, D1>> {
+    let fits = x.dtype() == DType::F32
+        && x.dims().iter().product::<usize>() == shape.iter().product::<usize>();
+    match path::<B>() {
+        Path::Plain if fits => match view_as(cast::<B, Cpu, D1>(x.clone()), &shape) {
+            Some(y) => Ok(uncast::<Cpu, B, D2>(y)),
+            None => Err(x),
+        },
+        Path::Autodiff if fits => {
+            let xa = cast::<B, Ad, D1>(x.clone());
+            let Some(y) = view_as(xa.primitive.clone(), &shape) else {
+                return Err(x);
+            };
+            let op = Reshape(x.dims().to_vec());
+            let y = op
+                .prepare::<NoCheckpointing>([xa.node.clone()])
+                .compute_bound()
+                .stateless(y);
+            Ok(uncast::<Ad, B, D2>(y))
+        }
+        _ => Err(x),
+    }
+}
+
+/// The same buffer under `shape`, when the array is row-major; `None` otherwise.
+fn view_as(x: FloatTensor<Cpu>, shape: &[usize]) -> Option<FloatTensor<Cpu>> {
+    let NdArrayTensor::F32(storage) = x else {
+        return None;
+    };
+    if !storage.view().is_standard_layout() {
+        return None;
+    }
+    let a = storage.into_shared();
+    Some(NdArrayTensor::from(
+        a.into_shape_with_order(ndarray::IxDyn(shape)).ok()?,
+    ))
+}
+
+#[derive(Debug)]
+struct Reshape(Vec<usize>);
+
+impl Backward<Cpu, 1> for Reshape {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Cpu>(&ops.node);
+        let [Some(node)] = ops.parents else { return };
+        let shape = burn::tensor::Shape::from(self.0.clone());
+        let dx = match view_as(dy.clone(), &self.0) {
+            Some(dx) => dx,
+            None => <Cpu as burn::tensor::ops::FloatTensorOps<Cpu>>::float_reshape(dy, shape),
+        };
+        grads.register::<Cpu>(node.id, dx);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::TensorData;
@@ -519,5 +582,35 @@ mod tests {
         assert!(e < 1e-6, "∂/∂x: relative error {e}");
         // Tables that need a gradient are left to the primitive ops.
         assert!(rotary(x(9), &cos.require_grad(), &sin).is_err());
+    }
+
+    #[test]
+    fn reshape_shares_the_buffer_safely_and_passes_gradients_back() {
+        let x = t3::<Cpu>(11, 2.0);
+        let y = reshape(x.clone(), [10, 48]).expect("row-major: no copy");
+        assert_eq!(host(y.clone()), host(x.clone()));
+        let ptr = |t: FloatTensor<Cpu>| f32_view(&t).as_ptr();
+        let (px, py) = (
+            ptr(x.clone().into_primitive().tensor()),
+            ptr(y.clone().into_primitive().tensor()),
+        );
+        assert_eq!(px, py, "the same buffer");
+        // Burn's in-place ops must not write through the shared buffer into `x`.
+        let before = host(x.clone());
+        let _z = y.add_scalar(1.0).mul_scalar(2.0);
+        assert_eq!(host(x.clone()), before);
+        // Not row-major: declined (Burn's reshape copies it).
+        assert!(reshape(x.clone().swap_dims(0, 1), [10, 48]).is_err());
+
+        let r = Tensor::<Ad, 2>::from_inner(t3::<Cpu>(12, 2.0).reshape([10, 48]));
+        let (xa, xb) = (
+            t3::<Ad>(11, 2.0).require_grad(),
+            t3::<Ad>(11, 2.0).require_grad(),
+        );
+        let got = reshape(xa.clone(), [10, 48]).expect("Autodiff<Cpu> takes it");
+        let want = xb.clone().reshape([10, 48]);
+        let a = host(xa.grad(&(got * r.clone()).sum().backward()).unwrap());
+        let b = host(xb.grad(&(want * r).sum().backward()).unwrap());
+        assert_eq!(a, b);
     }
 }

@@ -128,6 +128,19 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() / (x.neg().exp() + 1.0)
 }
 
+/// `x.reshape(shape)`, without a copy on burn-ndarray when `x` lies row-major ([`crate::fused`]).
+pub fn reshape<B: Backend, const D1: usize, const D2: usize>(
+    x: Tensor<B, D1>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    #[cfg(not(feature = "flex"))]
+    let x = match crate::fused::reshape(x, shape) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    x.reshape(shape)
+}
+
 /// `silu(gate) * up` (Llama's MLP): one fused pass on burn-ndarray ([`crate::fused`]), the
 /// primitive ops elsewhere; the same values either way.
 pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {

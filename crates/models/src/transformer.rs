@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::config::ModelConfig;
 use crate::layers::{
     apply_rotary, apply_rotary_rows, batch_ids, causal_mask, gelu_tanh, grouped_attention,
-    grouped_attention_rows, layer_norm, presplit_matmul, rms_norm, rotary_tables, swiglu,
+    grouped_attention_rows, layer_norm, presplit_matmul, reshape, rms_norm, rotary_tables, swiglu,
     tf32_split,
 };
 use crate::load::WeightSource;
@@ -70,9 +70,9 @@ impl<B: Backend> Proj<B> {
     /// `x @ w (+ b)` for `x: [batch, seq, d_in]`, the tokens as rows.
     fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [bs, s, d] = x.dims();
-        let y = self.apply_rows(x.reshape([bs * s, d]));
+        let y = self.apply_rows(reshape(x, [bs * s, d]));
         let d_out = y.dims()[1];
-        y.reshape([bs, s, d_out])
+        reshape(y, [bs, s, d_out])
     }
 
     /// `x @ w (+ b)` for `x: [rows, d_in]`.
@@ -385,7 +385,7 @@ impl<B: Backend> Transformer<B> {
         let (nh, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let groups = nh / kvh;
         let x = w.attn_norm.apply(h.clone(), c.norm_eps);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let heads = |t: Tensor<B, 3>, n: usize| reshape(t, [b, s, n, hd]).swap_dims(1, 2);
         let q = heads(w.wq.apply(x.clone()), nh);
         let k = heads(w.wk.apply(x.clone()), kvh);
         let v = heads(w.wv.apply(x.clone()), kvh);
@@ -402,7 +402,7 @@ impl<B: Backend> Transformer<B> {
                 } else {
                     (q, k)
                 };
-                let q = q.reshape([b, kvh, groups * s, hd]);
+                let q = reshape(q, [b, kvh, groups * s, hd]);
                 (k.clone(), grouped_attention(q, k, v.clone(), mask))
             }
             AttnCtx::Suffix { rope, mask, kv } => {
@@ -414,7 +414,7 @@ impl<B: Backend> Transformer<B> {
                 } else {
                     (q, k)
                 };
-                let q = q.reshape([b, kvh, groups * s, hd]);
+                let q = reshape(q, [b, kvh, groups * s, hd]);
                 let keys = Tensor::cat(vec![kv.0.clone(), k.clone()], 2);
                 let values = Tensor::cat(vec![kv.1.clone(), v.clone()], 2);
                 (k, grouped_attention_rows(q, keys, values, mask))
