@@ -1,13 +1,14 @@
-//! Llama's element-wise chains as single passes on burn-ndarray: SwiGLU (`silu(gate) * up`) and
-//! RMSNorm, forward and backward. Burn 0.21 runs each primitive op of these chains as its own
-//! pass over a fresh array (SiLU alone is five going forward and more coming back), on one
-//! thread; on SmolLM2's ROME-shaped step that chain cost about 10 % of the step
-//! (benchmarks/README.md). The forward passes repeat the primitive ops' arithmetic element by
-//! element, in the same order, so they give the same values to the bit as
-//! [`crate::layers::silu`] and [`crate::layers::rms_norm`]; the backward passes are the
-//! closed-form derivatives, which agree with Burn's chain to rounding (the tests below bound
-//! both). [`reshape`] gives a row-major array its new shape without the copy Burn's reshape
-//! makes. `KEDIT_CPU_FUSED=off` runs the primitive ops instead, to compare.
+//! Llama's element-wise chains as single passes on burn-ndarray: SwiGLU (`silu(gate) * up`),
+//! RMSNorm and the rotary embedding, forward and backward. Burn 0.21 runs each primitive op of
+//! these chains as its own pass over a fresh array (SiLU alone is five going forward and more
+//! coming back), on one thread; on SmolLM2's ROME-shaped step the SiLU chain alone cost about
+//! 10 % of the step (benchmarks/README.md). The forward passes repeat the primitive ops'
+//! arithmetic element by element, in the same order, so they give the same values to the bit
+//! as [`crate::layers::silu`], [`crate::layers::rms_norm_ops`] and
+//! [`crate::layers::rotary_ops`]; the backward passes are the closed-form derivatives, which
+//! agree with Burn's chain to rounding (the tests below bound both). [`reshape`] gives a
+//! row-major array its new shape without the copy Burn's reshape makes. `KEDIT_CPU_FUSED=off`
+//! runs the primitive ops instead, to compare.
 //!
 //! Only for burn-ndarray (`Cpu`) and `Autodiff<Cpu>`; every other backend, a norm weight that
 //! needs a gradient, or operands of different shapes get `Err` with the operands back and the
