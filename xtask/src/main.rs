@@ -5,9 +5,9 @@
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
 //!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU)
-//! - `bench-fwd-bwd [--pytorch] [--repeats N]`: the ROME-shaped forward+backward step, kedit
-//!   (each of `CPU_KERNELS`) and (with --pytorch) PyTorch in the same run; writes
-//!   benchmarks/results/
+//! - `bench-fwd-bwd [--pytorch] [--repeats N] [--rounds R]`: the ROME-shaped forward+backward
+//!   step, kedit (each of `CPU_KERNELS`) and (with --pytorch) PyTorch in the same run, in R
+//!   alternating rounds (2); writes benchmarks/results/
 //! - `bench-rome [--repeats N]`: one ROME edit on SmolLM2 (bundled hparams), N edits, median,
 //!   in each of `CPU_KERNELS` (kedit's GEMM and fused passes, then Burn's ops in their place);
 //!   appends to benchmarks/results/rome-edit.jsonl
@@ -337,26 +337,35 @@ fn build_benchmarks() -> Result<()> {
 /// crates/models/src/kernel.rs and fused.rs.
 const CPU_KERNELS: [(&str, &str); 3] = [("kedit", "on"), ("kedit", "off"), ("burn", "off")];
 
-fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
+fn bench_fwd_bwd(pytorch: bool, repeats: usize, rounds: usize) -> Result<()> {
     let root = root();
     build_benchmarks()?;
     let gguf = smollm2()?;
+    let py = if pytorch { Some(venv()?) } else { None };
+    let torch = |threads: &str| -> Result<String> {
+        let py = py.as_ref().expect("pytorch asked for");
+        let out = run(Command::new(py)
+            .arg(root.join("benchmarks/fwd_bwd_torch.py"))
+            .arg(&gguf)
+            .args([threads, &repeats.to_string()]))?;
+        Ok(out.lines().last().unwrap_or("").to_owned())
+    };
+    // Rounds of every configuration in turn, so that a slow spell of the host (they last tens
+    // of seconds on shared machines) falls on all of them rather than on one.
     let mut lines = Vec::new();
-    for (matmul, fused) in CPU_KERNELS {
-        let kedit = run(Command::new(target_dir().join("release/fwd-bwd"))
-            .args(["--repeats", &repeats.to_string(), "--from-layer"])
-            .env("KEDIT_CPU_MATMUL", matmul)
-            .env("KEDIT_CPU_FUSED", fused))?;
-        lines.push(kedit.trim().to_owned());
-    }
-    if pytorch {
-        let py = venv()?;
-        for threads in ["1", "2"] {
-            let out = run(Command::new(&py)
-                .arg(root.join("benchmarks/fwd_bwd_torch.py"))
-                .arg(&gguf)
-                .args([threads, &repeats.to_string()]))?;
-            lines.push(out.lines().last().unwrap_or("").to_owned());
+    for round in 0..rounds {
+        for (matmul, fused) in CPU_KERNELS {
+            let kedit = run(Command::new(target_dir().join("release/fwd-bwd"))
+                .args(["--repeats", &repeats.to_string(), "--from-layer"])
+                .env("KEDIT_CPU_MATMUL", matmul)
+                .env("KEDIT_CPU_FUSED", fused))?;
+            lines.push(kedit.trim().to_owned());
+        }
+        if pytorch {
+            lines.push(torch("2")?);
+            if round == 0 {
+                lines.push(torch("1")?);
+            }
         }
     }
     let dir = root.join("benchmarks/results");
@@ -377,6 +386,9 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize) -> Result<()> {
         }
         if v["cpu_matmul"] == "burn" {
             framework += ", Burn's matmul";
+        }
+        if v["cpu_fused"] == "burn" {
+            framework += ", Burn's element-wise ops";
         }
         for (variant, r) in v["results"].as_object().into_iter().flatten() {
             println!(
@@ -825,7 +837,17 @@ fn main() -> Result<()> {
                 jobs,
             )
         }
-        Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats),
+        Some("bench-fwd-bwd") => {
+            let rounds = args
+                .iter()
+                .position(|a| a == "--rounds")
+                .and_then(|i| args.get(i + 1))
+                .map(|s| s.parse::<usize>())
+                .transpose()
+                .context("--rounds takes a whole number")?
+                .unwrap_or(2);
+            bench_fwd_bwd(flag("--pytorch"), repeats, rounds)
+        }
         Some("bench-rome") => {
             let root = root();
             build_benchmarks()?;
@@ -927,7 +949,7 @@ fn main() -> Result<()> {
             .map(|o| print!("{o}"))
         }
         _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
+            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] [--rounds R] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
             std::process::exit(2)
         }
     }

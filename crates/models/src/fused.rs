@@ -89,8 +89,9 @@ pub fn swiglu<B: Backend, const D: usize>(
                 .stateful()
             {
                 OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&g), prep.checkpoint(&u));
-                    prep.finish(state, swiglu_forward(&g.primitive, &u.primitive))
+                    let (y, sigma) = swiglu_forward_keeping_sigma(&g.primitive, &u.primitive);
+                    let state = (prep.checkpoint(&g), prep.checkpoint(&u), sigma);
+                    prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(swiglu_forward(&g.primitive, &u.primitive)),
             };
@@ -107,49 +108,71 @@ fn swiglu_forward(gate: &FloatTensor<Cpu>, up: &FloatTensor<Cpu>) -> FloatTensor
     tensor(y)
 }
 
+/// [`swiglu_forward`], also keeping `σ(g) = 1 / (e^-g + 1)` for the backward pass, which then
+/// needs no exponential of its own (the exponentials were most of this op's time).
+fn swiglu_forward_keeping_sigma(
+    gate: &FloatTensor<Cpu>,
+    up: &FloatTensor<Cpu>,
+) -> (FloatTensor<Cpu>, FloatTensor<Cpu>) {
+    let g = f32_view(gate);
+    let mut sigma = ndarray::ArrayD::<f32>::zeros(g.raw_dim());
+    let y = Zip::from(&g)
+        .and(&f32_view(up))
+        .and(&mut sigma)
+        .map_collect(|&g, &u, s| {
+            let d = (-g).exp() + 1.0;
+            *s = 1.0 / d;
+            g / d * u
+        });
+    (tensor(y), tensor(sigma))
+}
+
 #[derive(Debug)]
 struct SwiGlu;
 
 impl Backward<Cpu, 2> for SwiGlu {
-    /// The gate and the up projection: each gradient needs both.
-    type State = (NodeId, NodeId);
+    /// The gate and the up projection (each gradient needs both), and σ(gate).
+    type State = (NodeId, NodeId, FloatTensor<Cpu>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let gate: FloatTensor<Cpu> = ckpt.retrieve_node_output(ops.state.0);
         let up: FloatTensor<Cpu> = ckpt.retrieve_node_output(ops.state.1);
         let dy = grads.consume::<Cpu>(&ops.node);
         let (g, u, dy) = (f32_view(&gate), f32_view(&up), f32_view(&dy));
+        let sigma = f32_view(&ops.state.2);
         let [for_gate, for_up] = ops.parents;
-        // d silu(g)/dg = σ(1 + g(1 − σ)) with σ = 1 / (1 + e^-g); d(silu(g)·u)/du = silu(g).
-        let sigma = |g: f32| 1.0 / ((-g).exp() + 1.0);
-        let (dg, du) =
-            match (&for_gate, &for_up) {
-                (Some(_), Some(_)) => {
-                    let mut du = ndarray::ArrayD::<f32>::zeros(g.raw_dim());
-                    let dg = Zip::from(&g).and(&u).and(&dy).and(&mut du).map_collect(
-                        |&g, &u, &dy, du| {
-                            let s = sigma(g);
-                            *du = dy * g * s;
-                            dy * u * s * (1.0 + g * (1.0 - s))
-                        },
-                    );
-                    (Some(dg), Some(du))
-                }
-                (Some(_), None) => {
-                    let dg = Zip::from(&g).and(&u).and(&dy).map_collect(|&g, &u, &dy| {
-                        let s = sigma(g);
+        // d silu(g)/dg = σ(1 + g(1 − σ)); d(silu(g)·u)/du = silu(g) = g·σ.
+        let (dg, du) = match (&for_gate, &for_up) {
+            (Some(_), Some(_)) => {
+                let mut du = ndarray::ArrayD::<f32>::zeros(g.raw_dim());
+                let dg = Zip::from(&g)
+                    .and(&u)
+                    .and(&dy)
+                    .and(&sigma)
+                    .and(&mut du)
+                    .map_collect(|&g, &u, &dy, &s, du| {
+                        *du = dy * g * s;
                         dy * u * s * (1.0 + g * (1.0 - s))
                     });
-                    (Some(dg), None)
-                }
-                (None, Some(_)) => {
-                    let du = Zip::from(&g)
-                        .and(&dy)
-                        .map_collect(|&g, &dy| dy * g * sigma(g));
-                    (None, Some(du))
-                }
-                (None, None) => (None, None),
-            };
+                (Some(dg), Some(du))
+            }
+            (Some(_), None) => {
+                let dg = Zip::from(&g)
+                    .and(&u)
+                    .and(&dy)
+                    .and(&sigma)
+                    .map_collect(|&g, &u, &dy, &s| dy * u * s * (1.0 + g * (1.0 - s)));
+                (Some(dg), None)
+            }
+            (None, Some(_)) => {
+                let du = Zip::from(&g)
+                    .and(&dy)
+                    .and(&sigma)
+                    .map_collect(|&g, &dy, &s| dy * g * s);
+                (None, Some(du))
+            }
+            (None, None) => (None, None),
+        };
         if let (Some(node), Some(dg)) = (for_gate, dg) {
             grads.register::<Cpu>(node.id, tensor(dg));
         }

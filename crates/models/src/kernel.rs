@@ -1,5 +1,5 @@
 //! Products through a kernel kedit chooses rather than the one Burn launches. On burn-ndarray,
-//! every rank-2 product runs [`cpu::gemm`]: one GEMM on the arrays as they lie (no copy of a
+//! every product runs [`cpu::gemm`]: one GEMM per matrix on the arrays as they lie (no copy of a
 //! transposed operand, no hop to a worker thread), which made a ROME edit of SmolLM2 1.6–1.8x
 //! faster than Burn 0.21's matmul (benchmarks/README.md). On burn-cuda, in a
 //! build with the `cuda-kernels` feature, `KEDIT_CUDA_KERNEL=<name>` runs every
@@ -182,7 +182,7 @@ pub fn chosen_is_f32() -> bool {
 }
 
 /// `a @ b` through kedit's kernel (inference or autodiff): the one `KEDIT_CUDA_KERNEL` chose on
-/// burn-cuda, [`cpu::gemm`] for a rank-2 product on burn-ndarray; the operands back otherwise
+/// burn-cuda, [`cpu::gemm`] on burn-ndarray; the operands back otherwise
 /// (Burn's matmul then runs them).
 #[allow(clippy::type_complexity)]
 pub fn chosen_matmul<B: Backend, const D: usize>(
@@ -194,7 +194,7 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
         return matmul_with::<B, crate::Gpu, D>(a, b, cuda::chosen_kernel);
     }
     #[cfg(not(feature = "flex"))]
-    if D == 2 && !cpu::off() {
+    if !cpu::off() {
         return matmul_with::<B, crate::Cpu, D>(a, b, cpu::gemm);
     }
     Err((a, b))
@@ -203,7 +203,7 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
 /// kedit's CPU product. Burn 0.21's matmul on burn-ndarray copies each operand that is not
 /// contiguous into a fresh 3-D array (its `reshape` clones even where a view would do: the
 /// backward's every transposed weight) and runs the GEMM on a rayon worker, even for a single
-/// matrix. Here a rank-2 product is one `general_mat_mul` on the calling
+/// matrix. Here each matrix of a product is one `general_mat_mul` on the calling
 /// thread: ndarray hands BLAS (OpenBLAS with `openblas`, matrixmultiply otherwise, each threaded
 /// by itself) row- or column-major operands as they are, and only a layout neither can read
 /// goes through matrixmultiply's strided path. The sums are the same library's kernel either
@@ -212,7 +212,7 @@ pub fn chosen_matmul<B: Backend, const D: usize>(
 pub mod cpu {
     use burn::tensor::ops::{FloatTensor, FloatTensorOps};
     use burn_ndarray::NdArrayTensor;
-    use ndarray::{linalg::general_mat_mul, Array2, Ix2};
+    use ndarray::{linalg::general_mat_mul, ArrayD, ArrayViewD, ArrayViewMutD, Ix2};
 
     use crate::Cpu;
 
@@ -222,20 +222,40 @@ pub mod cpu {
         *OFF.get_or_init(|| std::env::var("KEDIT_CPU_MATMUL").is_ok_and(|v| v == "burn"))
     }
 
-    /// `a @ b` for rank-2 f32 operands; anything else goes to Burn's matmul.
+    /// `a @ b` for f32 operands of rank 2 or more whose batch dimensions agree (one GEMM per
+    /// matrix: attention's small products); anything else goes to Burn's matmul.
     pub fn gemm(a: FloatTensor<Cpu>, b: FloatTensor<Cpu>) -> FloatTensor<Cpu> {
         if let (NdArrayTensor::F32(x), NdArrayTensor::F32(y)) = (&a, &b) {
             let (x, y) = (x.view(), y.view());
-            if let (Ok(x), Ok(y)) = (
-                x.into_dimensionality::<Ix2>(),
-                y.into_dimensionality::<Ix2>(),
-            ) {
-                let mut c = Array2::<f32>::zeros((x.nrows(), y.ncols()));
-                general_mat_mul(1.0, &x, &y, 0.0, &mut c);
-                return NdArrayTensor::from(c.into_dyn().into_shared());
+            let r = x.ndim();
+            if r >= 2 && y.ndim() == r && x.shape()[..r - 2] == y.shape()[..r - 2] {
+                let mut shape = x.shape().to_vec();
+                shape[r - 1] = y.shape()[r - 1];
+                let mut c = ArrayD::<f32>::zeros(shape);
+                products(x, y, c.view_mut());
+                return NdArrayTensor::from(c.into_shared());
             }
         }
         Cpu::float_matmul(a, b)
+    }
+
+    /// `c = x @ y`, matrix by matrix over the leading (batch) axes.
+    fn products(x: ArrayViewD<'_, f32>, y: ArrayViewD<'_, f32>, c: ArrayViewMutD<'_, f32>) {
+        match (
+            x.view().into_dimensionality::<Ix2>(),
+            y.view().into_dimensionality::<Ix2>(),
+        ) {
+            (Ok(x), Ok(y)) => {
+                let mut c = c.into_dimensionality::<Ix2>().expect("rank 2 like x");
+                general_mat_mul(1.0, &x, &y, 0.0, &mut c);
+            }
+            _ => {
+                let mut c = c;
+                for ((x, y), c) in x.outer_iter().zip(y.outer_iter()).zip(c.outer_iter_mut()) {
+                    products(x, y, c);
+                }
+            }
+        }
     }
 }
 
@@ -519,6 +539,29 @@ mod tests {
             )));
             assert!(max_diff(&direct, &want) < 1e-5, "{name}, cpu::gemm");
         }
+        // Batched, as attention multiplies: each matrix its own GEMM, operands as they lie
+        // (keys transposed, values with heads swapped forward).
+        let t4 = |d: [usize; 4], seed| {
+            let n = d.iter().product();
+            Tensor::<Cpu, 4>::from_data(TensorData::new(vals(n, seed), d), &dev)
+        };
+        let q = t4([2, 3, 7, 5], 15);
+        let keys = t4([2, 3, 6, 5], 16).swap_dims(2, 3);
+        let values = t4([2, 6, 3, 5], 17).swap_dims(1, 2);
+        let probs = t4([2, 3, 7, 6], 18);
+        for (name, a, b) in [("scores", q, keys), ("mix", probs, values)] {
+            let want = host(a.clone().matmul(b.clone()));
+            let got = cpu::gemm(a.into_primitive().tensor(), b.into_primitive().tensor());
+            let got = host(Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(
+                got,
+            )));
+            assert!(
+                max_diff(&got, &want) < 1e-5,
+                "batched {name}: {}",
+                max_diff(&got, &want)
+            );
+        }
+
         // An empty inner dimension: zeros (Burn's own matmul divides by zero there).
         let (a, b) = (t(m, 0, 11), t(0, n, 12));
         let y = cpu::gemm(a.into_primitive().tensor(), b.into_primitive().tensor());
