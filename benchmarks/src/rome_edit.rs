@@ -2,7 +2,7 @@
 //! at most 25 v* steps with early stop, 21 context templates, C⁻¹k from cached statistics), the editor's
 //! templates sampled once beforehand (as a run does once per process). Times `Rome::apply` on
 //! the first record of each of the first N subjects of the committed dataset, each on the
-//! unedited model. Prints a JSON line with every time and the median.
+//! unedited model. Prints a JSON line with every time, the median and each edit's v* steps.
 //!
 //! Usage: rome-edit [--edits N]
 
@@ -43,10 +43,15 @@ fn main() -> Result<()> {
     let templates_s = t.elapsed().as_secs_f64();
     let snapshot = Snapshot::take(&lm.model);
     let mut times = Vec::new();
+    // v* steps per edit: early stopping makes them differ from fact to fact, and a change in
+    // rounding can move them by one; time per step compares builds where time per edit cannot.
+    let mut steps = Vec::new();
+    let steps_run = || kedit_locate_edit::z::STEPS.load(std::sync::atomic::Ordering::Relaxed);
     for r in reqs {
-        let t = Instant::now();
+        let (t, s0) = (Instant::now(), steps_run());
         rome.apply(&mut lm, std::slice::from_ref(r))?;
         times.push(t.elapsed().as_secs_f64());
+        steps.push(steps_run() - s0);
         snapshot.clone().restore(&mut lm.model);
     }
     let mut sorted = times.clone();
@@ -56,7 +61,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({"benchmark": "rome-edit", "model": "SmolLM2-135M-Instruct Q4_1",
             "hparams": "crates/locate-edit/hparams/rome-smollm2.yaml", "edits": times.len(),
-            "templates_s": templates_s, "times_s": times, "median_s": median,
+            "templates_s": templates_s, "times_s": times, "median_s": median, "steps": steps,
             "openblas": cfg!(feature = "openblas"),
             "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
             "cpu_matmul": kedit_benchmarks::cpu_matmul(),
