@@ -807,14 +807,19 @@ fn bench_all(
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
-    let repeats = args
-        .iter()
-        .position(|a| a == "--repeats")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse::<usize>())
-        .transpose()
-        .context("--repeats takes a whole number")?
-        .unwrap_or(5);
+    // A whole-number option's value, or `default` when it is absent.
+    let count = |f: &str, default: usize| -> Result<usize> {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("{f} takes a whole number, not {s:?}"))
+            })
+            .transpose()
+            .map(|n| n.unwrap_or(default))
+    };
+    let repeats = count("--repeats", 5)?;
     match args.first().map(String::as_str) {
         Some("bench-all") => {
             let opt = |f: &str, d: &'static str| {
@@ -837,17 +842,7 @@ fn main() -> Result<()> {
                 jobs,
             )
         }
-        Some("bench-fwd-bwd") => {
-            let rounds = args
-                .iter()
-                .position(|a| a == "--rounds")
-                .and_then(|i| args.get(i + 1))
-                .map(|s| s.parse::<usize>())
-                .transpose()
-                .context("--rounds takes a whole number")?
-                .unwrap_or(2);
-            bench_fwd_bwd(flag("--pytorch"), repeats, rounds)
-        }
+        Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats, count("--rounds", 2)?),
         Some("bench-rome") => {
             let root = root();
             build_benchmarks()?;
