@@ -38,7 +38,6 @@ pub fn off() -> bool {
     *OFF.get_or_init(|| std::env::var("KEDIT_CPU_FUSED").is_ok_and(|v| v == "off"))
 }
 
-#[derive(PartialEq)]
 enum Path {
     Plain,
     Autodiff,
@@ -204,21 +203,21 @@ pub fn rms_norm<B: Backend>(
                 return Err(x);
             }
             let x = cast::<B, Ad, 3>(x);
+            let y = rms_forward(&x.primitive, &w.primitive, eps);
             let op = RmsNorm {
                 w: w.primitive,
                 eps,
             };
             let y = match op
-                .clone()
                 .prepare::<NoCheckpointing>([x.node.clone()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(mut prep) => {
                     let state = prep.checkpoint(&x);
-                    prep.finish(state, rms_forward(&x.primitive, &op.w, eps))
+                    prep.finish(state, y)
                 }
-                OpsKind::UnTracked(prep) => prep.finish(rms_forward(&x.primitive, &op.w, eps)),
+                OpsKind::UnTracked(prep) => prep.finish(y),
             };
             Ok(uncast::<Ad, B, 3>(y))
         }
@@ -266,7 +265,7 @@ fn rms_forward(x: &FloatTensor<Cpu>, w: &FloatTensor<Cpu>, eps: f64) -> FloatTen
     shaped(x, y)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct RmsNorm {
     w: FloatTensor<Cpu>,
     eps: f64,
@@ -460,10 +459,12 @@ impl Backward<Cpu, 1> for Reshape {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Cpu>(&ops.node);
         let [Some(node)] = ops.parents else { return };
-        let shape = burn::tensor::Shape::from(self.0.clone());
         let dx = match view_as(dy.clone(), &self.0) {
             Some(dx) => dx,
-            None => <Cpu as burn::tensor::ops::FloatTensorOps<Cpu>>::float_reshape(dy, shape),
+            None => {
+                let shape = burn::tensor::Shape::from(self.0);
+                <Cpu as burn::tensor::ops::FloatTensorOps<Cpu>>::float_reshape(dy, shape)
+            }
         };
         grads.register::<Cpu>(node.id, dx);
     }

@@ -79,7 +79,7 @@ pub trait CausalLm<B: Backend> {
             TensorData::new(idx, [positions.len()]),
             &hidden.device(),
         );
-        self.unembed(hidden.reshape([b * s, d]).select(0, idx))
+        self.unembed(layers::reshape(hidden, [b * s, d]).select(0, idx))
     }
 }
 

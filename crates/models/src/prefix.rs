@@ -8,7 +8,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use crate::layers::rotary_tables;
+use crate::layers::{reshape, rotary_tables};
 use crate::TensorMap;
 
 /// Keys and values of each row's fixed prefix at every layer from `start`.
@@ -78,8 +78,8 @@ impl<B: Backend> PrefixCache<B> {
             .collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b * s]), device);
         (
-            cos.select(0, idx.clone()).reshape([b, s, head_dim]),
-            sin.select(0, idx).reshape([b, s, head_dim]),
+            reshape(cos.select(0, idx.clone()), [b, s, head_dim]),
+            reshape(sin.select(0, idx), [b, s, head_dim]),
         )
     }
 }

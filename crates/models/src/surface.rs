@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::layers::matmul;
+use crate::layers::{matmul, reshape};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// A place in a transformer block.
@@ -184,7 +184,7 @@ impl<B: Backend> Interventions<B> {
             let [b, s, w] = x.dims();
             if let Action::AddRows(rows) = &e.action {
                 let sel = selection::<B>(b, s, &e.positions, &x.device());
-                x = x + matmul(sel, rows.clone()).reshape([b, s, w]);
+                x = x + reshape(matmul(sel, rows.clone()), [b, s, w]);
                 continue;
             }
             let mask = position_mask::<B>(b, s, &e.positions, &x.device());

@@ -421,10 +421,7 @@ impl<B: Backend> Transformer<B> {
             }
         };
         let kv = keep_kv.then_some((k, v));
-        let a = a
-            .reshape([b, nh, s, hd])
-            .swap_dims(1, 2)
-            .reshape([b, s, nh * hd]);
+        let a = reshape(reshape(a, [b, nh, s, hd]).swap_dims(1, 2), [b, s, nh * hd]);
         let a = iv.visit(l, Site::AttnOut, w.wo.apply(a), captured);
         // Sequential blocks norm the residual after attention; GPT-J's MLP reads `x` in parallel.
         let (h, x) = match &w.mlp_norm {
@@ -546,11 +543,10 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, s] = ids.dims();
         let d = self.config.hidden_size;
-        let tokens = self
-            .embed
-            .clone()
-            .select(0, ids.reshape([b * s]))
-            .reshape([b, s, d]);
+        let tokens = reshape(
+            self.embed.clone().select(0, ids.reshape([b * s])),
+            [b, s, d],
+        );
         match &self.positions {
             Some(p) => tokens + p.clone().narrow(0, 0, s).unsqueeze_dim::<3>(0),
             None => tokens,
