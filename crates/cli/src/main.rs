@@ -440,26 +440,31 @@ impl RunOnBackend for Edit {
             (None, false) => 1,
         };
         let batches = cases.len().div_ceil(size);
+        let bar = progress(cases.len(), &format!("{} edit", self.m.method), "cases");
         for (i, chunk) in cases.chunks(size).enumerate() {
             let t = std::time::Instant::now();
             let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
             let patch = rome.apply(&mut lm, &reqs)?;
             let m = kedit_eval::evaluate(&lm, chunk)?;
             let s = kedit_eval::summarize(&m);
-            tracing::info!(
-                "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
-                if size == 1 { "case" } else { "batch" },
-                i + 1,
-                chunk[0].case_id,
-                s.es,
-                s.ps,
-                s.ns,
-                t.elapsed().as_secs_f64()
-            );
+            bar.suspend(|| {
+                tracing::info!(
+                    "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
+                    if size == 1 { "case" } else { "batch" },
+                    i + 1,
+                    chunk[0].case_id,
+                    s.es,
+                    s.ps,
+                    s.ns,
+                    t.elapsed().as_secs_f64()
+                )
+            });
+            bar.inc(chunk.len() as u64);
             post.extend(m);
             snapshot.clone().restore(&mut lm.model);
             last_patch = Some(patch);
         }
+        bar.finish_and_clear();
         let elapsed = started.elapsed().as_secs_f64();
         if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
             p.save(out)?;
@@ -613,7 +618,12 @@ impl RunOnBackend for MendTrain {
             hp.seed = s;
         }
         let lm = LanguageModel::<B>::load(spec, device)?;
-        hp.layers(lm.model.config.family)?;
+        kedit_editing::hparams::check_layers(
+            &methods::source(self.hparams.as_deref()),
+            "inner_params",
+            &hp.layers(lm.model.config.family)?,
+            lm.model.config.num_layers,
+        )?;
         let out = match self.out {
             Some(p) => p,
             None => mend_train::default_archive(&fetch::cache_dir()?, &lm, &hp)?,
@@ -658,6 +668,9 @@ struct Stats {
 impl RunOnBackend for Stats {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         use kedit_locate_edit::stats;
+        if self.samples == 0 {
+            bail!("--samples 0: C = E[k kᵀ] needs at least one token");
+        }
         let lm = LanguageModel::<B>::load(spec, device)?;
         let corpus = self
             .corpus
@@ -690,6 +703,18 @@ impl RunOnBackend for Stats {
     }
 }
 
+/// A progress bar with an ETA on stderr (hidden when stderr is not a terminal).
+fn progress(len: usize, what: &str, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64).with_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit}, ETA {{eta}}"
+        ))
+        .expect("template"),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
 /// `--known-by`: drop records the unedited model gets wrong, then subjects left too small.
 struct KnownBy<'a> {
     data: &'a mut Vec<serde_json::Value>,
@@ -705,7 +730,9 @@ impl RunOnBackend for KnownBy<'_> {
         let _ = std::fs::remove_file(&tmp);
         let cases = cases?;
         let mut known = std::collections::HashSet::new();
+        let bar = progress(cases.len(), "--known-by", "records");
         for c in &cases {
+            bar.inc(1);
             // Only the rewrite prompt matters here.
             let bare = kedit_editing::EditCase {
                 paraphrase_prompts: vec![],
@@ -716,6 +743,7 @@ impl RunOnBackend for KnownBy<'_> {
                 known.insert(c.case_id.clone());
             }
         }
+        bar.finish_and_clear();
         let mut kept = Vec::new();
         for s in self.data.drain(..) {
             let sid = s["subjectID"].to_string();
@@ -804,8 +832,19 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
-        // One line: the context chain joined, most general first.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // One line: the context chain joined, most general first (a library's message that
+        // spans lines is folded onto it).
+        let msg: Vec<String> = e
+            .chain()
+            .map(|c| {
+                let c = c.to_string();
+                c.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);
     }

@@ -112,11 +112,18 @@ pub fn editor<B: Backend>(
     if let Some(path) = hparams {
         kedit_editing::hparams::check_module_names(path, lm.model.config.family)?;
     }
+    let layers = |field: &str, layers: &[usize]| {
+        kedit_editing::hparams::check_layers(
+            &source(hparams),
+            field,
+            layers,
+            lm.model.config.num_layers,
+        )
+    };
     let ft = |objective| -> Result<Box<dyn Editor<B>>> {
-        Ok(Box::new(Ft::new(
-            load(hparams, FtHparams::smollm2)?,
-            objective,
-        )?))
+        let hp = load(hparams, FtHparams::smollm2)?;
+        layers("layers", &hp.layers)?;
+        Ok(Box::new(Ft::new(hp, objective)?))
     };
     let variant = match name {
         "rome" => Variant::Original,
@@ -137,6 +144,7 @@ pub fn editor<B: Backend>(
                     kedit_locate_edit::pmet,
                 )
             };
+            layers("layers", &hp.layers)?;
             let m = stats::load_or_compute_layers(
                 lm,
                 &hp.layers,
@@ -167,7 +175,9 @@ pub fn editor<B: Backend>(
         }
         other => bail!("--method {other}: unknown method ({})", names()),
     };
-    let mut rome = Rome::new(load(hparams, RomeHparams::smollm2)?, variant);
+    let hp = load(hparams, RomeHparams::smollm2)?;
+    layers("layers", &hp.layers)?;
+    let mut rome = Rome::new(hp, variant);
     if rome.hparams.mom2_adjustment {
         let samples = rome.hparams.mom2_n_samples.unwrap_or(100_000);
         let m = stats::load_or_compute(
@@ -188,6 +198,12 @@ pub fn mend_archive<B: Backend>(
     lm: &LanguageModel<B>,
 ) -> Result<std::path::PathBuf> {
     let hp = load(hparams, kedit_gradient_edit::MendHparams::smollm2)?;
+    kedit_editing::hparams::check_layers(
+        &source(hparams),
+        "inner_params",
+        &hp.layers(lm.model.config.family)?,
+        lm.model.config.num_layers,
+    )?;
     kedit_gradient_edit::mend_train::default_archive(&fetch::cache_dir()?, lm, &hp)
 }
 
@@ -211,6 +227,16 @@ pub fn resolved_hparams(name: &str, hparams: Option<&Path>) -> Result<serde_json
         "mend" => json(hparams, MendHparams::smollm2),
         "kn" => json(hparams, KnHparams::smollm2),
         other => bail!("--method {other}: unknown method ({})", names()),
+    }
+}
+
+/// Where the hyperparameters come from, for messages.
+pub fn source(hparams: Option<&Path>) -> String {
+    match hparams {
+        Some(p) => p.display().to_string(),
+        None => {
+            "the bundled hparams (SmolLM2-135M's; give this model's with --hparams FILE)".into()
+        }
     }
 }
 

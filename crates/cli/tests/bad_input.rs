@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, kedit};
+use common::{fixture, kedit, kedit_with_home};
 
 fn assert_one_line_error(args: &[&str], must_name: &str) {
     let (ok, _, err) = kedit(args);
@@ -99,5 +99,62 @@ fn safetensors_missing_a_tensor() {
     assert!(
         err.contains("ckpt"),
         "error should name the checkpoint: {err}"
+    );
+}
+
+/// The bundled hparams are SmolLM2's (30 layers); on the 2-layer tiny Llama each method must say
+/// which field names a missing layer, before any statistics or archive is computed for it.
+#[test]
+fn bundled_hparams_on_a_smaller_model() {
+    let home = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("r.json");
+    std::fs::write(
+        &requests,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": " Italy", "target_true": " France"}}]"#,
+    )
+    .unwrap();
+    let model = fixture("tiny-llama");
+    for (method, field) in [
+        ("rome", "field `layers`: layer 4,"),
+        ("memit", "field `layers`: layer 3,"),
+        ("ft-m", "field `layers`: layer 20,"),
+        ("mend", "field `inner_params`: layer 27,"),
+    ] {
+        let args = [
+            "edit",
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            method,
+            "--requests",
+            requests.to_str().unwrap(),
+        ];
+        let (ok, _, err) = kedit_with_home(&args, home.path());
+        assert!(!ok, "{method} should fail");
+        assert_eq!(err.lines().count(), 1, "{method}: {err}");
+        assert!(
+            err.starts_with("error: the bundled hparams") && err.contains(field),
+            "{method}: {err}"
+        );
+        assert!(err.contains("the model has 2 layers"), "{method}: {err}");
+    }
+    // Nothing was computed or cached for the missing layers.
+    assert!(!home.path().join("stats").exists());
+}
+
+#[test]
+fn statistics_from_no_samples() {
+    assert_one_line_error(
+        &[
+            "stats",
+            "--model",
+            fixture("tiny-llama").to_str().unwrap(),
+            "--layers",
+            "1",
+            "--samples",
+            "0",
+        ],
+        "--samples 0",
     );
 }

@@ -2,6 +2,7 @@
 //! and CounterFact (one object per case, targets as `{"str": ...}`). Errors name the file, the
 //! record and the field.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -60,12 +61,33 @@ impl Ctx<'_> {
             Some(s) => s.to_owned(),
             None => self.str(rw, "subject")?.to_owned(),
         };
-        if !prompt.contains("{}") {
-            return Err(self.err(
-                "prompt",
-                &format!("has no `{{}}` where the subject {subject:?} goes"),
-            ));
+        match prompt.matches("{}").count() {
+            0 => {
+                return Err(self.err(
+                    "prompt",
+                    &format!("has no `{{}}` where the subject {subject:?} goes"),
+                ))
+            }
+            1 => {}
+            // EasyEdit's `prompt.format(subject)` fails on these too.
+            n => {
+                return Err(self.err(
+                    "prompt",
+                    &format!("has {n} `{{}}`; exactly one marks where the subject goes"),
+                ))
+            }
         }
+        if subject.trim().is_empty() {
+            return Err(self.err("subject", "is empty"));
+        }
+        let target = |field| -> Result<String> {
+            let t = self.target(rw, field)?;
+            // An empty target has no tokens to score, so every metric on it would be vacuous.
+            if t.trim().is_empty() {
+                return Err(self.err(field, "is empty"));
+            }
+            Ok(t)
+        };
         Ok(EditRequest {
             prompt,
             subject,
@@ -75,8 +97,8 @@ impl Ctx<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
-            target_new: self.target(rw, "target_new")?,
-            target_true: self.target(rw, "target_true")?,
+            target_new: target("target_new")?,
+            target_true: target("target_true")?,
         })
     }
 }
@@ -90,8 +112,12 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
     let Value::Array(records) = json else {
         bail!("{}: expected a JSON list of records", file.display());
     };
-    let mut cases = Vec::new();
+    let mut cases: Vec<EditCase> = Vec::new();
+    // case_id → the record that gave it: results are keyed by case_id, so a repeat would make
+    // two cases' lines indistinguishable (and a resumed run skip one of them).
+    let mut seen: HashMap<String, String> = HashMap::new();
     for (i, rec) in records.iter().enumerate() {
+        let before = cases.len();
         if let Some(star) = rec.get("Star_Topology") {
             let sid = rec.get("subjectID").map_or(i.to_string(), |v| {
                 v.to_string().trim_matches('"').to_owned()
@@ -143,6 +169,20 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                 paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
                 neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
             });
+        }
+        for c in &cases[before..] {
+            let field = if rec.get("Star_Topology").is_some() {
+                "subjectID"
+            } else {
+                "case_id"
+            };
+            if let Some(first) = seen.insert(c.case_id.clone(), i.to_string()) {
+                bail!(
+                    "{}: record {i}: field `{field}`: case id {} repeats record {first}'s",
+                    file.display(),
+                    c.case_id
+                );
+            }
         }
     }
     Ok(cases)
@@ -200,6 +240,41 @@ mod tests {
         let e = format!("{:#}", load_cases(f.path()).unwrap_err());
         assert!(
             e.contains("`prompt` has no `{}`") && e.contains(&f.path().display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vacuous_ambiguous_or_repeated_records_are_refused() {
+        let rec = |id: &str, prompt: &str, subject: &str, new: &str| {
+            format!(
+                r#"{{"case_id": {id}, "requested_rewrite": {{"prompt": "{prompt}", "subject": "{subject}", "target_new": "{new}", "target_true": "b"}}}}"#
+            )
+        };
+        let err = |records: &[String]| {
+            let f = write(&format!("[{}]", records.join(",")));
+            format!("{:#}", load_cases(f.path()).unwrap_err())
+        };
+        let ok = rec("1", "{} plays", "X", " a");
+        let f = write(&format!("[{ok}]"));
+        assert_eq!(load_cases(f.path()).unwrap().len(), 1);
+        let e = err(&[rec("1", "{} plays", "X", " ")]);
+        assert!(e.contains("record 0: field `target_new` is empty"), "{e}");
+        let e = err(&[rec("1", "{} plays", "", " a")]);
+        assert!(e.contains("field `subject` is empty"), "{e}");
+        let e = err(&[rec("1", "{} and {} play", "X", " a")]);
+        assert!(e.contains("field `prompt` has 2 `{}`"), "{e}");
+        let e = err(&[ok.clone(), rec("2", "{} sings", "Y", " c"), ok.clone()]);
+        assert!(
+            e.contains("record 2: field `case_id`: case id 1 repeats record 0's"),
+            "{e}"
+        );
+        let star = r#"{"subjectID": 7, "subject": {"name": "D"}, "Star_Topology": [
+            {"requested_rewrite": {"prompt": "{} speaks", "target_true": "French", "target_new": "English"}}]}"#;
+        let f = write(&format!("[{star}, {star}]"));
+        let e = format!("{:#}", load_cases(f.path()).unwrap_err());
+        assert!(
+            e.contains("record 1: field `subjectID`: case id s7r0 repeats record 0's"),
             "{e}"
         );
     }

@@ -698,6 +698,12 @@ pub fn default_archive<B: Backend>(
     hparams: &MendHparams,
 ) -> Result<PathBuf> {
     let layers = hparams.layers(lm.model.config.family)?;
+    kedit_editing::hparams::check_layers(
+        "hparams",
+        "inner_params",
+        &layers,
+        lm.model.config.num_layers,
+    )?;
     let model = crate::mend::model_hash(&lm.model, &layers);
     let hp = format!(
         "{:x}",

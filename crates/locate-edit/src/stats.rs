@@ -89,6 +89,16 @@ pub fn compute_layers<B: Backend>(
         );
     }
     let top = *layers.iter().max().context("no layers")?;
+    let n_layers = lm.model.config.num_layers;
+    if top >= n_layers {
+        bail!(
+            "statistics at layer {top}, but the model has {n_layers} layers (0 to {})",
+            n_layers - 1
+        );
+    }
+    if samples == 0 {
+        bail!("statistics from 0 samples: C would be 0/0");
+    }
     let seqs: Vec<Vec<u32>> = ids[..samples]
         .chunks(SEQ_LEN)
         .map(<[u32]>::to_vec)
