@@ -407,6 +407,12 @@ struct Edit {
 impl RunOnBackend for Edit {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         methods::check(&self.m.method)?;
+        if let Some(p) = &self.patch_out {
+            check_output("--patch-out", p)?;
+        }
+        if let Some(p) = &self.report {
+            check_output("--report", p)?;
+        }
         let mut cases = self.m.cases()?;
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
@@ -492,9 +498,7 @@ impl RunOnBackend for Edit {
                 .collect();
             let report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
                 "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
-            let tmp = out.with_extension("partial");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)?;
-            std::fs::rename(&tmp, out)?;
+            write_atomic("--report", out, &serde_json::to_string_pretty(&report)?)?;
         }
         Ok(())
     }
@@ -509,6 +513,9 @@ struct Keys {
 impl RunOnBackend for Keys {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         methods::check(&self.m.method)?;
+        if let Some(p) = &self.report {
+            check_output("--report", p)?;
+        }
         let mut cases = self.m.cases()?;
         let mut subjects: Vec<String> = Vec::new();
         let mut count = std::collections::HashMap::new();
@@ -591,7 +598,7 @@ impl RunOnBackend for Keys {
             let r = serde_json::json!({"case_ids": ids, "cosine": first["cosine"],
                 "same_subject": first["same_subject"], "different_subject": first["different_subject"],
                 "layers": layers, "method": self.m.method});
-            std::fs::write(out, serde_json::to_string_pretty(&r)?)?;
+            write_atomic("--report", out, &serde_json::to_string_pretty(&r)?)?;
         }
         Ok(())
     }
@@ -610,6 +617,9 @@ impl RunOnBackend for MendTrain {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         use kedit_editing::hparams::Hparams;
         use kedit_gradient_edit::{mend_train, MendHparams};
+        if let Some(p) = &self.report {
+            check_output("--report", p)?;
+        }
         let mut hp = match &self.hparams {
             Some(p) => MendHparams::load(p)?,
             None => MendHparams::smollm2(),
@@ -652,8 +662,7 @@ impl RunOnBackend for MendTrain {
             s.untrained.es, s.untrained.ps, s.untrained.ns, s.best.es, s.best.ps, s.best.ns
         );
         if let Some(p) = self.report {
-            std::fs::write(&p, serde_json::to_string_pretty(s)? + "\n")
-                .with_context(|| format!("--report {}: cannot write", p.display()))?;
+            write_atomic("--report", &p, &(serde_json::to_string_pretty(s)? + "\n"))?;
         }
         println!("-> {}", out.display());
         Ok(())
@@ -701,6 +710,34 @@ impl RunOnBackend for Stats {
         println!("cache: {}", cache.display());
         Ok(())
     }
+}
+
+/// Refuse an output path before any work is done, rather than lose the work when writing it: its
+/// folder must exist and it must not be a folder itself.
+fn check_output(flag: &str, path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder, expected a file", path.display());
+    }
+    Ok(())
+}
+
+/// Write `text` to `path` whole or not at all (a temporary file beside it, then a rename).
+fn write_atomic(flag: &str, path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("{flag} {}: cannot write", path.display()))
 }
 
 /// A progress bar with an ETA on stderr (hidden when stderr is not a terminal).

@@ -158,3 +158,43 @@ fn statistics_from_no_samples() {
         "--samples 0",
     );
 }
+
+/// An output path that cannot be written is refused before any edit runs, not after.
+#[test]
+fn unwritable_outputs_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-folder").join("out.json");
+    let model = fixture("tiny-llama");
+    for flag in ["--report", "--patch-out"] {
+        let args = [
+            "edit",
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            "kn",
+            "--requests",
+            "/nonexistent/requests.json",
+            flag,
+            missing.to_str().unwrap(),
+        ];
+        // The requests file is missing too: the output is checked first, before anything is read.
+        assert_one_line_error(&args, &format!("{flag} {}", missing.display()));
+        let (_, _, err) = kedit(&args);
+        assert!(err.contains("does not exist"), "{err}");
+    }
+    let dir = tmp.path().to_str().unwrap();
+    assert_one_line_error(
+        &[
+            "keys",
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            "rome",
+            "--requests",
+            "/nonexistent/requests.json",
+            "--report",
+            dir,
+        ],
+        "is a folder",
+    );
+}

@@ -77,8 +77,19 @@ pub struct KeyRow {
     pub different: (f64, usize),
 }
 
+/// Groups of one order with no group of the other order to pair with (a run of one order only,
+/// or an interrupted one): scored (view `all`), but no SD.
+#[derive(Debug, Clone)]
+pub struct UnpairedRow {
+    pub cell: Cell,
+    pub order: Order,
+    pub groups: usize,
+    pub summary: Summary,
+}
+
 pub struct Report {
     pub sd: Vec<SdRow>,
+    pub unpaired: Vec<UnpairedRow>,
     pub density: Vec<DensityRow>,
     pub keys: Vec<KeyRow>,
 }
@@ -154,7 +165,26 @@ pub fn build(lines: &[ResultLine]) -> Report {
             .push(l);
     }
     let mut sd = Vec::new();
+    let mut unpaired = Vec::new();
     for (cell, [homo, hetero]) in &cells {
+        for (order, side, other) in [
+            (Order::Homogeneous, homo, hetero),
+            (Order::Heterogeneous, hetero, homo),
+        ] {
+            let alone: Vec<&ResultLine> = side
+                .iter()
+                .filter(|(k, _)| !other.contains_key(k))
+                .flat_map(|(_, ls)| ls.iter().copied())
+                .collect();
+            if !alone.is_empty() {
+                unpaired.push(UnpairedRow {
+                    cell: cell.clone(),
+                    order,
+                    groups: side.keys().filter(|k| !other.contains_key(k)).count(),
+                    summary: s_of(&alone),
+                });
+            }
+        }
         let groups: Vec<GroupKey> = homo
             .keys()
             .filter(|k| hetero.contains_key(k))
@@ -219,7 +249,12 @@ pub fn build(lines: &[ResultLine]) -> Report {
             different: mean(&d),
         })
         .collect();
-    Report { sd, density, keys }
+    Report {
+        sd,
+        unpaired,
+        density,
+        keys,
+    }
 }
 
 impl Report {
@@ -269,7 +304,43 @@ impl Report {
                 r.groups
             );
         }
+        if !self.unpaired.is_empty() {
+            let _ = writeln!(
+                o,
+                "- Groups of one order only have no SD (below): run the other `--order` with the same `--n`, `--groups` and `--seed` to pair them."
+            );
+        }
         o.push('\n');
+        if !self.unpaired.is_empty() {
+            let _ = writeln!(o, "### Groups without a matched pair (view `all`, no SD)\n");
+            let _ = writeln!(
+                o,
+                "| method | strategy | design | N | order | groups | cases | ES | PS | NS | S |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+            for r in &self.unpaired {
+                let s = &r.summary;
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                    r.cell.method,
+                    r.cell.strategy.name(),
+                    r.cell.design.name(),
+                    r.cell.n,
+                    match r.order {
+                        Order::Homogeneous => "homogeneous",
+                        Order::Heterogeneous => "heterogeneous",
+                    },
+                    r.groups,
+                    s.cases,
+                    s.es,
+                    s.ps,
+                    s.ns,
+                    100.0 * s.score
+                );
+            }
+            o.push('\n');
+        }
         if !self.density.is_empty() {
             let _ = writeln!(
                 o,
@@ -518,5 +589,40 @@ mod tests {
             line(Order::Heterogeneous, 0, 1.0, 1.0, 0.375),
         ];
         assert!(build(&lower).sd[0].sd < 0.0);
+    }
+
+    #[test]
+    fn groups_of_one_order_are_reported_without_sd() {
+        let mut other_group = line(Order::Heterogeneous, 0, 0.0, 1.0, 1.0);
+        other_group.group = 1;
+        let lines = [
+            line(Order::Homogeneous, 0, 1.0, 0.5, 0.5),
+            line(Order::Homogeneous, 1, 0.0, 0.5, 0.5),
+            other_group,
+        ];
+        let r = build(&lines);
+        assert!(r.sd.is_empty(), "group 0 and group 1 are no pair");
+        assert_eq!(r.unpaired.len(), 2);
+        let homo = &r.unpaired[0];
+        assert_eq!(
+            (homo.order, homo.groups, homo.summary.cases),
+            (Order::Homogeneous, 1, 2)
+        );
+        assert_eq!(homo.summary.es, 0.5);
+        assert_eq!(r.unpaired[1].summary.es, 0.0);
+        let md = r.markdown();
+        assert!(md.contains("### Groups without a matched pair"), "{md}");
+        assert!(
+            md.contains("| m | sequential | group | 2 | homogeneous | 1 | 2 | 0.50 |"),
+            "{md}"
+        );
+        // Once paired, nothing is left over.
+        let paired = [
+            line(Order::Homogeneous, 0, 1.0, 0.5, 0.5),
+            line(Order::Heterogeneous, 0, 0.0, 1.0, 1.0),
+        ];
+        let r = build(&paired);
+        assert!(r.unpaired.is_empty() && !r.sd.is_empty());
+        assert!(!r.markdown().contains("without a matched pair"));
     }
 }
