@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 
 mod jobs;
 
@@ -804,46 +805,96 @@ fn bench_all(
     Ok(())
 }
 
+/// The project's chores: the main job (`bench-all`), the benchmarks, the GPU pack, the committed
+/// datasets and the reference fixtures.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    chore: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// The main job: the S2RKE matrix (every registered method × strategy ×
+    /// homogeneous/heterogeneous × N) on the default model and the committed data; runs under
+    /// results/runs/<profile>/ (rerun to resume), reports in results/.
+    #[command(
+        after_help = "Examples:\n  cargo xtask bench-all\n  cargo xtask bench-all --profile contrast\n  cargo xtask bench-all --profile smoke --cargo-profile dev"
+    )]
+    BenchAll {
+        /// smoke: the pipeline in minutes (CI); default: every method, N = 2, 3 group pairs
+        /// (≤ 30 min on 2 cores); contrast, deep, paper: larger (benchmarks/README.md)
+        #[arg(long, default_value = "default", value_parser = ["smoke", "default", "contrast", "deep", "paper"])]
+        profile: String,
+        /// Where the kedit processes run (cuda: a `--features cuda` build, one cell at a time)
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        backend: String,
+        /// The build to run: release (built here), or dev (the build `cargo test` made)
+        #[arg(long, default_value = "release", value_parser = ["release", "dev"])]
+        cargo_profile: String,
+        /// Cells side by side (default: one per core on the CPU, one on a GPU)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        jobs: Option<u64>,
+    },
+    /// The ROME-shaped forward+backward step, kedit (each CPU kernel configuration) and, with
+    /// --pytorch, PyTorch in the same run, in alternating rounds; appends to benchmarks/results/.
+    #[command(after_help = "Example:\n  cargo xtask bench-fwd-bwd --pytorch --rounds 3")]
+    BenchFwdBwd {
+        /// Time PyTorch (transformers) too, in a venv the xtask makes
+        #[arg(long)]
+        pytorch: bool,
+        /// Steps timed per run (the median is recorded)
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
+        /// Alternating rounds of every configuration
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+    },
+    /// ROME edits on SmolLM2 (bundled hparams), median time per edit, in each CPU kernel
+    /// configuration; appends to benchmarks/results/rome-edit.jsonl.
+    #[command(after_help = "Example:\n  cargo xtask bench-rome --repeats 5")]
+    BenchRome {
+        /// Edits timed (one per subject)
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
+    },
+    /// MEMIT batch edits on SmolLM2, time per request by batch size; appends to
+    /// benchmarks/results/memit-batch.jsonl.
+    #[command(after_help = "Example:\n  cargo xtask bench-memit --sizes 1,10,100")]
+    BenchMemit {
+        /// Batch sizes, comma-separated
+        #[arg(long, default_value = "1,10,100")]
+        sizes: String,
+    },
+    /// The cuda test binaries, kedit, gpu-edit, matmul-probe (release, stripped) and SmolLM2 in
+    /// gpu/1, gpu/2, … one per device call, for a GPU machine without a Rust toolchain or network
+    /// (benchmarks/gpu_device.sh stages and runs them there).
+    #[command(after_help = "Example:\n  cargo xtask gpu-pack")]
+    GpuPack,
+    /// Rebuild fixtures/s2rke-wikidata.json, fixtures/mend-train.json and
+    /// fixtures/s2rke-wikidata-deep.json from the committed facts (byte for byte; CI checks).
+    #[command(after_help = "Example:\n  cargo xtask data && git diff --exit-code -- fixtures/")]
+    Data,
+    /// Regenerate the reference fixtures with transformers (deliberate; never in CI).
+    #[command(after_help = "Example:\n  cargo xtask reference")]
+    Reference,
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |f: &str| args.iter().any(|a| a == f);
-    // A whole-number option's value, or `default` when it is absent.
-    let count = |f: &str, default: usize| -> Result<usize> {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1))
-            .map(|s| {
-                s.parse::<usize>()
-                    .map_err(|_| anyhow::anyhow!("{f} takes a whole number, not {s:?}"))
-            })
-            .transpose()
-            .map(|n| n.unwrap_or(default))
-    };
-    let repeats = count("--repeats", 5)?;
-    match args.first().map(String::as_str) {
-        Some("bench-all") => {
-            let opt = |f: &str, d: &'static str| {
-                args.iter()
-                    .position(|a| a == f)
-                    .and_then(|i| args.get(i + 1))
-                    .map_or(d.to_owned(), |s| s.clone())
-            };
-            let jobs = args
-                .iter()
-                .position(|a| a == "--jobs")
-                .and_then(|i| args.get(i + 1))
-                .map(|s| s.parse::<usize>().ok().filter(|n| *n > 0))
-                .map(|n| n.context("--jobs takes a whole number ≥ 1"))
-                .transpose()?;
-            bench_all(
-                &opt("--profile", "default"),
-                &opt("--backend", "cpu"),
-                &opt("--cargo-profile", "release"),
-                jobs,
-            )
-        }
-        Some("bench-fwd-bwd") => bench_fwd_bwd(flag("--pytorch"), repeats, count("--rounds", 2)?),
-        Some("bench-rome") => {
+    match Cli::parse().chore {
+        Chore::BenchAll {
+            profile,
+            backend,
+            cargo_profile,
+            jobs,
+        } => bench_all(&profile, &backend, &cargo_profile, jobs.map(|n| n as usize)),
+        Chore::BenchFwdBwd {
+            pytorch,
+            repeats,
+            rounds,
+        } => bench_fwd_bwd(pytorch, repeats as usize, rounds as usize),
+        Chore::BenchRome { repeats } => {
             let root = root();
             build_benchmarks()?;
             for (matmul, fused) in CPU_KERNELS {
@@ -855,21 +906,16 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Some("bench-memit") => {
+        Chore::BenchMemit { sizes } => {
             let root = root();
             build_benchmarks()?;
-            let sizes = args
-                .iter()
-                .position(|a| a == "--sizes")
-                .and_then(|i| args.get(i + 1))
-                .map_or("1,10,100", String::as_str);
-            let out = run(
-                Command::new(target_dir().join("release/memit-batch")).args(["--sizes", sizes])
-            )?;
+            let out =
+                run(Command::new(target_dir().join("release/memit-batch"))
+                    .args(["--sizes", &sizes]))?;
             record(&root.join("benchmarks/results/memit-batch.jsonl"), &out)
         }
-        Some("gpu-pack") => gpu_pack(),
-        Some("data") => {
+        Chore::GpuPack => gpu_pack(),
+        Chore::Data => {
             // The committed datasets, rebuilt from the committed facts; CI checks the bytes. The
             // benchmark's set first; then MEND's training set, every subject of the first left
             // out (one record per subject mostly: the multi-relation subjects are the benchmark's).
@@ -931,7 +977,7 @@ fn main() -> Result<()> {
                 "0",
             ])
         }
-        Some("reference") => {
+        Chore::Reference => {
             let py = venv()?;
             let gguf = smollm2()?;
             print!(
@@ -943,16 +989,61 @@ fn main() -> Result<()> {
                 .arg(gguf))
             .map(|o| print!("{o}"))
         }
-        _ => {
-            eprintln!("usage: cargo xtask bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] | bench-fwd-bwd [--pytorch] [--repeats N] [--rounds R] | bench-rome [--repeats N] | bench-memit [--sizes 1,10,100] | gpu-pack | data | reference");
-            std::process::exit(2)
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cargo xtask bench-all --help` once started the 25-minute main job: the hand-rolled
+    /// parser ignored flags it did not know. Help, a misspelt flag or a bad value must stop
+    /// before any chore runs.
+    #[test]
+    fn help_and_unknown_flags_start_no_chore() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+        };
+        for bad in [
+            &["bench-all", "--help"][..],
+            &["bench-all", "--profle", "smoke"],
+            &["bench-all", "--profile", "huge"],
+            &["bench-all", "--jobs", "0"],
+            &["bench-rome", "--repeats", "x"],
+            &["bench-fwd-bwd", "--rounds", "0"],
+            &["data", "--force"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should not parse");
+        }
+        let Chore::BenchAll {
+            profile,
+            cargo_profile,
+            jobs,
+            ..
+        } = parse(&["bench-all", "--profile", "smoke", "--cargo-profile", "dev"])
+            .unwrap()
+            .chore
+        else {
+            panic!("bench-all expected");
+        };
+        assert_eq!(
+            (profile.as_str(), cargo_profile.as_str(), jobs),
+            ("smoke", "dev", None)
+        );
+        assert!(matches!(
+            parse(&["bench-fwd-bwd", "--pytorch", "--rounds", "3"])
+                .unwrap()
+                .chore,
+            Chore::BenchFwdBwd {
+                pytorch: true,
+                repeats: 5,
+                rounds: 3
+            }
+        ));
+    }
 
     /// The GPU pack carries every integration test with a cuda instance: a test file added
     /// without its name here would never run on the GPU.

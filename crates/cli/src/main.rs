@@ -975,6 +975,10 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             use kedit_s2rke_data as data;
+            check_output("--out", &out)?;
+            if let Some(p) = &stats {
+                check_output("--stats", p)?;
+            }
             let mut patterns = data::Patterns::new();
             for dir in &relations {
                 for (rel, pats) in data::load_patterns(dir)? {
@@ -1008,12 +1012,13 @@ fn run(cli: Cli) -> Result<()> {
                 with_backend(&args, filter)?;
             }
             let table = data::statistics(&built);
-            let tmp = out.with_extension("partial");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&built)? + "\n")
-                .with_context(|| format!("{}: cannot write", tmp.display()))?;
-            std::fs::rename(&tmp, &out)?;
+            write_atomic(
+                "--out",
+                &out,
+                &(serde_json::to_string_pretty(&built)? + "\n"),
+            )?;
             if let Some(p) = stats {
-                std::fs::write(&p, &table)?;
+                write_atomic("--stats", &p, &table)?;
             }
             println!("{table}-> {}", out.display());
             Ok(())
