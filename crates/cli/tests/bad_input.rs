@@ -198,3 +198,30 @@ fn unwritable_outputs_are_refused_up_front() {
         "is a folder",
     );
 }
+
+/// GPT-2 has learned positions for its context only (the tiny one: 128): a longer sequence used
+/// to panic in the forward. Generation stops at the context, saying so; scoring past it, or a
+/// prompt longer than it, is an error.
+#[test]
+fn sequences_past_the_context() {
+    let model = fixture("tiny-gpt2");
+    let model = model.to_str().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kedit"))
+        .args(["generate", "--model", model, "-n", "200", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped at the model's context of 128"),
+        "{err}"
+    );
+    let long = "word ".repeat(300);
+    assert_one_line_error(
+        &[
+            "score", "--model", model, "--prompt", &long, "--target", " b",
+        ],
+        "more than the model's context of 128",
+    );
+    assert_one_line_error(&["generate", "--model", model, &long], "prompt 0:");
+}

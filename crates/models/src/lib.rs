@@ -236,6 +236,17 @@ impl<B: Backend> LanguageModel<B> {
             .map_err(|e| anyhow::anyhow!("cannot decode {ids:?}: {e}"))
     }
 
+    /// A sequence of `len` tokens fits the model's context (`max_position_embeddings`, GGUF's
+    /// `context_length`): past it GPT-2 has no learned position to read, and a Llama was never
+    /// trained there.
+    pub fn check_context(&self, what: &str, len: usize) -> Result<()> {
+        let context = self.model.config.max_position_embeddings;
+        if len > context {
+            bail!("{what}: {len} tokens, more than the model's context of {context}");
+        }
+        Ok(())
+    }
+
     /// Logits `[n_prompts, vocab]` at the last token of each prompt, in one padded batch.
     pub fn next_token_logits(&self, seqs: &[Vec<u32>]) -> Tensor<B, 2> {
         let ids = self.model.batch(seqs);
@@ -257,10 +268,24 @@ impl<B: Backend> LanguageModel<B> {
         if let Some((i, _)) = seqs.iter().enumerate().find(|(_, s)| s.is_empty()) {
             bail!("prompt {i} is empty");
         }
+        let context = self.model.config.max_position_embeddings;
+        for (i, s) in seqs.iter().enumerate() {
+            self.check_context(&format!("prompt {i}"), s.len())?;
+        }
         let starts: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let eos = self.model.config.eos_token_id;
         let mut done = vec![false; seqs.len()];
         for _ in 0..n {
+            // A row that fills the context stops there, as transformers' `generate` does at its
+            // maximum length (GPT-2's learned positions end there).
+            for (i, s) in seqs.iter().enumerate() {
+                if !done[i] && s.len() >= context {
+                    tracing::warn!(
+                        "prompt {i}: stopped at the model's context of {context} tokens"
+                    );
+                    done[i] = true;
+                }
+            }
             let live: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
             if live.is_empty() {
                 break;
@@ -294,6 +319,7 @@ impl<B: Backend> LanguageModel<B> {
             if p.is_empty() || t.is_empty() {
                 bail!("pair {i}: prompt and target must both be non-empty");
             }
+            self.check_context(&format!("pair {i}: prompt and target"), p.len() + t.len())?;
             for j in 0..t.len() {
                 positions.push((i, p.len() - 1 + j));
             }
