@@ -414,6 +414,7 @@ impl RunOnBackend for Edit {
             check_output("--report", p)?;
         }
         let mut cases = self.m.cases()?;
+        let in_file = cases.len();
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
             cases.retain(|c| seen.insert(c.subject_id.clone()));
@@ -430,7 +431,35 @@ impl RunOnBackend for Edit {
             cases.truncate(n);
         }
         if cases.is_empty() {
-            bail!("{}: no cases", self.m.requests.display());
+            let mut by = Vec::new();
+            if self.one_per_subject {
+                by.push("--one-per-subject".to_owned());
+            }
+            if let Some(how) = self.arrange {
+                let k = self.batch_size.unwrap_or(0);
+                by.push(format!(
+                    "--arrange {} (blocks of {k} subjects with {k} records each)",
+                    if how == Arrange::SameSubject {
+                        "same-subject"
+                    } else {
+                        "mixed"
+                    }
+                ));
+            }
+            if self.skip > 0 {
+                by.push(format!("--skip {}", self.skip));
+            }
+            if self.limit == Some(0) {
+                by.push("--limit 0".to_owned());
+            }
+            if by.is_empty() {
+                bail!("{}: no cases", self.m.requests.display());
+            }
+            bail!(
+                "{}: no cases left of {in_file} after {}",
+                self.m.requests.display(),
+                by.join(", ")
+            );
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
         let mut rome = self.m.editor(&lm)?;

@@ -225,3 +225,41 @@ fn sequences_past_the_context() {
     );
     assert_one_line_error(&["generate", "--model", model, &long], "prompt 0:");
 }
+
+/// When the selection flags leave nothing to edit, the error says which ones did it.
+#[test]
+fn a_selection_that_leaves_no_case_names_its_flags() {
+    let model = fixture("tiny-llama");
+    let data = fixture("s2rke-wikidata.json");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    assert_one_line_error(
+        &[
+            "edit",
+            "--model",
+            model,
+            "--method",
+            "kn",
+            "--requests",
+            data,
+            "--skip",
+            "100000",
+        ],
+        "no cases left of 1075 after --skip 100000",
+    );
+    assert_one_line_error(
+        &[
+            "edit",
+            "--model",
+            model,
+            "--method",
+            "kn",
+            "--requests",
+            data,
+            "--batch-size",
+            "50",
+            "--arrange",
+            "same-subject",
+        ],
+        "after --arrange same-subject (blocks of 50 subjects with 50 records each)",
+    );
+}
