@@ -57,7 +57,9 @@ pub struct Results {
 }
 
 impl Results {
-    /// Open (or create) `path`, dropping a torn last line.
+    /// Open (or create) `path` to append to it, dropping a torn last line. The file stays
+    /// locked (`File::try_lock`) while this lives: a second run of the same plan into the same
+    /// folder would append every line again, and the report would count them twice.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -69,6 +71,16 @@ impl Results {
             .create(true)
             .open(path)
             .with_context(|| format!("{}: cannot open results file", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: another process is appending to these results (the same kedit bench running twice?); wait for it to finish, or pass another --out",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+            }
+        }
         let mut text = String::new();
         file.read_to_string(&mut text)
             .with_context(|| format!("{}: not UTF-8", path.display()))?;
@@ -96,6 +108,23 @@ impl Results {
             lines,
             done,
         })
+    }
+
+    /// The whole lines of `path` as they are, without writing to it: what a report reads, also
+    /// while a run is still appending (a line being written is left out, not cut off).
+    pub fn read(path: &Path) -> Result<Vec<ResultLine>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read results file", path.display()))?;
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        text[..complete]
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).with_context(|| {
+                    format!("{}: line {}: not a result line", path.display(), i + 1)
+                })
+            })
+            .collect()
     }
 
     pub fn contains(&self, key: &(usize, usize, String)) -> bool {
@@ -228,4 +257,49 @@ pub fn run_plan<B: Backend>(
     bar.finish();
     tracing::debug!(groups = worked, "run done");
     Ok(started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"method":"kn","strategy":"sequential","design":"group","order":"homogeneous","density":null,"n":2,"seed":0,"group":0,"step":0,"subject_id":"27","relation":"P37","same_subject_as_first":true,"key_cos_first":null,"case_id":"s27r0","es":1.0,"ps":null,"ns":1.0,"em":0.5,"pm":null,"nm":0.25}"#;
+
+    #[test]
+    fn one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let mut first = Results::open(&path).unwrap();
+        let e = Results::open(&path)
+            .err()
+            .expect("a second writer must be refused");
+        assert!(
+            format!("{e:#}").contains("another process is appending to these results"),
+            "{e:#}"
+        );
+        first.append(serde_json::from_str(LINE).unwrap()).unwrap();
+        // A reader is not a writer: it sees the line while the run goes on.
+        assert_eq!(Results::read(&path).unwrap().len(), 1);
+        drop(first);
+        assert_eq!(Results::open(&path).unwrap().lines.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_leaves_a_line_being_written_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let text = format!("{LINE}\n{}", &LINE[..40]);
+        std::fs::write(&path, &text).unwrap();
+        let lines = Results::read(&path).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].metrics.case_id, "s27r0");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "read must not write"
+        );
+        // The writer drops the torn line (it was its own, cut by a kill).
+        assert_eq!(Results::open(&path).unwrap().lines.len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{LINE}\n"));
+    }
 }

@@ -115,7 +115,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
     }
     let mut lines = Vec::new();
     for f in files {
-        lines.extend(Results::open(&f)?.lines);
+        lines.extend(Results::read(&f)?);
     }
     Ok(lines)
 }
