@@ -149,11 +149,15 @@ enum Command {
     },
     /// Greedy continuation of each prompt.
     #[command(
-        after_help = "Example:\n  kedit generate --model smollm2 -n 8 \"The capital of France is\""
+        after_help = "Examples:\n  kedit generate --model smollm2 -n 8 \"The capital of France is\"\n  kedit generate --model smollm2 --patch edit.safetensors \"Danielle Darrieux's mother tongue is\""
     )]
     Generate {
         #[command(flatten)]
         model: ModelArgs,
+        /// Apply this patch (`kedit edit --patch-out`) to the model in memory first; repeat to
+        /// apply several, in order. The model's files are not written.
+        #[arg(long)]
+        patch: Vec<PathBuf>,
         /// New tokens per prompt (generation stops early at end-of-sequence)
         #[arg(short = 'n', long = "tokens", default_value_t = 10)]
         n: usize,
@@ -285,11 +289,15 @@ enum Command {
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
     #[command(
-        after_help = "Example:\n  kedit score --model smollm2 --prompt \"The capital of France is\" --target \" Paris\""
+        after_help = "Examples:\n  kedit score --model smollm2 --prompt \"The capital of France is\" --target \" Paris\"\n  kedit score --model smollm2 --patch edit.safetensors --prompt \"The capital of France is\" --target \" Rome\""
     )]
     Score {
         #[command(flatten)]
         model: ModelArgs,
+        /// Apply this patch (`kedit edit --patch-out`) to the model in memory first; repeat to
+        /// apply several, in order. The model's files are not written.
+        #[arg(long)]
+        patch: Vec<PathBuf>,
         #[arg(long)]
         prompt: String,
         #[arg(long)]
@@ -769,6 +777,27 @@ fn write_atomic(flag: &str, path: &std::path::Path, text: &str) -> Result<()> {
         .with_context(|| format!("{flag} {}: cannot write", path.display()))
 }
 
+/// `lm` with each patch file applied in order (in memory; the model's files are not written).
+fn patched<B: Backend>(mut lm: LanguageModel<B>, patches: &[PathBuf]) -> Result<LanguageModel<B>> {
+    for p in patches {
+        let patch =
+            kedit_editing::Patch::load(p).with_context(|| format!("--patch {}", p.display()))?;
+        patch
+            .apply(&mut lm.model)
+            .with_context(|| format!("--patch {}", p.display()))?;
+        tracing::info!(
+            "--patch {}: {} matrices of the {} edit applied",
+            p.display(),
+            patch.entries.len(),
+            patch
+                .metadata
+                .get("method")
+                .map_or("unrecorded", String::as_str)
+        );
+    }
+    Ok(lm)
+}
+
 /// A progress bar with an ETA on stderr (hidden when stderr is not a terminal).
 fn progress(len: usize, what: &str, unit: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64).with_style(
@@ -844,10 +873,11 @@ impl RunOnBackend for KnownBy<'_> {
 struct Generate<'a> {
     n: usize,
     prompts: &'a [String],
+    patches: &'a [PathBuf],
 }
 impl RunOnBackend for Generate<'_> {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        let lm = LanguageModel::<B>::load(spec, device)?;
+        let lm = patched(LanguageModel::<B>::load(spec, device)?, self.patches)?;
         let prompts: Vec<&str> = self.prompts.iter().map(String::as_str).collect();
         let outs = lm.generate(&prompts, self.n)?;
         for (p, ids) in prompts.iter().zip(outs) {
@@ -860,10 +890,11 @@ impl RunOnBackend for Generate<'_> {
 struct Score<'a> {
     prompt: &'a str,
     target: &'a str,
+    patches: &'a [PathBuf],
 }
 impl RunOnBackend for Score<'_> {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        let lm = LanguageModel::<B>::load(spec, device)?;
+        let lm = patched(LanguageModel::<B>::load(spec, device)?, self.patches)?;
         let s = lm.score(&[(self.prompt, self.target)])?.remove(0);
         println!("{:>8}  {:>10}  token", "id", "logprob");
         for (id, lp) in s.target_ids.iter().zip(&s.logprobs) {
@@ -925,11 +956,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", fetch::smollm2()?.display());
             Ok(())
         }
-        Command::Generate { model, n, prompts } => with_backend(
+        Command::Generate {
+            model,
+            patch,
+            n,
+            prompts,
+        } => with_backend(
             &model,
             Generate {
                 n,
                 prompts: &prompts,
+                patches: &patch,
             },
         ),
         Command::Edit {
@@ -1096,6 +1133,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Score {
             model,
+            patch,
             prompt,
             target,
         } => with_backend(
@@ -1103,6 +1141,7 @@ fn run(cli: Cli) -> Result<()> {
             Score {
                 prompt: &prompt,
                 target: &target,
+                patches: &patch,
             },
         ),
     }

@@ -424,3 +424,67 @@ fn every_model_command_is_deterministic_on_cpu() {
 fn every_model_command_runs_on_cuda_with_the_cpu_results() {
     every_model_command_agrees("cpu", "cuda");
 }
+
+/// A patch written by `kedit edit --patch-out` is what `score --patch` applies: the edited
+/// model's rewrite margin p(new) − p(true), recomputed from two `score --patch` calls, equals the
+/// report's `em` (to the printed NLL's 4 decimals), and differs from the unpatched model's.
+#[test]
+fn score_with_the_patch_reproduces_the_edit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("r.json");
+    std::fs::write(
+        &requests,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}}]"#,
+    )
+    .unwrap();
+    let (patch, report) = (
+        tmp.path().join("p.safetensors"),
+        tmp.path().join("r.json.out"),
+    );
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--method",
+        "kn",
+        "--requests",
+        requests.to_str().unwrap(),
+        "--patch-out",
+        patch.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let em = r["edits"][0]["em"].as_f64().unwrap();
+    let p = |target: &str, patched: bool| -> f64 {
+        let mut args = vec!["score", "--model", model];
+        if patched {
+            args.extend(["--patch", patch.to_str().unwrap()]);
+        }
+        args.extend(["--prompt", "Paris is the capital of", "--target", target]);
+        let (ok, out, err) = kedit(&args);
+        assert!(ok, "{err}");
+        let nll: f64 = out
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("mean NLL "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        (-nll).exp()
+    };
+    let patched = p(" Italy", true) - p(" France", true);
+    assert!(
+        (patched - em).abs() < 1e-6 * (1.0 + em.abs()) + 1e-6,
+        "{patched} vs {em}"
+    );
+    let unpatched = p(" Italy", false) - p(" France", false);
+    assert!(
+        (unpatched - em).abs() > 1e-5,
+        "the patch changed nothing: {unpatched} vs {em}"
+    );
+}
