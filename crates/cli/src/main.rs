@@ -445,13 +445,10 @@ impl RunOnBackend for Edit {
             }
             if let Some(how) = self.arrange {
                 let k = self.batch_size.unwrap_or(0);
+                let name = how.to_possible_value().expect("no skipped variants");
                 by.push(format!(
                     "--arrange {} (blocks of {k} subjects with {k} records each)",
-                    if how == Arrange::SameSubject {
-                        "same-subject"
-                    } else {
-                        "mixed"
-                    }
+                    name.get_name()
                 ));
             }
             if self.skip > 0 {

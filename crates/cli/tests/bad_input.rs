@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, kedit, kedit_with_home};
+use common::{fixture, kedit, kedit_with_home, paris_request};
 
 fn assert_one_line_error(args: &[&str], must_name: &str) {
     let (ok, _, err) = kedit(args);
@@ -108,12 +108,7 @@ fn safetensors_missing_a_tensor() {
 fn bundled_hparams_on_a_smaller_model() {
     let home = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let requests = tmp.path().join("r.json");
-    std::fs::write(
-        &requests,
-        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": " Italy", "target_true": " France"}}]"#,
-    )
-    .unwrap();
+    let requests = paris_request(tmp.path());
     let model = fixture("tiny-llama");
     for (method, field) in [
         ("rome", "field `layers`: layer 4,"),

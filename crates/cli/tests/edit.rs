@@ -431,12 +431,7 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
 #[test]
 fn score_with_the_patch_reproduces_the_edit() {
     let tmp = tempfile::tempdir().unwrap();
-    let requests = tmp.path().join("r.json");
-    std::fs::write(
-        &requests,
-        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}}]"#,
-    )
-    .unwrap();
+    let requests = common::paris_request(tmp.path());
     let (patch, report) = (
         tmp.path().join("p.safetensors"),
         tmp.path().join("r.json.out"),

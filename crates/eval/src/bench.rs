@@ -94,13 +94,7 @@ impl Results {
             file.set_len(complete as u64)?;
             file.seek(SeekFrom::End(0))?;
         }
-        let mut lines = Vec::new();
-        for (i, l) in text[..complete].lines().enumerate() {
-            let r: ResultLine = serde_json::from_str(l).with_context(|| {
-                format!("{}: line {}: not a result line", path.display(), i + 1)
-            })?;
-            lines.push(r);
-        }
+        let lines = parse_lines(path, &text[..complete])?;
         let done = lines.iter().map(ResultLine::key).collect();
         Ok(Self {
             path: path.to_owned(),
@@ -116,15 +110,7 @@ impl Results {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read results file", path.display()))?;
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
-        text[..complete]
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).with_context(|| {
-                    format!("{}: line {}: not a result line", path.display(), i + 1)
-                })
-            })
-            .collect()
+        parse_lines(path, &text[..complete])
     }
 
     pub fn contains(&self, key: &(usize, usize, String)) -> bool {
@@ -144,6 +130,17 @@ impl Results {
         self.lines.push(line);
         Ok(())
     }
+}
+
+/// The lines of `text` (whole lines of the results file `path`), each a [`ResultLine`].
+fn parse_lines(path: &Path, text: &str) -> Result<Vec<ResultLine>> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: line {}: not a result line", path.display(), i + 1))
+        })
+        .collect()
 }
 
 /// Cosine similarity, accumulated in f64.

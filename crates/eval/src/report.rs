@@ -171,17 +171,19 @@ pub fn build(lines: &[ResultLine]) -> Report {
             (Order::Homogeneous, homo, hetero),
             (Order::Heterogeneous, hetero, homo),
         ] {
-            let alone: Vec<&ResultLine> = side
+            let alone: Vec<&Vec<&ResultLine>> = side
                 .iter()
                 .filter(|(k, _)| !other.contains_key(k))
-                .flat_map(|(_, ls)| ls.iter().copied())
+                .map(|(_, ls)| ls)
                 .collect();
             if !alone.is_empty() {
+                let lines: Vec<&ResultLine> =
+                    alone.iter().flat_map(|ls| ls.iter().copied()).collect();
                 unpaired.push(UnpairedRow {
                     cell: cell.clone(),
                     order,
-                    groups: side.keys().filter(|k| !other.contains_key(k)).count(),
-                    summary: s_of(&alone),
+                    groups: alone.len(),
+                    summary: s_of(&lines),
                 });
             }
         }
@@ -327,10 +329,7 @@ impl Report {
                     r.cell.strategy.name(),
                     r.cell.design.name(),
                     r.cell.n,
-                    match r.order {
-                        Order::Homogeneous => "homogeneous",
-                        Order::Heterogeneous => "heterogeneous",
-                    },
+                    r.order.name(),
                     r.groups,
                     s.cases,
                     s.es,

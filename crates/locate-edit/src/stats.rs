@@ -89,13 +89,12 @@ pub fn compute_layers<B: Backend>(
         );
     }
     let top = *layers.iter().max().context("no layers")?;
-    let n_layers = lm.model.config.num_layers;
-    if top >= n_layers {
-        bail!(
-            "statistics at layer {top}, but the model has {n_layers} layers (0 to {})",
-            n_layers - 1
-        );
-    }
+    kedit_editing::hparams::check_layers(
+        "statistics",
+        "layers",
+        layers,
+        lm.model.config.num_layers,
+    )?;
     if samples == 0 {
         bail!("statistics from 0 samples: C would be 0/0");
     }

@@ -22,6 +22,18 @@ pub fn kedit_with_home(args: &[&str], home: &std::path::Path) -> (bool, String, 
         .env("KEDIT_HOME", home))
 }
 
+/// A requests file in `dir` with one CounterFact-style case: Paris, capital of France → Italy.
+#[allow(dead_code)] // not every test binary that shares this module needs it
+pub fn paris_request(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("paris.json");
+    std::fs::write(
+        &path,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}}]"#,
+    )
+    .unwrap();
+    path
+}
+
 fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.env("RUST_LOG", "warn").output().unwrap();
     (
