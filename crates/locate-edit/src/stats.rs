@@ -276,7 +276,14 @@ fn read_cached(
     };
     let (_, m) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: bad cache file", file.display()))?;
-    let md = m.metadata().clone().unwrap_or_default();
+    let mut md = m.metadata().clone().unwrap_or_default();
+    // Since 2026-12-05 one `kedit` key holds the fields as a JSON object; older caches have them
+    // as separate keys, and are still read.
+    if let Some(json) = md.remove("kedit") {
+        md = serde_json::from_str(&json).with_context(|| {
+            format!("{}: metadata `kedit` is not a JSON object", file.display())
+        })?;
+    }
     if !meta.iter().all(|(k, v)| md.get(*k) == Some(v)) {
         tracing::warn!("{}: metadata does not match; recomputing", file.display());
         return Ok(None);
@@ -304,10 +311,12 @@ fn write_cached(file: &Path, meta: &[(&str, String)], m: &SecondMoment) -> Resul
     let bytes: Vec<u8> = m.c.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![m.dim, m.dim], &bytes)?;
-    let md: std::collections::HashMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    // One metadata key, its fields sorted: safetensors keeps metadata in a HashMap, whose order
+    // (and so the file's bytes) would change from run to run with several keys.
+    let fields: std::collections::BTreeMap<&str, &String> =
+        meta.iter().map(|(k, v)| (*k, v)).collect();
+    let md =
+        std::collections::HashMap::from([("kedit".to_owned(), serde_json::to_string(&fields)?)]);
     let out = safetensors::serialize([("mom2", view)], Some(md))?;
     // Unique per process: a reader never sees a half-written file under the final name.
     let tmp = file.with_extension(format!("partial.{}", std::process::id()));

@@ -130,6 +130,57 @@ fn processes_sharing_a_cache_get_the_same_statistics() {
 }
 
 #[test]
+fn the_same_statistics_make_the_same_file() {
+    // A researcher who hashes the cache (or ships it) gets the same bytes from every run.
+    let files: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            let (_dir, corpus_file, cache) = corpus_and_cache();
+            stats::load_or_compute(&tiny(), 1, &corpus_file, 300, &cache).unwrap();
+            let file = std::fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .unwrap();
+            std::fs::read(file).unwrap()
+        })
+        .collect();
+    assert!(files[0] == files[1] && files[1] == files[2]);
+}
+
+#[test]
+fn caches_written_before_the_one_metadata_key_are_still_read() {
+    // Until 2026-12-05 the fields were four metadata keys of their own.
+    let (_dir, corpus_file, cache) = corpus_and_cache();
+    let lm = tiny();
+    let lock = stats::cache_lock_file(&lm, &corpus_file, &cache).unwrap();
+    let stem = lock.file_name().unwrap().to_str().unwrap();
+    let (prefix, _) = stem.split_once("-mom2.lock").unwrap();
+    let (model, corpus_sha) = prefix.split_once('-').unwrap();
+    let d = lm.model.config.intermediate_size;
+    // Not what the corpus gives: a value read back proves the file was used.
+    let c: Vec<f64> = (0..d * d)
+        .map(|i| if i % (d + 1) == 0 { 7.0 } else { 0.0 })
+        .collect();
+    let bytes: Vec<u8> = c.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![d, d], &bytes).unwrap();
+    let md = std::collections::HashMap::from([
+        ("model".to_owned(), model.to_owned()),
+        ("corpus_sha256".to_owned(), corpus_sha.to_owned()),
+        ("layer".to_owned(), "1".to_owned()),
+        ("samples".to_owned(), "300".to_owned()),
+    ]);
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(
+        cache.join(format!("{prefix}-layer1-f64-mom2-300.safetensors")),
+        safetensors::serialize([("mom2", view)], Some(md)).unwrap(),
+    )
+    .unwrap();
+    let got = stats::load_or_compute(&lm, 1, &corpus_file, 300, &cache).unwrap();
+    assert!(got.c == c, "the old file's values, not recomputed ones");
+}
+
+#[test]
 fn a_process_waits_for_the_one_computing_the_statistics() {
     let (_dir, corpus_file, cache) = corpus_and_cache();
     std::fs::create_dir_all(&cache).unwrap();
