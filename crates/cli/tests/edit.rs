@@ -483,3 +483,71 @@ fn score_with_the_patch_reproduces_the_edit() {
         "the patch changed nothing: {unpatched} vs {em}"
     );
 }
+
+/// The numbers do not depend on the machine's core count: on the real model, whose products are
+/// large enough to be split across threads, the statistics file and the ROME patch are the same
+/// bytes, and the greedy continuation the same text, with one thread and with three (a
+/// product's threads split its output, never its sums).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let model = kedit_models::fetch::smollm2().expect("fetch the default model");
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let requests = common::paris_request(dir.path());
+    // The bundled ROME hparams with statistics from 4096 tokens (each run computes its own).
+    let bundled = include_str!("../../locate-edit/hparams/rome-smollm2.yaml");
+    assert!(bundled.contains("mom2_n_samples: 100000"));
+    let h = dir.path().join("h.yaml");
+    std::fs::write(
+        &h,
+        bundled.replace("mom2_n_samples: 100000", "mom2_n_samples: 4096"),
+    )
+    .unwrap();
+    let run = |threads: &str| -> (String, Vec<u8>, Vec<u8>) {
+        let home = dir.path().join(format!("home-{threads}"));
+        let env = [
+            ("RAYON_NUM_THREADS", threads),
+            ("MATMUL_NUM_THREADS", threads),
+            ("OPENBLAS_NUM_THREADS", threads),
+        ];
+        let kedit = |args: &[&str]| {
+            let (ok, out, err) = common::kedit_with_env(args, &home, &env);
+            assert!(ok, "{args:?} with {threads} threads: {err}");
+            out
+        };
+        let text = kedit(&[
+            "generate",
+            "--model",
+            m,
+            "-n",
+            "12",
+            "The Eiffel Tower is in",
+        ]);
+        let patch = dir.path().join(format!("patch-{threads}.safetensors"));
+        kedit(&[
+            "edit",
+            "--model",
+            m,
+            "--requests",
+            requests.to_str().unwrap(),
+            "--hparams",
+            h.to_str().unwrap(),
+            "--patch-out",
+            patch.to_str().unwrap(),
+        ]);
+        let stats = std::fs::read_dir(home.join("stats"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .expect("the edit computed its statistics");
+        (
+            text,
+            std::fs::read(stats).unwrap(),
+            std::fs::read(patch).unwrap(),
+        )
+    };
+    let (one, three) = (run("1"), run("3"));
+    assert_eq!(one.0, three.0, "greedy continuation");
+    assert!(one.1 == three.1, "statistics file");
+    assert!(one.2 == three.2, "ROME patch");
+}

@@ -22,6 +22,21 @@ pub fn kedit_with_home(args: &[&str], home: &std::path::Path) -> (bool, String, 
         .env("KEDIT_HOME", home))
 }
 
+/// Run kedit with its cache in `home` and the environment `env` added; return (success, stdout,
+/// stderr).
+#[allow(dead_code)] // not every test binary that shares this module needs it
+pub fn kedit_with_env(
+    args: &[&str],
+    home: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kedit"));
+    cmd.args(args)
+        .env("KEDIT_HOME", home)
+        .envs(env.iter().copied());
+    run(&mut cmd)
+}
+
 /// A requests file in `dir` with one CounterFact-style case: Paris, capital of France → Italy.
 #[allow(dead_code)] // not every test binary that shares this module needs it
 pub fn paris_request(dir: &std::path::Path) -> PathBuf {
