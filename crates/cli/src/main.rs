@@ -286,6 +286,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the model, with patches applied, as a new Hugging Face checkpoint folder
+    /// (config.json, model.safetensors in f32, tokenizer.json, and kedit-export.json saying what
+    /// it was made from) that transformers, EasyEdit or kedit load. Loaded back, it is the patched
+    /// model bit for bit. The model's own files are not written.
+    #[command(
+        after_help = "Examples:\n  kedit edit --model smollm2 --requests fixtures/s2rke-wikidata.json --limit 1 --patch-out edit.safetensors\n  kedit export --model smollm2 --patch edit.safetensors --out smollm2-edited\n  kedit score --model smollm2-edited --prompt \"The capital of France is\" --target \" Rome\""
+    )]
+    Export {
+        /// `smollm2` (the default model, fetched on first use), a Hugging Face checkpoint folder
+        /// (config.json + *.safetensors + tokenizer.json), a .gguf file or random:<shape>
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// A patch (`kedit edit --patch-out`) to apply; repeat to apply several, in order
+        #[arg(long)]
+        patch: Vec<PathBuf>,
+        /// The new folder (must not exist, or be empty)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
     #[command(
@@ -774,6 +793,71 @@ fn write_atomic(flag: &str, path: &std::path::Path, text: &str) -> Result<()> {
         .with_context(|| format!("{flag} {}: cannot write", path.display()))
 }
 
+/// `kedit export`: the checkpoint read as the loader reads it, each patch added in order, then
+/// written as a new folder with what it was made from.
+fn export(model: &str, patches: &[PathBuf], out: &std::path::Path) -> Result<()> {
+    use sha2::Digest;
+    // Checked before the model is read: a bad --out costs nothing.
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: is a file, expected a folder", out.display());
+    }
+    let parent = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "--out {}: folder {} does not exist",
+            out.display(),
+            parent.display()
+        );
+    }
+    if out.is_dir() && std::fs::read_dir(out)?.next().is_some() {
+        bail!(
+            "--out {}: exists and is not empty (kedit writes a new folder; it never overwrites a model)",
+            out.display()
+        );
+    }
+    let spec = ModelSpec::parse(model)?;
+    let mut ckpt = kedit_models::export::Checkpoint::read(&spec)?;
+    let mut applied = Vec::new();
+    for p in patches {
+        let patch =
+            kedit_editing::Patch::load(p).with_context(|| format!("--patch {}", p.display()))?;
+        patch
+            .apply_to_checkpoint(&mut ckpt)
+            .with_context(|| format!("--patch {}", p.display()))?;
+        let bytes = std::fs::read(p).with_context(|| format!("--patch {}", p.display()))?;
+        applied.push(serde_json::json!({
+            "file": p.display().to_string(),
+            "sha256": format!("{:x}", sha2::Sha256::digest(&bytes)),
+            "method": patch.metadata.get("method"),
+            "matrices": patch.entries.iter().map(kedit_editing::PatchEntry::name).collect::<Vec<_>>(),
+            "requests": patch
+                .metadata
+                .get("requests")
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
+        }));
+    }
+    let provenance = serde_json::json!({
+        "kedit": env!("CARGO_PKG_VERSION"),
+        "model": ckpt.source,
+        "patches": applied,
+    });
+    ckpt.write(out, &provenance)?;
+    println!(
+        "{}: {} tensors ({} parameters, f32) with {} patch(es) applied",
+        out.display(),
+        ckpt.tensors.len(),
+        ckpt.tensors
+            .iter()
+            .map(|(_, (_, d))| d.len())
+            .sum::<usize>(),
+        patches.len()
+    );
+    Ok(())
+}
+
 /// `lm` with each patch file applied in order (in memory; the model's files are not written).
 fn patched<B: Backend>(mut lm: LanguageModel<B>, patches: &[PathBuf]) -> Result<LanguageModel<B>> {
     for p in patches {
@@ -1128,6 +1212,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Export { model, patch, out } => export(&model, &patch, &out),
         Command::Score {
             model,
             patch,

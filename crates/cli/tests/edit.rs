@@ -551,3 +551,82 @@ fn results_do_not_depend_on_the_thread_count() {
     assert!(one.1 == three.1, "statistics file");
     assert!(one.2 == three.2, "ROME patch");
 }
+
+/// `kedit export` writes the patched model as a new checkpoint folder: the folder scores and
+/// continues text as the model with the patch applied in memory, records what it was made from,
+/// and a folder that is not empty, or one in a missing folder, is refused before any work.
+#[test]
+fn export_writes_the_patched_model_as_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = common::paris_request(tmp.path());
+    let patch = tmp.path().join("p.safetensors");
+    let hparams = tmp.path().join("h.yaml");
+    std::fs::write(&hparams, HPARAMS).unwrap();
+    let model = fixture("tiny-gpt2");
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--requests",
+        requests.to_str().unwrap(),
+        "--hparams",
+        hparams.to_str().unwrap(),
+        "--patch-out",
+        patch.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let out = tmp.path().join("edited");
+    let export = |out: &std::path::Path| {
+        kedit(&[
+            "export",
+            "--model",
+            model,
+            "--patch",
+            patch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = export(&out);
+    assert!(ok, "{err}");
+    let run = |m: &str, patched: bool, args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--model", m]);
+        if patched {
+            a.extend(["--patch", patch.to_str().unwrap()]);
+        }
+        let (ok, out, err) = kedit(&a);
+        assert!(ok, "{err}");
+        out
+    };
+    let score = [
+        "score",
+        "--prompt",
+        "Paris is the capital of",
+        "--target",
+        " Italy",
+    ];
+    let generate = ["generate", "-n", "8", "Paris is the capital of"];
+    let exported = out.to_str().unwrap();
+    for args in [&score[..], &generate[..]] {
+        assert_eq!(
+            run(exported, false, args),
+            run(model, true, args),
+            "{args:?}"
+        );
+    }
+    assert_ne!(run(exported, false, &score), run(model, false, &score));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("kedit-export.json")).unwrap()).unwrap();
+    assert_eq!(record["model"], model);
+    assert_eq!(record["patches"][0]["method"], "rome");
+    assert_eq!(record["patches"][0]["requests"][0]["subject"], "Paris");
+    assert_eq!(record["patches"][0]["sha256"].as_str().unwrap().len(), 64);
+
+    let (ok, _, err) = export(&out);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("--out") && err.contains("not empty"), "{err}");
+    let (ok, _, err) = export(&tmp.path().join("missing/edited"));
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}

@@ -136,6 +136,51 @@ impl Patch {
         Ok(Applied { originals })
     }
 
+    /// Apply every delta to a checkpoint's host tensors (Hugging Face names and layout), for
+    /// `kedit export`. Each weight becomes the f32 sum `W + Δ` of the same two numbers
+    /// [`Patch::apply`] adds, so the exported model is the patched one bit for bit.
+    pub fn apply_to_checkpoint(&self, ckpt: &mut kedit_models::export::Checkpoint) -> Result<()> {
+        let family = ckpt.config.family;
+        let layers = ckpt.config.num_layers;
+        for e in &self.entries {
+            if e.layer >= layers {
+                bail!(
+                    "patch entry {}: layer {} but the model has {layers}",
+                    e.name(),
+                    e.layer
+                );
+            }
+            let module = match e.matrix {
+                Matrix::MlpOut => family.mlp_out_module(),
+                Matrix::AttnOut => family.attn_out_module(),
+            }
+            .replace("{}", &e.layer.to_string());
+            let (shape, w) = ckpt.weight_mut(&module).with_context(|| {
+                format!(
+                    "patch entry {}: the model has no tensor {module}.weight",
+                    e.name()
+                )
+            })?;
+            let [d_in, d_out] = e.shape;
+            let in_out = kedit_models::export::stores_in_out(family);
+            let want = if in_out { [d_in, d_out] } else { [d_out, d_in] };
+            if shape[..] != want {
+                bail!(
+                    "patch entry {}: shape {:?} but {module}.weight is {shape:?}",
+                    e.name(),
+                    e.shape
+                );
+            }
+            for i in 0..d_in {
+                for o in 0..d_out {
+                    let at = if in_out { i * d_out + o } else { o * d_in + i };
+                    w[at] += e.delta[i * d_out + o];
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Save as safetensors: one f32 tensor per entry, metadata as string pairs.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes: Vec<(String, Vec<u8>, [usize; 2])> = self

@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod config;
 #[cfg(feature = "cuda-kernels")]
 pub mod cublas;
+pub mod export;
 pub mod fetch;
 #[cfg(not(feature = "flex"))]
 pub mod fused;
