@@ -768,10 +768,7 @@ impl RunOnBackend for Stats {
 /// Refuse an output path before any work is done, rather than lose the work when writing it: its
 /// folder must exist and it must not be a folder itself.
 fn check_output(flag: &str, path: &std::path::Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
+    let dir = folder_of(path);
     if !dir.is_dir() {
         bail!(
             "{flag} {}: folder {} does not exist",
@@ -783,6 +780,14 @@ fn check_output(flag: &str, path: &std::path::Path) -> Result<()> {
         bail!("{flag} {}: is a folder, expected a file", path.display());
     }
     Ok(())
+}
+
+/// The folder `path` is in (`.` for a bare name).
+fn folder_of(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    }
 }
 
 /// Write `text` to `path` whole or not at all (a temporary file beside it, then a rename).
@@ -801,10 +806,7 @@ fn export(model: &str, patches: &[PathBuf], out: &std::path::Path) -> Result<()>
     if out.exists() && !out.is_dir() {
         bail!("--out {}: is a file, expected a folder", out.display());
     }
-    let parent = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
+    let parent = folder_of(out);
     if !parent.is_dir() {
         bail!(
             "--out {}: folder {} does not exist",

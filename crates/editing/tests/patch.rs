@@ -31,16 +31,12 @@ fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<u32> {
         .collect()
 }
 
-// Bit-exactness is per backend: the same kernels on the same inputs.
-test_device!(
-    saved_patch_reproduces_the_edit_and_revert_restores_bits,
-    patch_round_trip
-);
-fn patch_round_trip<B: Backend>(device: &B::Device, _dev: TestDevice) {
-    let mut lm = tiny_on::<B>(device);
-    let before = logits(&lm);
+/// Deltas for layer 1's MLP output and layer 0's attention output, not symmetric (a transposed
+/// write would show).
+fn two_matrix_patch<B: Backend>(lm: &LanguageModel<B>) -> Patch {
     let [r, c] = lm.model.mlp_out(1).dims();
-    let patch = Patch {
+    let [ra, ca] = lm.model.attn_out(0).dims();
+    Patch {
         entries: vec![
             PatchEntry {
                 layer: 1,
@@ -51,14 +47,26 @@ fn patch_round_trip<B: Backend>(device: &B::Device, _dev: TestDevice) {
             PatchEntry {
                 layer: 0,
                 matrix: Matrix::AttnOut,
-                shape: [64, 64],
-                delta: (0..64 * 64)
-                    .map(|i| ((i % 7) as f32 - 3.0) * 0.02)
+                shape: [ra, ca],
+                delta: (0..ra * ca)
+                    .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01)
                     .collect(),
             },
         ],
-        metadata: [("method".to_string(), "test".to_string())].into(),
-    };
+        metadata: Default::default(),
+    }
+}
+
+// Bit-exactness is per backend: the same kernels on the same inputs.
+test_device!(
+    saved_patch_reproduces_the_edit_and_revert_restores_bits,
+    patch_round_trip
+);
+fn patch_round_trip<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let mut lm = tiny_on::<B>(device);
+    let before = logits(&lm);
+    let mut patch = two_matrix_patch(&lm);
+    patch.metadata = [("method".to_string(), "test".to_string())].into();
     let applied = patch.apply(&mut lm.model).unwrap();
     let edited = logits(&lm);
     assert_ne!(edited, before, "the patch must change the logits");
@@ -155,27 +163,7 @@ fn an_exported_checkpoint_is_the_patched_model() {
         };
         let mut lm = LanguageModel::<Cpu>::load(&spec, &Default::default()).unwrap();
         let unpatched = logits(&lm);
-        let [r, c] = lm.model.mlp_out(1).dims();
-        let [ra, ca] = lm.model.attn_out(0).dims();
-        let patch = Patch {
-            entries: vec![
-                PatchEntry {
-                    layer: 1,
-                    matrix: Matrix::MlpOut,
-                    shape: [r, c],
-                    delta: (0..r * c).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect(),
-                },
-                PatchEntry {
-                    layer: 0,
-                    matrix: Matrix::AttnOut,
-                    shape: [ra, ca],
-                    delta: (0..ra * ca)
-                        .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01)
-                        .collect(),
-                },
-            ],
-            metadata: Default::default(),
-        };
+        let patch = two_matrix_patch(&lm);
         patch.apply(&mut lm.model).unwrap();
         let want = logits(&lm);
         assert_ne!(want, unpatched, "{source}: the patch changes the model");
