@@ -167,9 +167,9 @@ enum Command {
     },
     /// Edit facts and measure the edit: ES/PS/NS before and after. By default each case is edited
     /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
-    /// `apply` and evaluates them together.
+    /// `apply` and evaluates them together; `--sequential` keeps each edit for the next.
     #[command(
-        after_help = "Examples:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 50 --batch\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --batch-size 5 --arrange same-subject --limit 50"
+        after_help = "Examples:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 50 --batch\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --batch-size 5 --arrange same-subject --limit 50\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --limit 10 --sequential --patch-out ten-edits.safetensors"
     )]
     Edit {
         #[command(flatten)]
@@ -179,9 +179,15 @@ enum Command {
         /// Apply all requests in one edit instead of one at a time
         #[arg(long)]
         batch: bool,
-        /// Apply the requests in batches of K (each on the unedited model)
+        /// Apply the requests in batches of K (each on the unedited model, or with --sequential
+        /// on the model the earlier batches edited)
         #[arg(long, value_name = "K")]
         batch_size: Option<usize>,
+        /// Keep every edit: each case (or batch) is edited on the model the earlier ones left,
+        /// and every case is scored again after the last edit (`final`); --patch-out then writes
+        /// all the edits as one patch, which reproduces the sequentially edited model
+        #[arg(long, conflicts_with = "batch")]
+        sequential: bool,
         /// With --batch-size K: take blocks of K subjects with K records each; `same-subject`
         /// batches one subject's K records, `mixed` one record of each of K subjects (the same
         /// records in both, for comparing same-subject with different-subject batches)
@@ -196,7 +202,8 @@ enum Command {
         /// Only the first record of each subject
         #[arg(long)]
         one_per_subject: bool,
-        /// Write the patch (safetensors); with one-at-a-time editing, the last case's patch
+        /// Write the patch (safetensors); with one-at-a-time editing, the last case's patch; with
+        /// --sequential, every edit in order
         #[arg(long)]
         patch_out: Option<PathBuf>,
         /// Write the JSON report (`edits` per case, `summary`)
@@ -423,6 +430,7 @@ fn arrange(
 struct Edit {
     m: MethodArgs,
     batch: bool,
+    sequential: bool,
     batch_size: Option<usize>,
     arrange: Option<Arrange>,
     limit: Option<usize>,
@@ -489,7 +497,7 @@ impl RunOnBackend for Edit {
         let mut rome = self.m.editor(&lm)?;
         let pre = kedit_eval::evaluate(&lm, &cases)?;
         let mut post = Vec::new();
-        let mut last_patch = None;
+        let mut last_patch: Option<kedit_editing::Patch> = None;
         let started = std::time::Instant::now();
         // Every editable matrix as it was, to put back exactly after each case.
         let snapshot = kedit_editing::Snapshot::take(&lm.model);
@@ -520,21 +528,45 @@ impl RunOnBackend for Edit {
             });
             bar.inc(chunk.len() as u64);
             post.extend(m);
-            snapshot.clone().restore(&mut lm.model);
-            last_patch = Some(patch);
+            if self.sequential {
+                last_patch = Some(match last_patch {
+                    Some(mut all) => {
+                        all.extend(patch);
+                        all
+                    }
+                    None => patch,
+                });
+            } else {
+                snapshot.clone().restore(&mut lm.model);
+                last_patch = Some(patch);
+            }
         }
         bar.finish_and_clear();
+        // After the last edit: what the earlier edits kept.
+        let last = if self.sequential {
+            Some(kedit_eval::evaluate(&lm, &cases)?)
+        } else {
+            None
+        };
         let elapsed = started.elapsed().as_secs_f64();
         if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
             p.save(out)?;
         }
         let (s_pre, s_post) = (kedit_eval::summarize(&pre), kedit_eval::summarize(&post));
         println!("{:<10} {:>6} {:>6} {:>6} {:>6}", "", "ES", "PS", "NS", "S");
-        for (name, s) in [("pre-edit", &s_pre), ("post-edit", &s_post)] {
+        let s_last = last.as_deref().map(kedit_eval::summarize);
+        let mut rows = vec![("pre-edit", &s_pre), ("post-edit", &s_post)];
+        if let Some(s) = &s_last {
+            rows.push(("final", s));
+        }
+        for (name, s) in rows {
             println!(
                 "{name:<10} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
                 s.es, s.ps, s.ns, s.score
             );
+        }
+        if self.sequential {
+            println!("post-edit: each case right after its own edit; final: after the last edit");
         }
         println!(
             "{} cases, {:.1} s editing+evaluation ({:.1} s per case)",
@@ -546,11 +578,22 @@ impl RunOnBackend for Edit {
             let edits: Vec<serde_json::Value> = post
                 .iter()
                 .zip(&pre)
-                .map(|(m, p)| serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
-                    "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}}))
+                .enumerate()
+                .map(|(i, (m, p))| {
+                    let mut e = serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
+                        "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}});
+                    if let Some(f) = last.as_ref().map(|l| &l[i]) {
+                        e["final"] = serde_json::json!({"es": f.es, "ps": f.ps, "ns": f.ns,
+                            "em": f.em, "pm": f.pm, "nm": f.nm});
+                    }
+                    e
+                })
                 .collect();
-            let report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
+            let mut report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
                 "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
+            if let Some(s) = &s_last {
+                report["final_summary"] = serde_json::to_value(s)?;
+            }
             write_atomic("--report", out, &serde_json::to_string_pretty(&report)?)?;
         }
         Ok(())
@@ -1057,6 +1100,7 @@ fn run(cli: Cli) -> Result<()> {
             method,
             batch,
             batch_size,
+            sequential,
             arrange,
             limit,
             skip,
@@ -1068,6 +1112,7 @@ fn run(cli: Cli) -> Result<()> {
             Edit {
                 m: method,
                 batch,
+                sequential,
                 batch_size,
                 arrange,
                 limit,

@@ -633,3 +633,97 @@ fn export_writes_the_patched_model_as_a_checkpoint() {
     let (ok, _, err) = export(&tmp.path().join("missing/edited"));
     assert!(!ok && err.contains("does not exist"), "{err}");
 }
+
+/// `kedit edit --sequential` keeps each edit for the next: every case is scored again after the
+/// last edit (`final`), and the patch it writes holds every edit in order, so that applied to the
+/// unedited model it gives the final scores (two `score --patch` calls recompute a case's margin
+/// p(new) − p(true), the report's `final.em`), not those right after the case's own edit.
+#[test]
+fn sequential_edits_keep_each_edit_and_write_them_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("r.json");
+    std::fs::write(
+        &requests,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
+            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
+            {"case_id": 3, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English", "target_true": "French"}}]"#,
+    )
+    .unwrap();
+    let hparams = tmp.path().join("h.yaml");
+    std::fs::write(&hparams, HPARAMS).unwrap();
+    let (patch, report) = (
+        tmp.path().join("p.safetensors"),
+        tmp.path().join("report.json"),
+    );
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    let (ok, out, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--requests",
+        requests.to_str().unwrap(),
+        "--hparams",
+        hparams.to_str().unwrap(),
+        "--sequential",
+        "--patch-out",
+        patch.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("final"), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(r["final_summary"]["es"].is_number(), "{r}");
+    let first = &r["edits"][0];
+    let (right_after, last) = (
+        first["em"].as_f64().unwrap(),
+        first["final"]["em"].as_f64().unwrap(),
+    );
+    assert!(
+        (right_after - last).abs() > 1e-5,
+        "the second Paris edit moved the first: {right_after} vs {last}"
+    );
+    let saved = kedit_editing::Patch::load(&patch).unwrap();
+    assert_eq!(saved.entries.len(), 3, "one entry per edit");
+    let reqs: serde_json::Value = serde_json::from_str(&saved.metadata["requests"]).unwrap();
+    assert_eq!(reqs.as_array().unwrap().len(), 3);
+    let p = |target: &str| -> f64 {
+        let (ok, out, err) = kedit(&[
+            "score",
+            "--model",
+            model,
+            "--patch",
+            patch.to_str().unwrap(),
+            "--prompt",
+            "Paris is the capital of",
+            "--target",
+            target,
+        ]);
+        assert!(ok, "{err}");
+        let nll: f64 = out
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("mean NLL "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        (-nll).exp()
+    };
+    let margin = p(" Italy") - p(" France");
+    assert!(
+        (margin - last).abs() < 1e-6 * (1.0 + last.abs()) + 1e-6,
+        "the saved patch gives the final model: {margin} vs final {last} (right after: {right_after})"
+    );
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--requests",
+        requests.to_str().unwrap(),
+        "--sequential",
+        "--batch",
+    ]);
+    assert!(!ok && err.contains("--batch"), "{err}");
+}

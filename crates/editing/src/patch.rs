@@ -107,6 +107,23 @@ impl Patch {
         })
     }
 
+    /// Append a patch made on the model this one edited (sequential editing): applied to the
+    /// unedited model, the result applies both in order, `(W + Δ₁) + Δ₂`, the same f32 sums the
+    /// sequential edits made. The requests are concatenated; the other metadata are this patch's.
+    pub fn extend(&mut self, later: Patch) {
+        self.entries.extend(later.entries);
+        let requests = |p: &BTreeMap<String, String>| -> Option<Vec<serde_json::Value>> {
+            serde_json::from_str(p.get("requests")?).ok()
+        };
+        if let (Some(mut a), Some(b)) = (requests(&self.metadata), requests(&later.metadata)) {
+            a.extend(b);
+            self.metadata.insert(
+                "requests".to_owned(),
+                serde_json::Value::Array(a).to_string(),
+            );
+        }
+    }
+
     /// Apply every delta (`W += Δ`), returning what is needed to revert exactly.
     pub fn apply<B: Backend>(&self, model: &mut impl CausalLm<B>) -> Result<Applied<B>> {
         let mut originals = Vec::new();
@@ -181,14 +198,36 @@ impl Patch {
         Ok(())
     }
 
+    /// Each entry's tensor name in the file: [`PatchEntry::name`], with `.k` added to the k-th
+    /// repeat of a matrix (a sequential edit's patch rewrites one matrix once per edit, and a
+    /// safetensors file holds a name once).
+    fn stored_names(&self) -> Vec<String> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        self.entries
+            .iter()
+            .map(|e| {
+                let name = e.name();
+                let k = seen.entry(name.clone()).or_insert(0);
+                *k += 1;
+                if *k == 1 {
+                    name
+                } else {
+                    format!("{name}.{}", *k - 1)
+                }
+            })
+            .collect()
+    }
+
     /// Save as safetensors: one f32 tensor per entry, metadata as string pairs.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let names = self.stored_names();
         let bytes: Vec<(String, Vec<u8>, [usize; 2])> = self
             .entries
             .iter()
-            .map(|e| {
+            .zip(&names)
+            .map(|(e, name)| {
                 (
-                    e.name(),
+                    name.clone(),
                     e.delta.iter().flat_map(|v| v.to_le_bytes()).collect(),
                     e.shape,
                 )
@@ -208,14 +247,7 @@ impl Patch {
         let mut meta = self.metadata.clone();
         meta.insert("format".into(), "kedit-patch-1".into());
         // safetensors stores tensors sorted; the application order is kept here.
-        meta.insert(
-            "entries".into(),
-            self.entries
-                .iter()
-                .map(PatchEntry::name)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        meta.insert("entries".into(), names.join(","));
         let header = HashMap::from([("kedit".to_owned(), serde_json::to_string(&meta)?)]);
         let out = safetensors::serialize(views, Some(header))?;
         let tmp = path.with_extension("partial");
@@ -269,8 +301,12 @@ impl Patch {
                 .with_context(|| format!("{}: tensor {name}", path.display()))?;
             let parts: Vec<&str> = name.split('.').collect();
             let (layer, matrix) = match parts.as_slice() {
-                ["layers", l, "mlp_out"] => (l.parse()?, Matrix::MlpOut),
-                ["layers", l, "attn_out"] => (l.parse()?, Matrix::AttnOut),
+                ["layers", l, "mlp_out"] | ["layers", l, "mlp_out", _] => {
+                    (l.parse()?, Matrix::MlpOut)
+                }
+                ["layers", l, "attn_out"] | ["layers", l, "attn_out", _] => {
+                    (l.parse()?, Matrix::AttnOut)
+                }
                 _ => bail!("{}: unknown tensor {name}", path.display()),
             };
             if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {

@@ -185,3 +185,49 @@ fn an_exported_checkpoint_is_the_patched_model() {
         }
     }
 }
+
+/// A sequential edit's patch (`Patch::extend`): one matrix rewritten twice survives a save and
+/// load, and applied to the unedited model gives the bits of the two patches applied in turn;
+/// the requests of both are kept, in order.
+#[test]
+fn an_extended_patch_is_the_edits_in_turn() {
+    let mut lm = tiny();
+    let unedited = logits(&lm);
+    let described = |p: &mut Patch, request: &str| {
+        p.metadata = [
+            ("method".to_owned(), "test".to_owned()),
+            (
+                "requests".to_owned(),
+                format!("[{{\"subject\": \"{request}\"}}]"),
+            ),
+        ]
+        .into();
+    };
+    let mut first = two_matrix_patch(&lm);
+    described(&mut first, "Paris");
+    let mut second = two_matrix_patch(&lm);
+    for e in &mut second.entries {
+        e.delta.iter_mut().for_each(|d| *d = -0.5 * *d + 0.003);
+    }
+    described(&mut second, "Rome");
+    let a = first.apply(&mut lm.model).unwrap();
+    let b = second.apply(&mut lm.model).unwrap();
+    let in_turn = logits(&lm);
+    b.revert(&mut lm.model);
+    a.revert(&mut lm.model);
+    assert!(logits(&lm) == unedited);
+
+    let mut all = first.clone();
+    all.extend(second);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.safetensors");
+    all.save(&file).unwrap();
+    let loaded = Patch::load(&file).unwrap();
+    assert!(loaded == all, "save and load keep four entries in order");
+    assert_eq!(
+        loaded.metadata["requests"],
+        r#"[{"subject":"Paris"},{"subject":"Rome"}]"#
+    );
+    loaded.apply(&mut lm.model).unwrap();
+    assert!(logits(&lm) == in_turn, "one patch, the two edits' bits");
+}
