@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kedit_models::{fetch, LanguageModel, ModelSpec};
 
 mod bench;
+mod edit;
 mod methods;
 
 /// Burn allocates a new tensor per op: see `kedit_models::allocator` for why mimalloc, set to keep
@@ -192,7 +193,7 @@ enum Command {
         /// batches one subject's K records, `mixed` one record of each of K subjects (the same
         /// records in both, for comparing same-subject with different-subject batches)
         #[arg(long, value_enum)]
-        arrange: Option<Arrange>,
+        arrange: Option<edit::Arrange>,
         /// Only the first N cases
         #[arg(long)]
         limit: Option<usize>,
@@ -382,221 +383,6 @@ impl MethodArgs {
 
     fn cases(&self) -> Result<Vec<kedit_editing::EditCase>> {
         kedit_editing::requests::load_cases(&self.requests)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Arrange {
-    SameSubject,
-    Mixed,
-}
-
-/// Blocks of `k` subjects with at least `k` records, `k` records each, ordered so that
-/// consecutive runs of `k` cases are one subject's (`SameSubject`) or `k` subjects' (`Mixed`).
-fn arrange(
-    cases: Vec<kedit_editing::EditCase>,
-    k: usize,
-    how: Arrange,
-) -> Vec<kedit_editing::EditCase> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by_subject: std::collections::HashMap<String, Vec<kedit_editing::EditCase>> =
-        Default::default();
-    for c in cases {
-        if !by_subject.contains_key(&c.subject_id) {
-            order.push(c.subject_id.clone());
-        }
-        by_subject.entry(c.subject_id.clone()).or_default().push(c);
-    }
-    let full: Vec<Vec<kedit_editing::EditCase>> = order
-        .iter()
-        .map(|s| by_subject.remove(s).expect("seen"))
-        .filter(|g| g.len() >= k)
-        .collect();
-    let mut out = Vec::new();
-    for block in full.chunks_exact(k) {
-        for a in 0..k {
-            for b in 0..k {
-                let (s, r) = match how {
-                    Arrange::SameSubject => (a, b),
-                    Arrange::Mixed => (b, a),
-                };
-                out.push(block[s][r].clone());
-            }
-        }
-    }
-    out
-}
-
-struct Edit {
-    m: MethodArgs,
-    batch: bool,
-    sequential: bool,
-    batch_size: Option<usize>,
-    arrange: Option<Arrange>,
-    limit: Option<usize>,
-    skip: usize,
-    one_per_subject: bool,
-    patch_out: Option<PathBuf>,
-    report: Option<PathBuf>,
-}
-impl RunOnBackend for Edit {
-    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
-        methods::check(&self.m.method)?;
-        if let Some(p) = &self.patch_out {
-            check_output("--patch-out", p)?;
-        }
-        if let Some(p) = &self.report {
-            check_output("--report", p)?;
-        }
-        let mut cases = self.m.cases()?;
-        let in_file = cases.len();
-        if self.one_per_subject {
-            let mut seen = std::collections::HashSet::new();
-            cases.retain(|c| seen.insert(c.subject_id.clone()));
-        }
-        if self.batch_size == Some(0) {
-            bail!("--batch-size 0: a batch needs at least one request");
-        }
-        if let Some(how) = self.arrange {
-            let k = self.batch_size.context("--arrange needs --batch-size K")?;
-            cases = arrange(cases, k, how);
-        }
-        cases.drain(..self.skip.min(cases.len()));
-        if let Some(n) = self.limit {
-            cases.truncate(n);
-        }
-        if cases.is_empty() {
-            let mut by = Vec::new();
-            if self.one_per_subject {
-                by.push("--one-per-subject".to_owned());
-            }
-            if let Some(how) = self.arrange {
-                let k = self.batch_size.unwrap_or(0);
-                let name = how.to_possible_value().expect("no skipped variants");
-                by.push(format!(
-                    "--arrange {} (blocks of {k} subjects with {k} records each)",
-                    name.get_name()
-                ));
-            }
-            if self.skip > 0 {
-                by.push(format!("--skip {}", self.skip));
-            }
-            if self.limit == Some(0) {
-                by.push("--limit 0".to_owned());
-            }
-            if by.is_empty() {
-                bail!("{}: no cases", self.m.requests.display());
-            }
-            bail!(
-                "{}: no cases left of {in_file} after {}",
-                self.m.requests.display(),
-                by.join(", ")
-            );
-        }
-        let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let mut rome = self.m.editor(&lm)?;
-        let pre = kedit_eval::evaluate(&lm, &cases)?;
-        let mut post = Vec::new();
-        let mut last_patch: Option<kedit_editing::Patch> = None;
-        let started = std::time::Instant::now();
-        // Every editable matrix as it was, to put back exactly after each case.
-        let snapshot = kedit_editing::Snapshot::take(&lm.model);
-        let size = match (self.batch_size, self.batch) {
-            (Some(k), _) => k,
-            (None, true) => cases.len(),
-            (None, false) => 1,
-        };
-        let batches = cases.len().div_ceil(size);
-        let bar = progress(cases.len(), &format!("{} edit", self.m.method), "cases");
-        for (i, chunk) in cases.chunks(size).enumerate() {
-            let t = std::time::Instant::now();
-            let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
-            let patch = rome.apply(&mut lm, &reqs)?;
-            let m = kedit_eval::evaluate(&lm, chunk)?;
-            let s = kedit_eval::summarize(&m);
-            bar.suspend(|| {
-                tracing::info!(
-                    "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
-                    if size == 1 { "case" } else { "batch" },
-                    i + 1,
-                    chunk[0].case_id,
-                    s.es,
-                    s.ps,
-                    s.ns,
-                    t.elapsed().as_secs_f64()
-                )
-            });
-            bar.inc(chunk.len() as u64);
-            post.extend(m);
-            if self.sequential {
-                last_patch = Some(match last_patch {
-                    Some(mut all) => {
-                        all.extend(patch);
-                        all
-                    }
-                    None => patch,
-                });
-            } else {
-                snapshot.clone().restore(&mut lm.model);
-                last_patch = Some(patch);
-            }
-        }
-        bar.finish_and_clear();
-        // After the last edit: what the earlier edits kept.
-        let last = if self.sequential {
-            Some(kedit_eval::evaluate(&lm, &cases)?)
-        } else {
-            None
-        };
-        let elapsed = started.elapsed().as_secs_f64();
-        if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
-            p.save(out)?;
-        }
-        let (s_pre, s_post) = (kedit_eval::summarize(&pre), kedit_eval::summarize(&post));
-        println!("{:<10} {:>6} {:>6} {:>6} {:>6}", "", "ES", "PS", "NS", "S");
-        let s_last = last.as_deref().map(kedit_eval::summarize);
-        let mut rows = vec![("pre-edit", &s_pre), ("post-edit", &s_post)];
-        if let Some(s) = &s_last {
-            rows.push(("final", s));
-        }
-        for (name, s) in rows {
-            println!(
-                "{name:<10} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
-                s.es, s.ps, s.ns, s.score
-            );
-        }
-        if self.sequential {
-            println!("post-edit: each case right after its own edit; final: after the last edit");
-        }
-        println!(
-            "{} cases, {:.1} s editing+evaluation ({:.1} s per case)",
-            cases.len(),
-            elapsed,
-            elapsed / cases.len() as f64
-        );
-        if let Some(out) = &self.report {
-            let edits: Vec<serde_json::Value> = post
-                .iter()
-                .zip(&pre)
-                .enumerate()
-                .map(|(i, (m, p))| {
-                    let mut e = serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
-                        "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}});
-                    if let Some(f) = last.as_ref().map(|l| &l[i]) {
-                        e["final"] = serde_json::json!({"es": f.es, "ps": f.ps, "ns": f.ns,
-                            "em": f.em, "pm": f.pm, "nm": f.nm});
-                    }
-                    e
-                })
-                .collect();
-            let mut report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
-                "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
-            if let Some(s) = &s_last {
-                report["final_summary"] = serde_json::to_value(s)?;
-            }
-            write_atomic("--report", out, &serde_json::to_string_pretty(&report)?)?;
-        }
-        Ok(())
     }
 }
 
@@ -1109,7 +895,7 @@ fn run(cli: Cli) -> Result<()> {
             report,
         } => with_backend(
             &model,
-            Edit {
+            edit::Edit {
                 m: method,
                 batch,
                 sequential,
@@ -1273,58 +1059,5 @@ fn run(cli: Cli) -> Result<()> {
                 patches: &patch,
             },
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{arrange, Arrange};
-    use kedit_editing::{EditCase, EditRequest};
-
-    fn case(subject: usize, record: usize) -> EditCase {
-        EditCase {
-            case_id: format!("s{subject}r{record}"),
-            subject_id: subject.to_string(),
-            request: EditRequest {
-                prompt: "{} x".into(),
-                subject: format!("S{subject}"),
-                relation: "P0".into(),
-                target_new: "a".into(),
-                target_true: "b".into(),
-            },
-            paraphrase_prompts: vec![],
-            neighborhood_prompts: vec![],
-        }
-    }
-
-    /// Same records either way; `same-subject` batches share a subject, `mixed` batches never do.
-    #[test]
-    fn arrange_makes_same_subject_and_mixed_batches_of_the_same_records() {
-        // Subjects 0..5 with 2, 3, 1, 4, 3 records: 0, 1, 3, 4 have at least 2.
-        let counts = [2, 3, 1, 4, 3];
-        let cases: Vec<EditCase> = counts
-            .iter()
-            .enumerate()
-            .flat_map(|(s, &n)| (0..n).map(move |r| case(s, r)))
-            .collect();
-        let same = arrange(cases.clone(), 2, Arrange::SameSubject);
-        let mixed = arrange(cases, 2, Arrange::Mixed);
-        let ids = |v: &[EditCase]| {
-            let mut x: Vec<String> = v.iter().map(|c| c.case_id.clone()).collect();
-            x.sort();
-            x
-        };
-        assert_eq!(same.len(), 8, "two blocks of 2 subjects × 2 records");
-        assert_eq!(ids(&same), ids(&mixed));
-        for b in same.chunks(2) {
-            assert_eq!(b[0].subject_id, b[1].subject_id);
-        }
-        for b in mixed.chunks(2) {
-            assert_ne!(b[0].subject_id, b[1].subject_id);
-        }
-        assert!(
-            same.iter().all(|c| c.subject_id != "2"),
-            "subject 2 has too few records"
-        );
     }
 }
