@@ -63,13 +63,55 @@ pub struct BenchArgs {
 /// method, model, backend, dataset, hyperparameters or MEND archive would mix two experiments'
 /// numbers in one file, so it is refused.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct RunIdentity {
+pub(crate) struct RunIdentity {
     method: String,
     model: String,
     backend: String,
     data_sha256: String,
     hparams: serde_json::Value,
     archive_sha256: Option<String>,
+    /// `kedit edit`'s selection and mode flags (which cases, edited how).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) selection: Option<serde_json::Value>,
+}
+
+impl RunIdentity {
+    /// What an edit run of `method` on the model `lm` (loaded from `spec`) with the requests in
+    /// `data` is: the resolved hyperparameters and the hashes of the data and MEND's archive.
+    pub(crate) fn of<B: Backend>(
+        method: &str,
+        hparams: Option<&std::path::Path>,
+        archive: Option<&std::path::Path>,
+        data: &std::path::Path,
+        spec: &ModelSpec,
+        lm: &LanguageModel<B>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let archive_sha256 = match (archive, method) {
+            (Some(a), _) => Some(sha256_of(a)?),
+            (None, "mend") => {
+                let a = methods::mend_archive(hparams, lm)?;
+                a.exists().then(|| sha256_of(&a)).transpose()?
+            }
+            (None, _) => None,
+        };
+        Ok(Self {
+            method: method.to_owned(),
+            model: match spec {
+                // One folder under two spellings (relative, absolute) is one model.
+                ModelSpec::HfFolder(p) | ModelSpec::Gguf(p) => std::fs::canonicalize(p)
+                    .unwrap_or(p.clone())
+                    .display()
+                    .to_string(),
+                other => format!("{other:?}"),
+            },
+            backend: B::name(device),
+            data_sha256: sha256_of(data)?,
+            hparams: methods::resolved_hparams(method, hparams)?,
+            archive_sha256,
+            selection: None,
+        })
+    }
 }
 
 fn sha256_of(path: &std::path::Path) -> Result<String> {
@@ -108,7 +150,12 @@ fn first_difference(old: &RunIdentity, new: &RunIdentity) -> Option<String> {
 /// Refuse to append to results made with something else; record this run's identity the first
 /// time (also for results written before kedit kept it, after a warning). A record with no result
 /// lines yet (a run that stopped before its first) is replaced.
-fn check_identity(path: &std::path::Path, id: &RunIdentity, lines: usize) -> Result<()> {
+pub(crate) fn check_identity(
+    path: &std::path::Path,
+    id: &RunIdentity,
+    lines: usize,
+    hint: &str,
+) -> Result<()> {
     if path.exists() && lines > 0 {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -116,7 +163,7 @@ fn check_identity(path: &std::path::Path, id: &RunIdentity, lines: usize) -> Res
             .with_context(|| format!("{}: not a run record", path.display()))?;
         if let Some(d) = first_difference(&old, id) {
             bail!(
-                "{}: its results were made with another {d}; pass another --out, or --label to keep both runs",
+                "{}: its results were made with another {d}; {hint}",
                 path.display()
             );
         }
@@ -146,7 +193,8 @@ impl RunOnBackend for BenchArgs {
         {
             bail!("--label {label:?}: use letters, digits, '.', '_' and '-' only");
         }
-        let hparams = methods::resolved_hparams(&self.method, self.hparams.as_deref())?;
+        // Checked before the model loads: a bad file costs nothing.
+        methods::resolved_hparams(&self.method, self.hparams.as_deref())?;
         let shard = match &self.shard {
             Some(s) => parse_shard(s)?,
             None => (1, 1),
@@ -190,33 +238,20 @@ impl RunOnBackend for BenchArgs {
         let mut results = Results::open(&path)?;
         let before = results.lines.len();
         let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let archive = match (&self.archive, self.method.as_str()) {
-            (Some(a), _) => Some(sha256_of(a)?),
-            (None, "mend") => {
-                let a = methods::mend_archive(self.hparams.as_deref(), &lm)?;
-                a.exists().then(|| sha256_of(&a)).transpose()?
-            }
-            (None, _) => None,
-        };
-        let identity = RunIdentity {
-            method: self.method.clone(),
-            model: match spec {
-                // One folder under two spellings (relative, absolute) is one model.
-                ModelSpec::HfFolder(p) | ModelSpec::Gguf(p) => std::fs::canonicalize(p)
-                    .unwrap_or(p.clone())
-                    .display()
-                    .to_string(),
-                other => format!("{other:?}"),
-            },
-            backend: B::name(device),
-            data_sha256: sha256_of(&self.data)?,
-            hparams,
-            archive_sha256: archive,
-        };
+        let identity = RunIdentity::of(
+            &self.method,
+            self.hparams.as_deref(),
+            self.archive.as_deref(),
+            &self.data,
+            spec,
+            &lm,
+            device,
+        )?;
         check_identity(
             &self.out.join(format!("{file}.run.json")),
             &identity,
             before,
+            "pass another --out, or --label to keep both runs",
         )?;
         std::fs::write(
             self.out.join(format!("{file}.plan.json")),

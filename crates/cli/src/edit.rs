@@ -1,13 +1,14 @@
 //! `kedit edit`: edit the requests one at a time, in batches, or sequentially, score them, and
 //! write the report and the patch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
 use kedit_models::{LanguageModel, ModelSpec};
 
+use crate::bench::{check_identity, RunIdentity};
 use crate::{check_output, methods, progress, write_atomic, MethodArgs, RunOnBackend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +51,108 @@ fn arrange(
         }
     }
     out
+}
+
+/// A `kedit edit --report FILE` run's progress, kept in `FILE.progress/` until the report is
+/// written: `run.json` (what the run is: method, model, backend, requests, resolved
+/// hyperparameters, selection), `cases.jsonl` (each edited case's scores, appended one batch per
+/// write and fsynced) and, for `--sequential`, each batch's patch (`patches/000000.safetensors`,
+/// …). A run killed at any moment resumes from it when the same command is run again: done
+/// batches are not edited again (with `--sequential`, their saved patches are applied instead),
+/// and the report equals an uninterrupted run's.
+struct Progress {
+    dir: PathBuf,
+    file: std::fs::File,
+    done: std::collections::HashMap<String, kedit_eval::CaseMetrics>,
+}
+
+impl Progress {
+    fn dir_of(report: &Path) -> PathBuf {
+        let mut name = report.as_os_str().to_owned();
+        name.push(".progress");
+        PathBuf::from(name)
+    }
+
+    fn open(report: &Path, identity: &RunIdentity) -> Result<Self> {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = Self::dir_of(report);
+        std::fs::create_dir_all(dir.join("patches"))
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        let path = dir.join("cases.jsonl");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: another kedit edit is writing this report (the same command running twice?); wait for it, or pass another --report",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+            }
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("{}: not UTF-8", path.display()))?;
+        // A line cut by a kill mid-write is dropped; its batch is edited again.
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            file.set_len(whole as u64)?;
+            file.seek(SeekFrom::End(0))?;
+        }
+        let mut done = std::collections::HashMap::new();
+        for (i, line) in text[..whole].lines().enumerate() {
+            let m: kedit_eval::CaseMetrics = serde_json::from_str(line).with_context(|| {
+                format!("{}: line {}: not a case's scores", path.display(), i + 1)
+            })?;
+            done.insert(m.case_id.clone(), m);
+        }
+        check_identity(
+            &dir.join("run.json"),
+            identity,
+            done.len(),
+            &format!(
+                "delete {} to start over, or pass another --report",
+                dir.display()
+            ),
+        )?;
+        if !done.is_empty() {
+            tracing::info!(
+                "{}: resuming, {} cases already edited",
+                dir.display(),
+                done.len()
+            );
+        }
+        Ok(Self { dir, file, done })
+    }
+
+    fn patch_file(&self, batch: usize) -> PathBuf {
+        self.dir
+            .join("patches")
+            .join(format!("{batch:06}.safetensors"))
+    }
+
+    fn last_patch_file(&self) -> PathBuf {
+        self.dir.join("patches").join("last.safetensors")
+    }
+
+    /// One batch's scores in one write, then fsync.
+    fn append(&mut self, scores: &[kedit_eval::CaseMetrics]) -> Result<()> {
+        use std::io::Write;
+        let mut text = String::new();
+        for m in scores {
+            text.push_str(&serde_json::to_string(m)?);
+            text.push('\n');
+        }
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("{}: cannot append", self.dir.display()))
+    }
 }
 
 pub(crate) struct Edit {
@@ -120,6 +223,29 @@ impl RunOnBackend for Edit {
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
         let mut rome = self.m.editor(&lm)?;
+        rome.prepare(&lm)?;
+        let mut progress_file = match &self.report {
+            Some(report) => {
+                let mut identity = RunIdentity::of(
+                    &self.m.method,
+                    self.m.hparams.as_deref(),
+                    self.m.archive.as_deref(),
+                    &self.m.requests,
+                    spec,
+                    &lm,
+                    device,
+                )?;
+                identity.selection = Some(serde_json::json!({
+                    "batch": self.batch, "batch_size": self.batch_size,
+                    "sequential": self.sequential,
+                    "arrange": self.arrange.map(|a| format!("{a:?}")),
+                    "skip": self.skip, "limit": self.limit,
+                    "one_per_subject": self.one_per_subject,
+                }));
+                Some(Progress::open(report, &identity)?)
+            }
+            None => None,
+        };
         let pre = kedit_eval::evaluate(&lm, &cases)?;
         let mut post = Vec::new();
         let mut last_patch: Option<kedit_editing::Patch> = None;
@@ -133,11 +259,62 @@ impl RunOnBackend for Edit {
         };
         let batches = cases.len().div_ceil(size);
         let bar = progress(cases.len(), &format!("{} edit", self.m.method), "cases");
+        // With --sequential only a leading run of done batches can be taken as done: a later
+        // batch was edited on the model those left.
+        let mut resuming = true;
         for (i, chunk) in cases.chunks(size).enumerate() {
+            let saved: Option<Vec<kedit_eval::CaseMetrics>> = progress_file
+                .as_ref()
+                .filter(|_| resuming || !self.sequential)
+                .and_then(|p| {
+                    chunk
+                        .iter()
+                        .map(|c| p.done.get(&c.case_id).cloned())
+                        .collect()
+                });
+            if let Some(saved) = saved {
+                let pf = progress_file.as_ref().expect("saved scores come from it");
+                let patch = if self.sequential {
+                    let file = pf.patch_file(i);
+                    let patch = kedit_editing::Patch::load(&file).with_context(|| {
+                        format!(
+                            "{}: batch {i}'s patch is missing; delete the folder to start over",
+                            pf.dir.display()
+                        )
+                    })?;
+                    patch.apply(&mut lm.model)?;
+                    patch
+                } else if i + 1 == batches && self.patch_out.is_some() {
+                    kedit_editing::Patch::load(&pf.last_patch_file())?
+                } else {
+                    kedit_editing::Patch::default()
+                };
+                post.extend(saved);
+                bar.inc(chunk.len() as u64);
+                last_patch = Some(match (last_patch, self.sequential) {
+                    (Some(mut all), true) => {
+                        all.extend(patch);
+                        all
+                    }
+                    _ => patch,
+                });
+                continue;
+            }
+            resuming = false;
             let t = std::time::Instant::now();
             let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
             let patch = rome.apply(&mut lm, &reqs)?;
             let m = kedit_eval::evaluate(&lm, chunk)?;
+            if let Some(pf) = progress_file.as_mut() {
+                if self.sequential {
+                    patch.save(&pf.patch_file(i))?;
+                } else if self.patch_out.is_some() {
+                    // --patch-out writes the last batch's patch: kept in case that batch ends
+                    // up done and the report not yet written.
+                    patch.save(&pf.last_patch_file())?;
+                }
+                pf.append(&m)?;
+            }
             let s = kedit_eval::summarize(&m);
             bar.suspend(|| {
                 tracing::info!(
@@ -220,6 +397,12 @@ impl RunOnBackend for Edit {
                 report["final_summary"] = serde_json::to_value(s)?;
             }
             write_atomic("--report", out, &serde_json::to_string_pretty(&report)?)?;
+        }
+        if let Some(pf) = progress_file.take() {
+            let dir = pf.dir.clone();
+            drop(pf);
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("{}: cannot remove", dir.display()))?;
         }
         Ok(())
     }

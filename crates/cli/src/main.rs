@@ -207,7 +207,8 @@ enum Command {
         /// --sequential, every edit in order
         #[arg(long)]
         patch_out: Option<PathBuf>,
-        /// Write the JSON report (`edits` per case, `summary`)
+        /// Write the JSON report (`edits` per case, `summary`). Until it is written, the run's
+        /// progress is kept in FILE.progress/: run the same command again to resume a killed run
         #[arg(long)]
         report: Option<PathBuf>,
     },

@@ -727,3 +727,122 @@ fn sequential_edits_keep_each_edit_and_write_them_all() {
     ]);
     assert!(!ok && err.contains("--batch"), "{err}");
 }
+
+/// A `kedit edit --report` run killed (SIGKILL) after its first case resumes when the same
+/// command runs again: the done case is not edited again, and the report and the patch equal an
+/// uninterrupted run's, one case at a time and `--sequential` (whose saved patches are applied
+/// on resume). A resume with other hyperparameters is refused, naming the one that differs.
+#[test]
+fn a_killed_edit_run_resumes_to_the_same_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("r.json");
+    std::fs::write(
+        &requests,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
+            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
+            {"case_id": 3, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English", "target_true": "French"}},
+            {"case_id": 4, "requested_rewrite": {"prompt": "{} plays the", "subject": "Toko Yasuda", "target_new": "piano", "target_true": "guitar"}}]"#,
+    )
+    .unwrap();
+    // Long enough per case (~0.3 s) for the kill to land between the first case and the last.
+    let slow = HPARAMS
+        .replace("v_num_grad_steps: 5", "v_num_grad_steps: 250")
+        .replace("v_lr: 0.5", "v_lr: 0.01");
+    let hparams = tmp.path().join("h.yaml");
+    std::fs::write(&hparams, &slow).unwrap();
+    let model = fixture("tiny-llama");
+    for (m, mode) in [None, Some("--sequential")].into_iter().enumerate() {
+        let run = |name: &str, h: &std::path::Path| {
+            let name = format!("{name}-{m}");
+            let mut args: Vec<String> = [
+                "edit",
+                "--model",
+                model.to_str().unwrap(),
+                "--requests",
+                requests.to_str().unwrap(),
+                "--hparams",
+                h.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec();
+            let report = tmp.path().join(format!("{name}.json"));
+            let patch = tmp.path().join(format!("{name}.safetensors"));
+            args.extend(["--report".into(), report.display().to_string()]);
+            args.extend(["--patch-out".into(), patch.display().to_string()]);
+            args.extend(mode.map(String::from));
+            (args, report, patch)
+        };
+        let read_report = |p: &std::path::Path| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        };
+        let (args, full_report, full_patch) = run("full", &hparams);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = kedit(&a);
+        assert!(ok, "{err}");
+
+        let (args, report, patch) = run("killed", &hparams);
+        let progress = tmp.path().join(format!("killed-{m}.json.progress"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kedit"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = progress.join("cases.jsonl");
+        while std::fs::metadata(&lines).map_or(true, |m| m.len() == 0) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{mode:?}: ended before the kill"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!report.exists(), "{mode:?}: killed before the report");
+        let done = std::fs::read_to_string(&lines).unwrap().lines().count();
+        assert!(
+            (1..4).contains(&done),
+            "{mode:?}: {done} cases done at the kill"
+        );
+
+        let other = tmp.path().join("other.yaml");
+        std::fs::write(
+            &other,
+            slow.replace("v_weight_decay: 0.001", "v_weight_decay: 0.01"),
+        )
+        .unwrap();
+        let (mut wrong, _, _) = run("killed", &other);
+        wrong.iter_mut().for_each(|a| {
+            if a.ends_with("other.yaml") {
+                *a = other.display().to_string();
+            }
+        });
+        let w: Vec<&str> = wrong.iter().map(String::as_str).collect();
+        let (ok, _, err) = kedit(&w);
+        assert!(!ok && err.contains("v_weight_decay"), "{mode:?}: {err}");
+
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = common::kedit_with_env(&a, tmp.path(), &[("RUST_LOG", "info")]);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains(&format!("resuming, {done} cases already edited")),
+            "{err}"
+        );
+        assert_eq!(
+            read_report(&report),
+            read_report(&full_report),
+            "{mode:?}: report"
+        );
+        assert!(
+            std::fs::read(&patch).unwrap() == std::fs::read(&full_patch).unwrap(),
+            "{mode:?}: patch"
+        );
+        assert!(
+            !progress.exists(),
+            "{mode:?}: the progress folder is removed"
+        );
+    }
+}

@@ -59,6 +59,14 @@ pub trait Editor<B: Backend> {
         requests: &[EditRequest],
     ) -> Result<Patch>;
 
+    /// Take now whatever the editor would take from the model at its first edit and keep (ROME's
+    /// and MEMIT's context templates, sampled from the model): a resumed sequential run applies
+    /// its saved patches first, and its editor must still see the unedited model, as the
+    /// uninterrupted run's did.
+    fn prepare(&mut self, _model: &kedit_models::LanguageModel<B>) -> Result<()> {
+        Ok(())
+    }
+
     /// The keys the method writes `request` under at each edited layer, `(layer, key)` (the MLP
     /// key at the subject's last token, for locate-then-edit methods), read on the model as it
     /// is; empty for methods without keys.

@@ -310,6 +310,13 @@ impl<B: Backend> Editor<B> for Memit {
         self.flavor.name
     }
 
+    fn prepare(&mut self, lm: &LanguageModel<B>) -> Result<()> {
+        let h = &self.hparams;
+        self.templates
+            .get(lm, &h.context_template_length_params, h.seed)
+            .map(drop)
+    }
+
     /// All requests in one batch update; sequential editing is repeated `apply` (statistics and
     /// templates are kept).
     fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {

@@ -163,6 +163,13 @@ impl<B: Backend> Editor<B> for Rome {
         }
     }
 
+    fn prepare(&mut self, lm: &LanguageModel<B>) -> Result<()> {
+        let h = &self.hparams;
+        self.templates
+            .get(lm, &h.context_template_length_params, h.seed)
+            .map(drop)
+    }
+
     /// Requests are applied one after another, each on the model the previous one left.
     fn apply(&mut self, lm: &mut LanguageModel<B>, requests: &[EditRequest]) -> Result<Patch> {
         let mut patch =

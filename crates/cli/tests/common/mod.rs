@@ -50,7 +50,10 @@ pub fn paris_request(dir: &std::path::Path) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.env("RUST_LOG", "warn").output().unwrap();
+    if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
