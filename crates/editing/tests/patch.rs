@@ -175,6 +175,14 @@ fn an_exported_checkpoint_is_the_patched_model() {
             .unwrap();
         let exported = LanguageModel::<Cpu>::load_hf(&out, &Default::default()).unwrap();
         assert_eq!(exported.model.config, lm.model.config, "{source}: config");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        for key in ["dtype", "torch_dtype"] {
+            assert!(
+                config.get(key).is_none_or(|d| d == "float32"),
+                "{source}: the config names the weights' dtype, {config}"
+            );
+        }
         assert!(logits(&exported) == want, "{source}: exported logits");
         assert!(
             ckpt.write(&out, &serde_json::json!({})).is_err(),

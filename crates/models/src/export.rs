@@ -5,8 +5,8 @@
 //! The tensors are exactly those the family's loader reads, recorded while it reads them, in
 //! Hugging Face names and layout (a GGUF's q/k rows already put back in transformers' order, its
 //! quantized weights dequantized to f32): so whatever kedit loads, it can write, and the folder
-//! loads back to the same model bit for bit. Everything is written in f32: a patch's `W + Δ` is
-//! an f32 sum, and an f16 or bf16 copy would round it.
+//! loads back to the same model bit for bit. Everything is written in f32 (and the config says
+//! so): a patch's `W + Δ` is an f32 sum, and an f16 or bf16 copy would round it.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use crate::config::{Family, ModelConfig};
 use crate::load::{HostTensor, WeightSource};
 use crate::{fetch, load, random, tokenizer, ModelSpec, Transformer};
 
-/// Tokenizer and generation files copied from a checkpoint folder when present.
+/// Tokenizer and generation files copied from a checkpoint folder when present (its
+/// `config.json` too, with the dtype set to f32).
 const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -224,8 +225,20 @@ impl Checkpoint {
         };
         match &self.folder {
             Some(src) => {
-                std::fs::copy(src.join("config.json"), dir.join("config.json"))
-                    .with_context(|| format!("{}: cannot copy config.json", src.display()))?;
+                // The source's config, but for the dtype: the weights are f32 now, and
+                // transformers would load them in the dtype the config names.
+                let file = src.join("config.json");
+                let mut config: Json = serde_json::from_str(
+                    &std::fs::read_to_string(&file)
+                        .with_context(|| format!("{}: cannot read", file.display()))?,
+                )
+                .with_context(|| format!("{}: invalid JSON", file.display()))?;
+                for key in ["torch_dtype", "dtype"] {
+                    if let Some(v) = config.get_mut(key) {
+                        *v = json!("float32");
+                    }
+                }
+                write_json("config.json", &config)?;
                 for f in TOKENIZER_FILES {
                     if src.join(f).is_file() {
                         std::fs::copy(src.join(f), dir.join(f))
