@@ -272,7 +272,7 @@ impl RunOnBackend for Edit {
                         .map(|c| p.done.get(&c.case_id).cloned())
                         .collect()
                 });
-            if let Some(saved) = saved {
+            let (m, patch) = if let Some(saved) = saved {
                 let pf = progress_file.as_ref().expect("saved scores come from it");
                 let patch = if self.sequential {
                     let file = pf.patch_file(i);
@@ -289,58 +289,49 @@ impl RunOnBackend for Edit {
                 } else {
                     kedit_editing::Patch::default()
                 };
-                post.extend(saved);
-                bar.inc(chunk.len() as u64);
-                last_patch = Some(match (last_patch, self.sequential) {
-                    (Some(mut all), true) => {
-                        all.extend(patch);
-                        all
+                (saved, patch)
+            } else {
+                resuming = false;
+                let t = std::time::Instant::now();
+                let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
+                let patch = rome.apply(&mut lm, &reqs)?;
+                let m = kedit_eval::evaluate(&lm, chunk)?;
+                if let Some(pf) = progress_file.as_mut() {
+                    if self.sequential {
+                        patch.save(&pf.patch_file(i))?;
+                    } else if self.patch_out.is_some() {
+                        // --patch-out writes the last batch's patch: kept in case that batch
+                        // ends up done and the report not yet written.
+                        patch.save(&pf.last_patch_file())?;
                     }
-                    _ => patch,
-                });
-                continue;
-            }
-            resuming = false;
-            let t = std::time::Instant::now();
-            let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
-            let patch = rome.apply(&mut lm, &reqs)?;
-            let m = kedit_eval::evaluate(&lm, chunk)?;
-            if let Some(pf) = progress_file.as_mut() {
-                if self.sequential {
-                    patch.save(&pf.patch_file(i))?;
-                } else if self.patch_out.is_some() {
-                    // --patch-out writes the last batch's patch: kept in case that batch ends
-                    // up done and the report not yet written.
-                    patch.save(&pf.last_patch_file())?;
+                    pf.append(&m)?;
                 }
-                pf.append(&m)?;
-            }
-            let s = kedit_eval::summarize(&m);
-            bar.suspend(|| {
-                tracing::info!(
-                    "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
-                    if size == 1 { "case" } else { "batch" },
-                    i + 1,
-                    chunk[0].case_id,
-                    s.es,
-                    s.ps,
-                    s.ns,
-                    t.elapsed().as_secs_f64()
-                )
-            });
+                let s = kedit_eval::summarize(&m);
+                bar.suspend(|| {
+                    tracing::info!(
+                        "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
+                        if size == 1 { "case" } else { "batch" },
+                        i + 1,
+                        chunk[0].case_id,
+                        s.es,
+                        s.ps,
+                        s.ns,
+                        t.elapsed().as_secs_f64()
+                    )
+                });
+                (m, patch)
+            };
             bar.inc(chunk.len() as u64);
             post.extend(m);
-            if self.sequential {
-                last_patch = Some(match last_patch {
-                    Some(mut all) => {
-                        all.extend(patch);
-                        all
-                    }
-                    None => patch,
-                });
-            } else {
+            last_patch = Some(match (last_patch, self.sequential) {
+                (Some(mut all), true) => {
+                    all.extend(patch);
+                    all
+                }
+                _ => patch,
+            });
+            if !self.sequential {
                 snapshot.clone().restore(&mut lm.model);
-                last_patch = Some(patch);
             }
         }
         bar.finish_and_clear();
