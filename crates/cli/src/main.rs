@@ -209,7 +209,7 @@ enum Command {
         patch_out: Option<PathBuf>,
         /// Write the JSON report (`edits` per case, `summary`). Until it is written, the run's
         /// progress is kept in FILE.progress/: run the same command again to resume a killed run
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
     /// The keys a locate-then-edit method writes each request under (at every edited layer), their
