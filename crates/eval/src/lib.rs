@@ -139,6 +139,39 @@ pub fn summarize(m: &[CaseMetrics]) -> Summary {
 mod tests {
     use super::*;
 
+    /// Scores written to a progress or results file and read back are the same f64s, so a resumed
+    /// run reports what an uninterrupted one does (serde_json's `float_roundtrip`; without it,
+    /// the first value, a SmolLM2 PS, came back one ulp lower).
+    #[test]
+    fn scores_survive_json_to_the_bit() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut values = vec![0.9660804903957897_f64, 1.0 / 3.0, 2e-308, 0.1 + 0.2];
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(f64::from_bits(x >> 2) * if x & 1 == 0 { 1.0 } else { -1.0 });
+        }
+        for v in values.into_iter().filter(|v| v.is_finite()) {
+            let m = CaseMetrics {
+                case_id: "c".into(),
+                es: v,
+                ps: Some(v),
+                ns: None,
+                em: v,
+                pm: None,
+                nm: None,
+            };
+            let back: CaseMetrics =
+                serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+            assert!(
+                back.es.to_bits() == v.to_bits(),
+                "{v:e} came back {:e}",
+                back.es
+            );
+        }
+    }
+
     #[test]
     fn summary_is_the_harmonic_mean() {
         let c = |es, ps, ns| CaseMetrics {
