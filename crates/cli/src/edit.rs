@@ -74,38 +74,16 @@ impl Progress {
     }
 
     fn open(report: &Path, identity: &RunIdentity) -> Result<Self> {
-        use std::io::{Read, Seek, SeekFrom};
         let dir = Self::dir_of(report);
         std::fs::create_dir_all(dir.join("patches"))
             .with_context(|| format!("{}: cannot create", dir.display()))?;
         let path = dir.join("cases.jsonl");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: another kedit edit is writing this report (the same command running twice?); wait for it, or pass another --report",
-                path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
-            }
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .with_context(|| format!("{}: not UTF-8", path.display()))?;
-        // A line cut by a kill mid-write is dropped; its batch is edited again.
-        let whole = text.rfind('\n').map_or(0, |i| i + 1);
-        if whole < text.len() {
-            file.set_len(whole as u64)?;
-            file.seek(SeekFrom::End(0))?;
-        }
+        let (file, text) = kedit_eval::bench::open_appending(
+            &path,
+            "another kedit edit is writing this report (the same command running twice?); wait for it, or pass another --report",
+        )?;
         let mut done = std::collections::HashMap::new();
-        for (i, line) in text[..whole].lines().enumerate() {
+        for (i, line) in text.lines().enumerate() {
             let m: kedit_eval::CaseMetrics = serde_json::from_str(line).with_context(|| {
                 format!("{}: line {}: not a case's scores", path.display(), i + 1)
             })?;

@@ -20,6 +20,42 @@ fn edit_writes_a_report_and_keys_a_cosine_matrix() {
     }
 }
 
+/// A requests file in `dir` with four cases: two of Paris (so the second rewrites the first's
+/// key), one of Danielle Darrieux, one of Toko Yasuda.
+fn four_requests(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("four.json");
+    std::fs::write(
+        &path,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
+            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
+            {"case_id": 3, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English", "target_true": "French"}},
+            {"case_id": 4, "requested_rewrite": {"prompt": "{} plays the", "subject": "Toko Yasuda", "target_new": "piano", "target_true": "guitar"}}]"#,
+    )
+    .unwrap();
+    path
+}
+
+/// p(target | prompt) from `kedit score` (its mean NLL, printed to 4 decimals), with `patch`
+/// applied if given.
+fn probability(model: &str, patch: Option<&std::path::Path>, prompt: &str, target: &str) -> f64 {
+    let mut args = vec!["score", "--model", model];
+    if let Some(p) = patch {
+        args.extend(["--patch", p.to_str().unwrap()]);
+    }
+    args.extend(["--prompt", prompt, "--target", target]);
+    let (ok, out, err) = kedit(&args);
+    assert!(ok, "{err}");
+    let nll: f64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("mean NLL "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    (-nll).exp()
+}
+
 fn edit_and_keys(family: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (h, r, rep) = (
@@ -455,22 +491,8 @@ fn score_with_the_patch_reproduces_the_edit() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let em = r["edits"][0]["em"].as_f64().unwrap();
     let p = |target: &str, patched: bool| -> f64 {
-        let mut args = vec!["score", "--model", model];
-        if patched {
-            args.extend(["--patch", patch.to_str().unwrap()]);
-        }
-        args.extend(["--prompt", "Paris is the capital of", "--target", target]);
-        let (ok, out, err) = kedit(&args);
-        assert!(ok, "{err}");
-        let nll: f64 = out
-            .lines()
-            .last()
-            .and_then(|l| l.strip_prefix("mean NLL "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{out}"))
-            .parse()
-            .unwrap();
-        (-nll).exp()
+        let patch = patched.then_some(patch.as_path());
+        probability(model, patch, "Paris is the capital of", target)
     };
     let patched = p(" Italy", true) - p(" France", true);
     assert!(
@@ -641,14 +663,7 @@ fn export_writes_the_patched_model_as_a_checkpoint() {
 #[test]
 fn sequential_edits_keep_each_edit_and_write_them_all() {
     let tmp = tempfile::tempdir().unwrap();
-    let requests = tmp.path().join("r.json");
-    std::fs::write(
-        &requests,
-        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
-            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
-            {"case_id": 3, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English", "target_true": "French"}}]"#,
-    )
-    .unwrap();
+    let requests = four_requests(tmp.path());
     let hparams = tmp.path().join("h.yaml");
     std::fs::write(&hparams, HPARAMS).unwrap();
     let (patch, report) = (
@@ -685,32 +700,10 @@ fn sequential_edits_keep_each_edit_and_write_them_all() {
         "the second Paris edit moved the first: {right_after} vs {last}"
     );
     let saved = kedit_editing::Patch::load(&patch).unwrap();
-    assert_eq!(saved.entries.len(), 3, "one entry per edit");
+    assert_eq!(saved.entries.len(), 4, "one entry per edit");
     let reqs: serde_json::Value = serde_json::from_str(&saved.metadata["requests"]).unwrap();
-    assert_eq!(reqs.as_array().unwrap().len(), 3);
-    let p = |target: &str| -> f64 {
-        let (ok, out, err) = kedit(&[
-            "score",
-            "--model",
-            model,
-            "--patch",
-            patch.to_str().unwrap(),
-            "--prompt",
-            "Paris is the capital of",
-            "--target",
-            target,
-        ]);
-        assert!(ok, "{err}");
-        let nll: f64 = out
-            .lines()
-            .last()
-            .and_then(|l| l.strip_prefix("mean NLL "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{out}"))
-            .parse()
-            .unwrap();
-        (-nll).exp()
-    };
+    assert_eq!(reqs.as_array().unwrap().len(), 4);
+    let p = |target: &str| probability(model, Some(&patch), "Paris is the capital of", target);
     let margin = p(" Italy") - p(" France");
     assert!(
         (margin - last).abs() < 1e-6 * (1.0 + last.abs()) + 1e-6,
@@ -735,15 +728,7 @@ fn sequential_edits_keep_each_edit_and_write_them_all() {
 #[test]
 fn a_killed_edit_run_resumes_to_the_same_report() {
     let tmp = tempfile::tempdir().unwrap();
-    let requests = tmp.path().join("r.json");
-    std::fs::write(
-        &requests,
-        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
-            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
-            {"case_id": 3, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English", "target_true": "French"}},
-            {"case_id": 4, "requested_rewrite": {"prompt": "{} plays the", "subject": "Toko Yasuda", "target_new": "piano", "target_true": "guitar"}}]"#,
-    )
-    .unwrap();
+    let requests = four_requests(tmp.path());
     // Long enough per case (~0.3 s) for the kill to land between the first case and the last.
     let slow = HPARAMS
         .replace("v_num_grad_steps: 5", "v_num_grad_steps: 250")

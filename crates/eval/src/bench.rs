@@ -65,36 +65,11 @@ impl Results {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("{}: cannot create directory", dir.display()))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .with_context(|| format!("{}: cannot open results file", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: another process is appending to these results (the same kedit bench running twice?); wait for it to finish, or pass another --out",
-                path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
-            }
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .with_context(|| format!("{}: not UTF-8", path.display()))?;
-        let complete = text.rfind('\n').map_or(0, |i| i + 1);
-        if complete < text.len() {
-            tracing::warn!(
-                "{}: dropping a torn last line ({} bytes)",
-                path.display(),
-                text.len() - complete
-            );
-            file.set_len(complete as u64)?;
-            file.seek(SeekFrom::End(0))?;
-        }
-        let lines = parse_lines(path, &text[..complete])?;
+        let (file, text) = open_appending(
+            path,
+            "another process is appending to these results (the same kedit bench running twice?); wait for it to finish, or pass another --out",
+        )?;
+        let lines = parse_lines(path, &text)?;
         let done = lines.iter().map(ResultLine::key).collect();
         Ok(Self {
             path: path.to_owned(),
@@ -130,6 +105,40 @@ impl Results {
         self.lines.push(line);
         Ok(())
     }
+}
+
+/// Open `path` (created if missing) to append lines to it, holding it locked
+/// (`File::try_lock`; `busy` is the error when another process holds it), and return it with
+/// its whole lines: a torn last line, left by a kill mid-write, is cut off the file.
+pub fn open_appending(path: &Path, busy: &str) -> Result<(File, String)> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!("{}: {busy}", path.display()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("{}: not UTF-8", path.display()))?;
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        tracing::warn!(
+            "{}: dropping a torn last line ({} bytes)",
+            path.display(),
+            text.len() - complete
+        );
+        file.set_len(complete as u64)?;
+        file.seek(SeekFrom::End(0))?;
+        text.truncate(complete);
+    }
+    Ok((file, text))
 }
 
 /// The lines of `text` (whole lines of the results file `path`), each a [`ResultLine`].
