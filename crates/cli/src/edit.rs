@@ -201,7 +201,6 @@ impl RunOnBackend for Edit {
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
         let mut rome = self.m.editor(&lm)?;
-        rome.prepare(&lm)?;
         let mut progress_file = match &self.report {
             Some(report) => {
                 let mut identity = RunIdentity::of(
@@ -346,20 +345,21 @@ impl RunOnBackend for Edit {
             elapsed / cases.len() as f64
         );
         if let Some(out) = &self.report {
-            let edits: Vec<serde_json::Value> = post
+            let edits = post
                 .iter()
                 .zip(&pre)
                 .enumerate()
-                .map(|(i, (m, p))| {
-                    let mut e = serde_json::json!({"case_id": m.case_id, "es": m.es, "ps": m.ps, "ns": m.ns,
-                        "em": m.em, "pm": m.pm, "nm": m.nm, "pre": {"es": p.es, "ps": p.ps, "ns": p.ns}});
+                .map(|(i, (m, p))| -> Result<serde_json::Value> {
+                    let mut e = serde_json::to_value(m)?;
+                    e["pre"] = serde_json::json!({"es": p.es, "ps": p.ps, "ns": p.ns});
                     if let Some(f) = last.as_ref().map(|l| &l[i]) {
-                        e["final"] = serde_json::json!({"es": f.es, "ps": f.ps, "ns": f.ns,
-                            "em": f.em, "pm": f.pm, "nm": f.nm});
+                        let mut f = serde_json::to_value(f)?;
+                        f.as_object_mut().expect("a struct").remove("case_id");
+                        e["final"] = f;
                     }
-                    e
+                    Ok(e)
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             let mut report = serde_json::json!({"method": self.m.method, "model": lm.source, "edits": edits,
                 "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
             if let Some(s) = &s_last {

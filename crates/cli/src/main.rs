@@ -633,33 +633,18 @@ fn write_atomic(flag: &str, path: &std::path::Path, text: &str) -> Result<()> {
 fn export(model: &str, patches: &[PathBuf], out: &std::path::Path) -> Result<()> {
     use sha2::Digest;
     // Checked before the model is read: a bad --out costs nothing.
-    if out.exists() && !out.is_dir() {
-        bail!("--out {}: is a file, expected a folder", out.display());
-    }
-    let parent = folder_of(out);
-    if !parent.is_dir() {
-        bail!(
-            "--out {}: folder {} does not exist",
-            out.display(),
-            parent.display()
-        );
-    }
-    if out.is_dir() && std::fs::read_dir(out)?.next().is_some() {
-        bail!(
-            "--out {}: exists and is not empty (kedit writes a new folder; it never overwrites a model)",
-            out.display()
-        );
-    }
+    kedit_models::export::check_target(out).map_err(|e| anyhow::anyhow!("--out {e:#}"))?;
     let spec = ModelSpec::parse(model)?;
     let mut ckpt = kedit_models::export::Checkpoint::read(&spec)?;
     let mut applied = Vec::new();
     for p in patches {
-        let patch =
-            kedit_editing::Patch::load(p).with_context(|| format!("--patch {}", p.display()))?;
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("--patch {}: cannot read patch", p.display()))?;
+        let patch = kedit_editing::Patch::from_bytes(&bytes, p)
+            .with_context(|| format!("--patch {}", p.display()))?;
         patch
             .apply_to_checkpoint(&mut ckpt)
             .with_context(|| format!("--patch {}", p.display()))?;
-        let bytes = std::fs::read(p).with_context(|| format!("--patch {}", p.display()))?;
         applied.push(serde_json::json!({
             "file": p.display().to_string(),
             "sha256": format!("{:x}", sha2::Sha256::digest(&bytes)),

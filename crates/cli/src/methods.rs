@@ -100,8 +100,22 @@ pub fn names() -> String {
 }
 
 /// The editor for `name` with its hyperparameters (YAML file, else the bundled defaults for the
-/// default model), with what it needs from the model (covariance statistics) loaded.
+/// default model), with what it needs from the model (covariance statistics) loaded and what it
+/// keeps from it (context templates) taken now, from `lm` as it is (`Editor::prepare`): a
+/// resumed sequential run applies its saved patches after this, and must edit as the
+/// uninterrupted run did.
 pub fn editor<B: Backend>(
+    name: &str,
+    hparams: Option<&Path>,
+    archive: Option<&Path>,
+    lm: &LanguageModel<B>,
+) -> Result<Box<dyn Editor<B>>> {
+    let mut editor = build(name, hparams, archive, lm)?;
+    editor.prepare(lm)?;
+    Ok(editor)
+}
+
+fn build<B: Backend>(
     name: &str,
     hparams: Option<&Path>,
     archive: Option<&Path>,

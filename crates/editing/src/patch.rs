@@ -261,9 +261,14 @@ impl Patch {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("{}: cannot read patch", path.display()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// A patch from a file's bytes already read (`path` names it in messages).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)?;
+        let st = safetensors::SafeTensors::deserialize(bytes)?;
         let packed = meta
             .metadata()
             .as_ref()

@@ -16,7 +16,7 @@ use serde_json::{json, Value as Json};
 
 use crate::config::{Family, ModelConfig};
 use crate::load::{HostTensor, WeightSource};
-use crate::{fetch, load, random, tokenizer, ModelSpec, Transformer};
+use crate::{ModelSpec, Source, Transformer};
 
 /// Tokenizer and generation files copied from a checkpoint folder when present (its
 /// `config.json` too, with the dtype set to f32).
@@ -80,45 +80,19 @@ impl Checkpoint {
     /// Read the model `spec` names, as its loader does (the CPU backend builds it once, to run
     /// the same code path; it is dropped at once).
     pub fn read(spec: &ModelSpec) -> Result<Self> {
-        let mut origin = match spec {
-            ModelSpec::Gguf(p) | ModelSpec::HfFolder(p) => p.display().to_string(),
-            ModelSpec::SmolLm2 => String::new(),
-            ModelSpec::Random { shape, seed } => format!("random:{shape}:{seed}"),
+        let Source {
+            config,
+            tokenizer,
+            weights,
+            path,
+        } = Source::open(spec)?;
+        let source = match spec {
+            ModelSpec::SmolLm2 => format!("smollm2 ({})", path.display()),
+            _ => path.display().to_string(),
         };
-        let (config, tokenizer, folder, source): (_, _, _, Box<dyn WeightSource>) = match spec {
-            ModelSpec::SmolLm2 | ModelSpec::Gguf(_) => {
-                let path = match spec {
-                    ModelSpec::Gguf(p) => p.clone(),
-                    _ => fetch::smollm2()?,
-                };
-                if origin.is_empty() {
-                    origin = format!("smollm2 ({})", path.display());
-                }
-                let g = load::gguf::GgufFile::open(&path)?;
-                let config = ModelConfig::from_gguf(&g)?;
-                let tok = tokenizer::from_gguf(&g)?;
-                (config, tok, None, Box::new(g))
-            }
-            ModelSpec::HfFolder(dir) => {
-                let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
-                let tok = tokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let st = load::safetensors::SafetensorsFolder::open(dir)?;
-                (config, tok, Some(dir.clone()), Box::new(st))
-            }
-            ModelSpec::Random { shape, seed } => {
-                let config = random::shape(shape)?;
-                let tok = tokenizers::Tokenizer::from_bytes(random::TOKENIZER_JSON)
-                    .map_err(|e| anyhow::anyhow!("the random models' tokenizer: {e}"))?;
-                (
-                    config,
-                    tok,
-                    None,
-                    Box::new(random::RandomWeights { seed: *seed }),
-                )
-            }
-        };
+        let folder = matches!(spec, ModelSpec::HfFolder(_)).then_some(path);
         let recorder = Recorder {
-            inner: source.as_ref(),
+            inner: weights.as_ref(),
             read: RefCell::new(Vec::new()),
         };
         drop(Transformer::<crate::Cpu>::load(
@@ -131,7 +105,7 @@ impl Checkpoint {
             tensors: recorder.read.into_inner(),
             tokenizer,
             folder,
-            source: origin,
+            source,
         })
     }
 
@@ -151,22 +125,8 @@ impl Checkpoint {
     /// model's config and tokenizer), and `kedit-export.json` with `provenance`. The folder
     /// appears whole or not at all.
     pub fn write(&self, dir: &Path, provenance: &Json) -> Result<()> {
-        if dir.exists() {
-            let empty = std::fs::read_dir(dir)
-                .with_context(|| format!("{}: cannot read", dir.display()))?
-                .next()
-                .is_none();
-            if !empty {
-                bail!(
-                    "{}: exists and is not empty (kedit writes a new folder; it never overwrites a model)",
-                    dir.display()
-                );
-            }
-        }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        check_target(dir)?;
+        let parent = folder_of(dir);
         let name = dir
             .file_name()
             .with_context(|| format!("{}: not a folder name", dir.display()))?;
@@ -272,6 +232,42 @@ impl Checkpoint {
     }
 }
 
+/// The folder `path` is in (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuse a target folder [`Checkpoint::write`] would not write: a file, one in a folder that
+/// does not exist, or one that is not empty. Cheap, so callers check before reading a model.
+pub fn check_target(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: is a file, expected a folder", dir.display());
+    }
+    let parent = folder_of(dir);
+    if !parent.is_dir() {
+        bail!(
+            "{}: folder {} does not exist",
+            dir.display(),
+            parent.display()
+        );
+    }
+    if dir.is_dir()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{}: exists and is not empty (kedit writes a new folder; it never overwrites a model)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A Hugging Face `config.json` for `c`, which `ModelConfig::from_hf_json` reads back as `c`.
 pub fn hf_config(c: &ModelConfig) -> Json {
     let mut v = match c.family {
@@ -338,7 +334,7 @@ mod tests {
     fn the_written_config_reads_back_as_the_same_config() {
         let dir = tempfile::tempdir().unwrap();
         for shape in ["llama2-7b", "gptj-6b"] {
-            let c = random::shape(shape).unwrap();
+            let c = crate::random::shape(shape).unwrap();
             let file = dir.path().join(format!("{shape}.json"));
             std::fs::write(&file, hf_config(&c).to_string()).unwrap();
             assert_eq!(ModelConfig::from_hf_json(&file).unwrap(), c, "{shape}");

@@ -175,6 +175,58 @@ impl ModelSpec {
     }
 }
 
+/// A model's config, tokenizer and weights, opened but not yet loaded: what
+/// [`LanguageModel::load`] and [`export::Checkpoint::read`] both start from.
+pub(crate) struct Source {
+    pub config: ModelConfig,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub weights: Box<dyn load::WeightSource>,
+    /// The file or folder (or `random:<shape>:<seed>`), as [`LanguageModel::source`].
+    pub path: PathBuf,
+}
+
+impl Source {
+    pub(crate) fn open(spec: &ModelSpec) -> Result<Self> {
+        match spec {
+            ModelSpec::SmolLm2 => Self::gguf(&fetch::smollm2()?),
+            ModelSpec::Gguf(p) => Self::gguf(p),
+            ModelSpec::HfFolder(p) => Self::hf(p),
+            ModelSpec::Random { shape, seed } => Self::random(shape, *seed),
+        }
+    }
+
+    fn random(shape: &str, seed: u64) -> Result<Self> {
+        Ok(Self {
+            config: random::shape(shape)?,
+            tokenizer: tokenizers::Tokenizer::from_bytes(random::TOKENIZER_JSON)
+                .map_err(|e| anyhow::anyhow!("the random models' tokenizer: {e}"))?,
+            weights: Box::new(random::RandomWeights { seed }),
+            path: PathBuf::from(format!("random:{shape}:{seed}")),
+        })
+    }
+
+    fn gguf(path: &Path) -> Result<Self> {
+        let g = load::gguf::GgufFile::open(path)?;
+        Ok(Self {
+            config: ModelConfig::from_gguf(&g)?,
+            tokenizer: tokenizer::from_gguf(&g)?,
+            weights: Box::new(g),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn hf(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+        let tokenizer = tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        Ok(Self {
+            config,
+            tokenizer,
+            weights: Box::new(load::safetensors::SafetensorsFolder::open(dir)?),
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
 impl<B: Backend> LanguageModel<B> {
     pub fn load(spec: &ModelSpec, device: &B::Device) -> Result<Self> {
         match spec {
@@ -187,39 +239,23 @@ impl<B: Backend> LanguageModel<B> {
 
     /// A random-initialised model of a named shape (see [`random`]).
     pub fn random(shape: &str, seed: u64, device: &B::Device) -> Result<Self> {
-        let config = random::shape(shape)?;
-        let tokenizer = tokenizers::Tokenizer::from_bytes(random::TOKENIZER_JSON)
-            .map_err(|e| anyhow::anyhow!("the random models' tokenizer: {e}"))?;
-        let model = Transformer::load(config, &random::RandomWeights { seed }, device)?;
-        Ok(Self {
-            model,
-            tokenizer,
-            source: PathBuf::from(format!("random:{shape}:{seed}")),
-        })
+        Self::from_source(Source::random(shape, seed)?, device)
     }
 
     pub fn load_gguf(path: &Path, device: &B::Device) -> Result<Self> {
-        let g = load::gguf::GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&g)?;
-        let tokenizer = tokenizer::from_gguf(&g)?;
-        let model =
-            Transformer::load(config, &g, device).with_context(|| format!("{}", path.display()))?;
-        Ok(Self {
-            model,
-            tokenizer,
-            source: path.to_path_buf(),
-        })
+        Self::from_source(Source::gguf(path)?, device)
+            .with_context(|| format!("{}", path.display()))
     }
 
     pub fn load_hf(dir: &Path, device: &B::Device) -> Result<Self> {
-        let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
-        let tokenizer = tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let st = load::safetensors::SafetensorsFolder::open(dir)?;
-        let model = Transformer::load(config, &st, device)?;
+        Self::from_source(Source::hf(dir)?, device)
+    }
+
+    fn from_source(s: Source, device: &B::Device) -> Result<Self> {
         Ok(Self {
-            model,
-            tokenizer,
-            source: dir.to_path_buf(),
+            model: Transformer::load(s.config, s.weights.as_ref(), device)?,
+            tokenizer: s.tokenizer,
+            source: s.path,
         })
     }
 
