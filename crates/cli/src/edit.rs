@@ -200,7 +200,7 @@ impl RunOnBackend for Edit {
             );
         }
         let mut lm = LanguageModel::<B>::load(spec, device)?;
-        let mut rome = self.m.editor(&lm)?;
+        let mut editor = self.m.editor(&lm)?;
         let mut progress_file = match &self.report {
             Some(report) => {
                 let mut identity = RunIdentity::of(
@@ -260,6 +260,8 @@ impl RunOnBackend for Edit {
                         )
                     })?;
                     patch.apply(&mut lm.model)?;
+                    let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
+                    editor.replay(&lm, &reqs)?;
                     patch
                 } else if i + 1 == batches && self.patch_out.is_some() {
                     kedit_editing::Patch::load(&pf.last_patch_file())?
@@ -271,7 +273,7 @@ impl RunOnBackend for Edit {
                 resuming = false;
                 let t = std::time::Instant::now();
                 let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
-                let patch = rome.apply(&mut lm, &reqs)?;
+                let patch = editor.apply(&mut lm, &reqs)?;
                 let m = kedit_eval::evaluate(&lm, chunk)?;
                 if let Some(pf) = progress_file.as_mut() {
                     if self.sequential {
@@ -309,6 +311,7 @@ impl RunOnBackend for Edit {
             });
             if !self.sequential {
                 snapshot.clone().restore(&mut lm.model);
+                editor.reset();
             }
         }
         bar.finish_and_clear();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use kedit_editing::hparams::Hparams;
 use kedit_editing::Editor;
@@ -59,6 +59,13 @@ pub const METHODS: &[MethodInfo] = &[
         batch: true,
         sec_per_edit: 15.0,
         about: "PMET: MEMIT with attention and MLP targets optimised jointly, only the MLP written",
+        batch_only: false,
+    },
+    MethodInfo {
+        name: "alphaedit",
+        batch: true,
+        sec_per_edit: 25.0,
+        about: "AlphaEdit: MEMIT's targets, the update confined to the null space of C and kept off earlier edits' keys",
         batch_only: false,
     },
     MethodInfo {
@@ -134,6 +141,16 @@ fn build<B: Backend>(
             lm.model.config.num_layers,
         )
     };
+    // C at every edit layer of MEMIT, MEMIT-Merge, PMET and AlphaEdit.
+    let memit_stats = |hp: &MemitHparams| {
+        stats::load_or_compute_layers(
+            lm,
+            &hp.layers,
+            Path::new(stats::DEFAULT_CORPUS),
+            hp.mom2_n_samples.unwrap_or(100_000),
+            &fetch::cache_dir()?.join("stats"),
+        )
+    };
     let ft = |objective| -> Result<Box<dyn Editor<B>>> {
         let hp = load(hparams, FtHparams::smollm2)?;
         layers("layers", &hp.layers)?;
@@ -144,6 +161,14 @@ fn build<B: Backend>(
         "r-rome" => Variant::RRome,
         "ft-m" => return ft(Objective::TargetNew),
         "ft-l" => return ft(Objective::PromptLast),
+        "alphaedit" => {
+            let hp = load(hparams, MemitHparams::smollm2_alphaedit)?;
+            layers("layers", &hp.layers)?;
+            let m = memit_stats(&hp)?;
+            return Ok(Box::new(
+                kedit_locate_edit::alphaedit(hp, m).with_context(|| source(hparams))?,
+            ));
+        }
         "memit" | "memit-merge" | "pmet" => {
             let (hp, make): (_, fn(MemitHparams) -> Memit) = if name == "memit" {
                 (load(hparams, MemitHparams::smollm2)?, Memit::new)
@@ -159,13 +184,7 @@ fn build<B: Backend>(
                 )
             };
             layers("layers", &hp.layers)?;
-            let m = stats::load_or_compute_layers(
-                lm,
-                &hp.layers,
-                Path::new(stats::DEFAULT_CORPUS),
-                hp.mom2_n_samples.unwrap_or(100_000),
-                &fetch::cache_dir()?.join("stats"),
-            )?;
+            let m = memit_stats(&hp)?;
             return Ok(Box::new(make(hp).with_second_moments(m)));
         }
         "mend" => {
@@ -237,6 +256,7 @@ pub fn resolved_hparams(name: &str, hparams: Option<&Path>) -> Result<serde_json
         "rome" | "r-rome" => json(hparams, RomeHparams::smollm2),
         "memit" | "memit-merge" => json(hparams, MemitHparams::smollm2),
         "pmet" => json(hparams, MemitHparams::smollm2_pmet),
+        "alphaedit" => json(hparams, MemitHparams::smollm2_alphaedit),
         "ft-m" | "ft-l" => json(hparams, FtHparams::smollm2),
         "mend" => json(hparams, MendHparams::smollm2),
         "kn" => json(hparams, KnHparams::smollm2),

@@ -135,6 +135,42 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
 }
 
+/// AlphaEdit keeps the keys of a group's edits for the group's later edits; the benchmark puts
+/// the model back after each group and must reset the editor with it: a group's results are the
+/// same whether it runs after another group or alone (`--shard 2/2` runs only the second).
+#[test]
+fn a_stateful_editor_starts_every_group_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(
+        &h,
+        "alg_name: AlphaEdit\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 3\nv_lr: 0.5\n\
+v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_update_weight: 100\nmom2_n_samples: 3000\n\
+context_template_length_params: [[3, 2]]\nnullspace_threshold: 1.0e+3\nL2: 1.0e-4\n",
+    )
+    .unwrap();
+    let run = |out: &str, shard: Option<&str>| {
+        let out = dir.path().join(out);
+        let mut args = bench_args(h.to_str().unwrap(), out.to_str().unwrap(), "homogeneous");
+        args[8] = "2"; // --n 2
+        args[10] = "2"; // --groups 2
+        args.extend(["--method", "alphaedit"]);
+        if let Some(s) = shard {
+            args.extend(["--shard", s]);
+        }
+        let (ok, _, err) = common::kedit_with_home(&args, &dir.path().join("home"));
+        assert!(ok, "{err}");
+        only_jsonl(&out)
+            .lines()
+            .filter(|l| l.contains("\"group\":1,"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let after_group_0 = run("full", None);
+    assert_eq!(after_group_0.len(), 2, "group 1's two cases");
+    assert_eq!(run("alone", Some("2/2")), after_group_0);
+}
+
 #[test]
 fn bad_bench_input_is_one_line_and_keeps_results() {
     let dir = tempfile::tempdir().unwrap();

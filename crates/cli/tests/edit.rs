@@ -207,9 +207,12 @@ fn tiny_ft_hparams(dir: &std::path::Path) -> std::path::PathBuf {
 
 const MEMIT_HPARAMS: &str = "alg_name: MEMIT\nlayers: [0, 1]\nfact_token: subject_last\nv_num_grad_steps: 4\nv_lr: 0.5\n\
 v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_update_weight: 100\nmom2_n_samples: 3000\n\
-context_template_length_params: [[3, 2]]\n";
+context_template_length_params: [[3, 2]]\n\
+nullspace_threshold: 1.0e+3\nL2: 1.0e-4\n";
 
-/// MEMIT and PMET in batch on every family (statistics computed from the bundled corpus), and
+/// MEMIT, PMET and AlphaEdit (whose keys MEMIT and PMET ignore; a threshold above every
+/// eigenvalue of the random models' C, so that all of it is null space) in batch on every family
+/// (statistics computed from the bundled corpus), and
 /// `kedit keys --method memit` with a cosine matrix per edit layer.
 #[test]
 fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
@@ -219,7 +222,7 @@ fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
     std::fs::write(&r, REQUESTS).unwrap();
     for family in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
         let model = fixture(family);
-        for method in ["memit", "pmet"] {
+        for method in ["memit", "pmet", "alphaedit"] {
             let (ok, out, err) = kedit(&[
                 "edit",
                 "--model",
@@ -313,7 +316,7 @@ fn every_model_command_agrees(first: &str, second: &str) {
     for k in ["es", "ps", "ns"] {
         assert_eq!(a[k], b[k], "ROME summary.{k}: {first} {a} vs {second} {b}");
     }
-    for method in ["memit", "pmet"] {
+    for method in ["memit", "pmet", "alphaedit"] {
         let rq = r.to_str().unwrap();
         let hp = hm.to_str().unwrap();
         both(&[
@@ -724,7 +727,8 @@ fn sequential_edits_keep_each_edit_and_write_them_all() {
 /// A `kedit edit --report` run killed (SIGKILL) after its first case resumes when the same
 /// command runs again: the done case is not edited again, and the report and the patch equal an
 /// uninterrupted run's, one case at a time and `--sequential` (whose saved patches are applied
-/// on resume). A resume with other hyperparameters is refused, naming the one that differs.
+/// on resume, and, for AlphaEdit, replayed into the editor). A resume with other
+/// hyperparameters is refused, naming the one that differs.
 #[test]
 fn a_killed_edit_run_resumes_to_the_same_report() {
     let tmp = tempfile::tempdir().unwrap();
@@ -733,10 +737,22 @@ fn a_killed_edit_run_resumes_to_the_same_report() {
     let slow = HPARAMS
         .replace("v_num_grad_steps: 5", "v_num_grad_steps: 250")
         .replace("v_lr: 0.5", "v_lr: 0.01");
-    let hparams = tmp.path().join("h.yaml");
-    std::fs::write(&hparams, &slow).unwrap();
+    // AlphaEdit sequentially: a resumed run must replay the saved edits into the editor (their
+    // keys are kept for the later edits), or its later patches differ.
+    let slow_alphaedit = MEMIT_HPARAMS
+        .replace("v_num_grad_steps: 4", "v_num_grad_steps: 250")
+        .replace("v_lr: 0.5", "v_lr: 0.01");
     let model = fixture("tiny-llama");
-    for (m, mode) in [None, Some("--sequential")].into_iter().enumerate() {
+    for (m, (mode, method, slow)) in [
+        (None, "rome", &slow),
+        (Some("--sequential"), "rome", &slow),
+        (Some("--sequential"), "alphaedit", &slow_alphaedit),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let hparams = tmp.path().join(format!("h-{m}.yaml"));
+        std::fs::write(&hparams, slow).unwrap();
         let run = |name: &str, h: &std::path::Path| {
             let name = format!("{name}-{m}");
             let mut args: Vec<String> = [
@@ -747,6 +763,8 @@ fn a_killed_edit_run_resumes_to_the_same_report() {
                 requests.to_str().unwrap(),
                 "--hparams",
                 h.to_str().unwrap(),
+                "--method",
+                method,
             ]
             .map(String::from)
             .to_vec();
@@ -807,7 +825,10 @@ fn a_killed_edit_run_resumes_to_the_same_report() {
         });
         let w: Vec<&str> = wrong.iter().map(String::as_str).collect();
         let (ok, _, err) = kedit(&w);
-        assert!(!ok && err.contains("v_weight_decay"), "{mode:?}: {err}");
+        assert!(
+            !ok && err.contains("v_weight_decay"),
+            "{mode:?} {method}: {err}"
+        );
 
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, _, err) = common::kedit_with_env(&a, tmp.path(), &[("RUST_LOG", "info")]);
@@ -819,11 +840,11 @@ fn a_killed_edit_run_resumes_to_the_same_report() {
         assert_eq!(
             read_report(&report),
             read_report(&full_report),
-            "{mode:?}: report"
+            "{mode:?} {method}: report"
         );
         assert!(
             std::fs::read(&patch).unwrap() == std::fs::read(&full_patch).unwrap(),
-            "{mode:?}: patch"
+            "{mode:?} {method}: patch"
         );
         assert!(
             !progress.exists(),

@@ -67,6 +67,20 @@ pub trait Editor<B: Backend> {
         Ok(())
     }
 
+    /// The model was put back as it was when the editor was prepared: forget what earlier edits
+    /// left in the editor (AlphaEdit's preserved keys), so the next edit is made as the first.
+    fn reset(&mut self) {}
+
+    /// A patch this editor made earlier for `requests` was just applied to `lm` instead of
+    /// editing again (a resumed sequential run): keep from it what `apply` would have kept.
+    fn replay(
+        &mut self,
+        _model: &kedit_models::LanguageModel<B>,
+        _requests: &[EditRequest],
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// The keys the method writes `request` under at each edited layer, `(layer, key)` (the MLP
     /// key at the subject's last token, for locate-then-edit methods), read on the model as it
     /// is; empty for methods without keys.

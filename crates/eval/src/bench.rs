@@ -235,6 +235,7 @@ pub fn run_plan<B: Backend>(
         let owned: Vec<EditCase> = group.iter().map(|c| (*c).clone()).collect();
         let metrics = crate::evaluate(lm, &owned)?;
         snapshot.clone().restore(&mut lm.model);
+        editor.reset();
         for s in missing {
             let c = group[s];
             results.append(ResultLine {

@@ -69,7 +69,7 @@ impl Hparams for RomeHparams {
     }
 }
 
-/// MEMIT and PMET hyperparameters under EasyEdit's key names (both methods' YAML files load).
+/// MEMIT, PMET and AlphaEdit hyperparameters under EasyEdit's key names (their YAML files load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemitHparams {
@@ -112,6 +112,15 @@ pub struct MemitHparams {
     /// configs write only it).
     #[serde(default)]
     pub rewrite_module_tmps: Option<Vec<String>>,
+    /// AlphaEdit: the eigenvalues of C below this span the null space its updates are confined
+    /// to (EasyEdit's key; 2e-2 in every released file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nullspace_threshold: Option<f64>,
+    /// AlphaEdit: α, the ridge of its solve (EasyEdit's key `L2`). Both AlphaEdit keys are left
+    /// out of the JSON a results file records when absent, so MEMIT's and PMET's runs recorded
+    /// before they existed still resume.
+    #[serde(default, rename = "L2", skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
 }
 
 fn memit_templates() -> Vec<[usize; 2]> {
@@ -127,6 +136,11 @@ impl MemitHparams {
     /// PMET's defaults for SmolLM2-135M (see hparams/pmet-smollm2.yaml).
     pub fn smollm2_pmet() -> Self {
         bundled!("pmet-smollm2.yaml")
+    }
+
+    /// AlphaEdit's defaults for SmolLM2-135M (see hparams/alphaedit-smollm2.yaml).
+    pub fn smollm2_alphaedit() -> Self {
+        bundled!("alphaedit-smollm2.yaml")
     }
 
     /// `fact_token`, checked when the file was read.

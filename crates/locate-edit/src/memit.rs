@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, LayerKeys, Matrix, Patch, PatchEntry};
 use kedit_models::{LanguageModel, Site};
 
+use crate::alphaedit::NullSpace;
 use crate::hparams::MemitHparams;
 use crate::kv::{at_lookup, norm, request_keys, template_prompts, Average, Prompt};
 use crate::solve;
@@ -33,6 +34,9 @@ pub struct Flavor {
     pub spread: fn(layers_left: usize) -> f64,
     /// One target offset for all of a batch's requests about one subject (MEMIT-Merge).
     pub merge_subjects: bool,
+    /// AlphaEdit's update: in the null space of C, sparing earlier edits' keys, instead of
+    /// MEMIT's `(λC + K Kᵀ)⁻¹` ([`crate::alphaedit`]).
+    pub null_space: bool,
 }
 
 /// MEMIT: z on the residual stream, residual divided evenly over the layers left.
@@ -43,6 +47,7 @@ pub const MEMIT: Flavor = Flavor {
     adaptive: false,
     spread: |left| left as f64,
     merge_subjects: false,
+    null_space: false,
 };
 
 pub struct Memit {
@@ -51,6 +56,8 @@ pub struct Memit {
     templates: TemplateCache,
     /// `C` of every edit layer, in `hparams.layers` order.
     mom2: Vec<SecondMoment>,
+    /// AlphaEdit: each edit layer's null space of C and the keys written there so far.
+    null_spaces: Vec<NullSpace>,
     /// Seconds the last `apply` spent on the targets and on the layer updates (for benchmarks).
     pub last_timing: Option<(f64, f64)>,
 }
@@ -66,6 +73,7 @@ impl Memit {
             flavor,
             templates: TemplateCache::default(),
             mom2: Vec::new(),
+            null_spaces: Vec::new(),
             last_timing: None,
         }
     }
@@ -73,6 +81,12 @@ impl Memit {
     /// Supply `C` for every edit layer (`stats::load_or_compute_layers`; `kedit edit` loads them).
     pub fn with_second_moments(mut self, mom2: Vec<SecondMoment>) -> Self {
         self.mom2 = mom2;
+        self
+    }
+
+    /// Supply the null spaces of every edit layer (`alphaedit::alphaedit` does).
+    pub fn with_null_spaces(mut self, spaces: Vec<NullSpace>) -> Self {
+        self.null_spaces = spaces;
         self
     }
 
@@ -89,6 +103,9 @@ impl Memit {
                 self.flavor.name,
                 h.layers
             );
+        }
+        if self.flavor.null_space && self.null_spaces.len() != h.layers.len() {
+            bail!("alphaedit needs the null space of every edit layer (alphaedit::alphaedit)");
         }
         Ok(())
     }
@@ -263,7 +280,12 @@ impl Memit {
                         .collect()
                 })
                 .collect();
-            let delta = solve::update(&self.mom2[i], h.mom2_update_weight, &keys, &resid)?;
+            let delta = if self.flavor.null_space {
+                let l2 = h.l2.expect("checked by alphaedit::alphaedit");
+                self.null_spaces[i].update(l2, &keys, &resid)?
+            } else {
+                solve::update(&self.mom2[i], h.mom2_update_weight, &keys, &resid)?
+            };
             let entry = PatchEntry {
                 layer,
                 matrix: Matrix::MlpOut,
@@ -288,8 +310,25 @@ impl Memit {
                 self.flavor.name
             );
         }
+        if self.flavor.null_space {
+            self.preserve_keys(lm, &prompts)?;
+        }
         self.last_timing = Some((targets_s, started.elapsed().as_secs_f64() - targets_s));
         Ok(entries)
+    }
+
+    /// AlphaEdit: add the requests' keys, read on the model as it is now (after their edit, as
+    /// AlphaEdit reads them), to each layer's preserved keys.
+    fn preserve_keys<B: Backend>(
+        &mut self,
+        lm: &LanguageModel<B>,
+        prompts: &[Vec<Vec<Prompt>>],
+    ) -> Result<()> {
+        for (i, &layer) in self.hparams.layers.iter().enumerate() {
+            let (keys, _) = request_keys(lm, layer, prompts, Average::ByGroup);
+            self.null_spaces[i].preserve(&keys)?;
+        }
+        Ok(())
     }
 }
 
@@ -327,5 +366,17 @@ impl<B: Backend> Editor<B> for Memit {
 
     fn layer_keys(&mut self, lm: &LanguageModel<B>, request: &EditRequest) -> Result<LayerKeys> {
         Memit::layer_keys(self, lm, request)
+    }
+
+    fn reset(&mut self) {
+        self.null_spaces.iter_mut().for_each(NullSpace::forget);
+    }
+
+    fn replay(&mut self, lm: &LanguageModel<B>, requests: &[EditRequest]) -> Result<()> {
+        if self.flavor.null_space && !requests.is_empty() {
+            let prompts = self.prompts(lm, requests)?;
+            self.preserve_keys(lm, &prompts)?;
+        }
+        Ok(())
     }
 }

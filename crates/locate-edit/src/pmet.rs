@@ -15,6 +15,7 @@ pub const PMET: Flavor = Flavor {
     adaptive: true,
     spread: |left| (left as f64).sqrt(),
     merge_subjects: false,
+    null_space: false,
 };
 
 /// A PMET editor (a [`Memit`] with PMET's flavour).
