@@ -492,13 +492,14 @@ fn profile(name: &str) -> Result<Profile> {
         },
         // The study's central contrast with intervals narrow enough to read on a laptop: two
         // locate-then-edit methods (ROME, MEMIT) against a fine-tuning and a hypernetwork editor
-        // (FT-M, MEND), sequential, N = 3 (EasyEdit's ROME showed SD ≈ −19 at N = 3 on this
+        // (FT-M, MEND), and AlphaEdit, the locate-then-edit method built to spare its earlier
+        // edits, sequential, N = 3 (EasyEdit's ROME showed SD ≈ −19 at N = 3 on this
         // model, paper.md §9; at N = 2 the default profile's 3 pairs leave every interval
         // reaching 0), 12 matched group pairs per cell. About an hour on a 2-core CPU (61 min
         // in two pieces, benchmarks/README.md).
         "contrast" => Profile {
             name: "contrast",
-            methods: Some(&["rome", "memit", "ft-m", "mend"]),
+            methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             series: main_series(vec![3]),
             groups: 12,
@@ -514,7 +515,7 @@ fn profile(name: &str) -> Result<Profile> {
         // 48-50 min, MEMIT's 42-44, FT-M's 11, MEND's 1; benchmarks/README.md, "N = 8").
         "deep" => Profile {
             name: "deep",
-            methods: Some(&["rome", "memit", "ft-m", "mend"]),
+            methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             series: vec![Series {
                 data: DEEP_DATA,

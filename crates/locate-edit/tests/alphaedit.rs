@@ -3,20 +3,16 @@
 //! spared until the editor is reset, a resumed run's replay leaves the editor as the edit did,
 //! and its hyperparameters are checked with one-line errors.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::tensor::backend::Backend;
+use common::{logits, r, requests, tiny_on};
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::alphaedit::NullSpace;
 use kedit_locate_edit::stats::{self, SecondMoment};
 use kedit_locate_edit::{alphaedit, Memit, MemitHparams};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel};
-
-fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, device).unwrap()
-}
 
 /// C at layer 0 of the tiny Llama from 2000 tokens of the bundled corpus.
 fn moments<B: Backend>(lm: &LanguageModel<B>) -> Vec<SecondMoment> {
@@ -61,23 +57,6 @@ fn editor<B: Backend>(lm: &LanguageModel<B>) -> Memit {
     ed
 }
 
-fn r(prompt: &str, subject: &str, new: &str, old: &str) -> EditRequest {
-    EditRequest {
-        prompt: prompt.into(),
-        subject: subject.into(),
-        relation: "P0".into(),
-        target_new: new.into(),
-        target_true: old.into(),
-    }
-}
-
-fn requests() -> Vec<EditRequest> {
-    vec![
-        r("The capital of {} is", "France", "Rome", "Paris"),
-        r("{} plays the", "Toko Yasuda", "piano", "guitar"),
-    ]
-}
-
 /// NLL of `target_new` after each request's full prompt.
 fn nll_new<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<f32> {
     reqs.iter()
@@ -86,11 +65,6 @@ fn nll_new<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<f32> 
             lm.score(&[(&p, &format!(" {}", r.target_new))]).unwrap()[0].mean_nll()
         })
         .collect()
-}
-
-fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<f32> {
-    let ids = lm.encode("The capital of France is").unwrap();
-    lm.next_token_logits(&[ids]).into_data().to_vec().unwrap()
 }
 
 // NLL movements of ≥ 0.1 nats and bit-equality on one backend: they hold on every backend.

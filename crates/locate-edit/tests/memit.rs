@@ -2,9 +2,12 @@
 //! edit on the tiny random Llama (targets reached, one entry per layer, reproducible patch,
 //! deterministic); MEMIT-Merge's one offset per subject.
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
+use common::{logits, r, requests, tiny_on};
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::kv::{at_lookup, request_keys, template_prompts, Average, FactToken};
 use kedit_locate_edit::solve::solve_keys;
@@ -116,11 +119,6 @@ fn tiny() -> LanguageModel<Cpu> {
     tiny_on(&Default::default())
 }
 
-fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, device).unwrap()
-}
-
 fn hparams() -> MemitHparams {
     let mut h = MemitHparams::smollm2();
     h.layers = vec![0, 1];
@@ -140,23 +138,6 @@ fn identity_moments<B: Backend>(lm: &LanguageModel<B>, layers: &[usize]) -> Vec<
         .collect()
 }
 
-fn r(prompt: &str, subject: &str, new: &str, old: &str) -> EditRequest {
-    EditRequest {
-        prompt: prompt.into(),
-        subject: subject.into(),
-        relation: "P0".into(),
-        target_new: new.into(),
-        target_true: old.into(),
-    }
-}
-
-fn requests() -> Vec<EditRequest> {
-    vec![
-        r("The capital of {} is", "France", "Rome", "Paris"),
-        r("{} plays the", "Toko Yasuda", "piano", "guitar"),
-    ]
-}
-
 /// (NLL of target_new, NLL of target_true) after the full prompt of each request. (The random
 /// model's outputs move little and not always away from the true target, so the tests ask for
 /// the new target's NLL to fall.)
@@ -173,11 +154,6 @@ fn margins<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<[f32;
             [s[0].mean_nll(), s[1].mean_nll()]
         })
         .collect()
-}
-
-fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<f32> {
-    let ids = lm.encode("The capital of France is").unwrap();
-    lm.next_token_logits(&[ids]).into_data().to_vec().unwrap()
 }
 
 /// The tiny model has two layers, and z at the last layer of the stack cannot reach a later
