@@ -495,8 +495,8 @@ fn profile(name: &str) -> Result<Profile> {
         // (FT-M, MEND), and AlphaEdit, the locate-then-edit method built to spare its earlier
         // edits, sequential, N = 3 (EasyEdit's ROME showed SD ≈ −19 at N = 3 on this
         // model, paper.md §9; at N = 2 the default profile's 3 pairs leave every interval
-        // reaching 0), 12 matched group pairs per cell. About an hour on a 2-core CPU (61 min
-        // in two pieces, benchmarks/README.md).
+        // reaching 0), 12 matched group pairs per cell. About 70 minutes on a 2-core CPU (61 min
+        // in two pieces, then AlphaEdit's cells 7 min by resuming; benchmarks/README.md).
         "contrast" => Profile {
             name: "contrast",
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
@@ -511,8 +511,9 @@ fn profile(name: &str) -> Result<Profile> {
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
-        // per cell. About 1.7 hours on a 2-core CPU, two cells at a time (measured: ROME's cells
-        // 48-50 min, MEMIT's 42-44, FT-M's 11, MEND's 1; benchmarks/README.md, "N = 8").
+        // per cell. About 2 hours on a 2-core CPU, two cells at a time (measured: ROME's cells
+        // 48-50 min, MEMIT's 42-44 (test build), AlphaEdit's 11-12 (release), FT-M's 11, MEND's
+        // 1; benchmarks/README.md, "N = 8" and "AlphaEdit").
         "deep" => Profile {
             name: "deep",
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
