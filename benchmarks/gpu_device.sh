@@ -121,7 +121,7 @@ bench() { # $1: model; $2: MEMIT batch
 }
 smollm2_tests=(smollm2 rome_smollm2)
 # The model substrate first, the CLI (many processes) last: what a short call reaches is the core.
-tiny_first=(tiny_llama families prefix presplit patch rome_tiny memit stats ft_tiny kn_tiny mend_tiny)
+tiny_first=(tiny_llama families prefix presplit patch rome_tiny memit alphaedit stats ft_tiny kn_tiny mend_tiny)
 for phase in "$@"; do
     echo "=== $phase ($(date -u +%T))"
     case $phase in

@@ -70,6 +70,7 @@ const CUDA_TESTS: &[&str] = &[
     "rome_tiny",
     "rome_smollm2",
     "memit",
+    "alphaedit",
     "stats",
     "ft_tiny",
     "mend_tiny",
@@ -1075,7 +1076,7 @@ mod tests {
 
     #[test]
     fn a_profile_naming_an_unregistered_method_is_an_error() {
-        let registered: Vec<serde_json::Value> = ["rome", "memit", "ft-m"]
+        let registered: Vec<serde_json::Value> = ["rome", "memit", "alphaedit", "ft-m"]
             .iter()
             .map(|n| serde_json::json!({ "name": n }))
             .collect();
