@@ -196,6 +196,15 @@ mom2_adjustment: true\nmom2_update_weight: 15000\nrewrite_module_tmp: \"model.la
 mom2_dataset: \"wikipedia\"\nmom2_n_samples: 100000\nmom2_dtype: \"float32\"\nnullspace_threshold: 2e-2\nL2: 1\n";
     let h = MemitHparams::from_yaml_str(yaml, "llama3-8b.yaml").unwrap();
     assert_eq!((h.nullspace_threshold, h.l2), (Some(2e-2), Some(1.0)));
+    // What a results file records for MEMIT and PMET has no AlphaEdit keys, as before they
+    // existed (so their recorded runs still resume); AlphaEdit's has both.
+    let keys = |h: MemitHparams| {
+        let v = serde_json::to_value(h).unwrap();
+        ["nullspace_threshold", "L2"].map(|k| v.get(k).is_some())
+    };
+    assert_eq!(keys(MemitHparams::smollm2()), [false, false]);
+    assert_eq!(keys(MemitHparams::smollm2_pmet()), [false, false]);
+    assert_eq!(keys(MemitHparams::smollm2_alphaedit()), [true, true]);
 }
 
 /// The null space of a C with known eigenvalues has the expected dimension.
