@@ -6,7 +6,7 @@
 mod common;
 
 use burn::tensor::backend::Backend;
-use common::{logits, r, requests, tiny_on};
+use common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::alphaedit::NullSpace;
 use kedit_locate_edit::stats::{self, SecondMoment};
@@ -97,12 +97,7 @@ fn batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
     );
 
     // The saved patch gives the edited model bit for bit; the same inputs give the same patch.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.safetensors");
-    patch.save(&file).unwrap();
-    let mut fresh = tiny_on::<B>(device);
-    Patch::load(&file).unwrap().apply(&mut fresh.model).unwrap();
-    assert_eq!(logits(&fresh), logits(&lm));
+    assert_saved_patch_is_the_edit(&patch, &lm, device);
     let mut lm2 = tiny_on::<B>(device);
     assert!(
         editor(&lm2).apply(&mut lm2, &reqs).unwrap() == patch,

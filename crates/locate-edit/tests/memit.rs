@@ -7,8 +7,8 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use common::{logits, r, requests, tiny_on};
-use kedit_editing::{EditRequest, Editor, Patch};
+use common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
+use kedit_editing::{EditRequest, Editor};
 use kedit_locate_edit::kv::{at_lookup, request_keys, template_prompts, Average, FactToken};
 use kedit_locate_edit::solve::solve_keys;
 use kedit_locate_edit::stats::SecondMoment;
@@ -183,12 +183,7 @@ fn check_batch_edit<B: Backend>(make: fn(MemitHparams) -> Memit, device: &B::Dev
     assert_eq!(layers, h.layers, "one MLP delta per edit layer");
 
     // The saved patch on a fresh model gives the edited model's logits bit for bit.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.safetensors");
-    patch.save(&file).unwrap();
-    let mut fresh = tiny_on::<B>(device);
-    Patch::load(&file).unwrap().apply(&mut fresh.model).unwrap();
-    assert_eq!(logits(&fresh), logits(&lm));
+    assert_saved_patch_is_the_edit(&patch, &lm, device);
 
     // Same inputs and seed: the same patch.
     let mut lm2 = tiny_on::<B>(device);

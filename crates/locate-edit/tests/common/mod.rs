@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use kedit_editing::EditRequest;
+use kedit_editing::{EditRequest, Patch};
 use kedit_models::LanguageModel;
 
 pub fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
@@ -33,4 +33,18 @@ pub fn requests() -> Vec<EditRequest> {
 pub fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<f32> {
     let ids = lm.encode("The capital of France is").unwrap();
     lm.next_token_logits(&[ids]).into_data().to_vec().unwrap()
+}
+
+/// The patch, saved and loaded onto a fresh tiny model, gives `lm`'s logits bit for bit.
+pub fn assert_saved_patch_is_the_edit<B: Backend>(
+    patch: &Patch,
+    lm: &LanguageModel<B>,
+    device: &B::Device,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.safetensors");
+    patch.save(&file).unwrap();
+    let mut fresh = tiny_on::<B>(device);
+    Patch::load(&file).unwrap().apply(&mut fresh.model).unwrap();
+    assert_eq!(logits(&fresh), logits(lm));
 }
