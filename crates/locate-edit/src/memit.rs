@@ -2,7 +2,9 @@
 //! A target z per request at the last edit layer; then, layer by layer on the partly edited
 //! model, the residual between z and what the model now gives is divided among the layers left
 //! and written with one f64 least-squares update per layer ([`crate::solve`]). PMET is the same
-//! procedure with another target and spread ([`crate::pmet`]), so both run through [`Memit`].
+//! procedure with another target and spread ([`crate::pmet`]), MEMIT-Merge with targets shared
+//! by subject ([`crate::memit_merge`]), AlphaEdit with another update ([`crate::alphaedit`]), so
+//! all run through [`Memit`].
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
