@@ -111,6 +111,45 @@ fn edit_and_keys(family: &str) {
     );
 }
 
+/// Two prompts that begin with the same subject give one key (the model has not read the
+/// relation yet; up to rounding), and `kedit keys` counts such pairs. On SmolLM2: the tiny random
+/// models' keys at a subject barely depend on the context before it.
+#[test]
+fn keys_of_prompts_that_begin_with_the_subject_are_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    let bundled = include_str!("../../locate-edit/hparams/rome-smollm2.yaml");
+    assert!(bundled.contains("mom2_adjustment: true"));
+    // The key is read before C⁻¹ is applied: no statistics needed.
+    std::fs::write(
+        &h,
+        bundled.replace("mom2_adjustment: true", "mom2_adjustment: false"),
+    )
+    .unwrap();
+    let r = dir.path().join("r.json");
+    // Paris: both prompts begin with the subject. France: the relation comes first in one.
+    std::fs::write(
+        &r,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "{} is the capital of", "subject": "Paris", "target_new": "Italy", "target_true": "France"}},
+            {"case_id": 2, "requested_rewrite": {"prompt": "{} is famous for its", "subject": "Paris", "target_new": "beaches", "target_true": "museums"}},
+            {"case_id": 3, "requested_rewrite": {"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome", "target_true": "Paris"}},
+            {"case_id": 4, "requested_rewrite": {"prompt": "{} is located in", "subject": "France", "target_new": "Asia", "target_true": "Europe"}}]"#,
+    )
+    .unwrap();
+    let model = kedit_models::fetch::smollm2().expect("fetch the default model");
+    let (ok, out, err) = kedit(&[
+        "keys",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        r.to_str().unwrap(),
+        "--hparams",
+        h.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(2 pairs, 1 with identical keys)"), "{out}");
+}
+
 #[test]
 fn unknown_hparams_key_and_bad_request_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
