@@ -240,6 +240,7 @@ impl RunOnBackend for Edit {
         // batch was edited on the model those left.
         let mut resuming = true;
         for (i, chunk) in cases.chunks(size).enumerate() {
+            let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
             let saved: Option<Vec<kedit_eval::CaseMetrics>> = progress_file
                 .as_ref()
                 .filter(|_| resuming || !self.sequential)
@@ -260,7 +261,6 @@ impl RunOnBackend for Edit {
                         )
                     })?;
                     patch.apply(&mut lm.model)?;
-                    let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
                     editor.replay(&lm, &reqs)?;
                     patch
                 } else if i + 1 == batches && self.patch_out.is_some() {
@@ -272,7 +272,6 @@ impl RunOnBackend for Edit {
             } else {
                 resuming = false;
                 let t = std::time::Instant::now();
-                let reqs: Vec<_> = chunk.iter().map(|c| c.request.clone()).collect();
                 let patch = editor.apply(&mut lm, &reqs)?;
                 let m = kedit_eval::evaluate(&lm, chunk)?;
                 if let Some(pf) = progress_file.as_mut() {

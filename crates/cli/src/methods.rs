@@ -168,7 +168,7 @@ fn build<B: Backend>(
             layers("layers", &hp.layers)?;
             let m = memit_stats(&hp)?;
             return Ok(Box::new(
-                kedit_locate_edit::alphaedit(hp, m).with_context(|| source(hparams))?,
+                kedit_locate_edit::alphaedit(hp, &m).with_context(|| source(hparams))?,
             ));
         }
         "memit" | "memit-merge" | "pmet" => {

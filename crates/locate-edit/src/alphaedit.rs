@@ -32,7 +32,7 @@ pub const ALPHAEDIT: Flavor = Flavor {
 
 /// An AlphaEdit editor for the edit layers' `C` (in `hparams.layers` order): the null space of
 /// each is found now (one symmetric eigendecomposition per layer, f64).
-pub fn alphaedit(hparams: MemitHparams, mom2: Vec<SecondMoment>) -> Result<Memit> {
+pub fn alphaedit(hparams: MemitHparams, mom2: &[SecondMoment]) -> Result<Memit> {
     let threshold = hparams
         .nullspace_threshold
         .context("field `nullspace_threshold`: AlphaEdit needs it (EasyEdit's value: 2e-2)")?;
@@ -65,14 +65,15 @@ pub fn alphaedit(hparams: MemitHparams, mom2: Vec<SecondMoment>) -> Result<Memit
             Ok(ns)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Memit::with_flavor(hparams, &ALPHAEDIT)
-        .with_second_moments(mom2)
-        .with_null_spaces(spaces))
+    // C itself is not kept: the update reads only the null spaces (at 7B, five layers' C would
+    // hold 4.8 GB for nothing).
+    Ok(Memit::with_flavor(hparams, &ALPHAEDIT).with_null_spaces(spaces))
 }
 
 /// One edit layer's null space and the keys earlier edits wrote there.
 #[derive(Debug, Clone)]
 pub struct NullSpace {
+    pub layer: usize,
     /// `U`, `d × r`: orthonormal eigenvectors of `C` whose eigenvalues are below the threshold.
     basis: Mat<f64>,
     /// `Uᵀ K_p K_pᵀ U` (`r × r`) over the keys of every edit since the editor was made or reset.
@@ -97,6 +98,7 @@ impl NullSpace {
         let basis = Mat::<f64>::from_fn(d, kept.len(), |i, j| u[(i, kept[j])]);
         let r = kept.len();
         Ok(Self {
+            layer: c.layer,
             basis,
             preserved: Mat::zeros(r, r),
             smallest: (0..d).map(|i| s[i]).fold(f64::INFINITY, f64::min),

@@ -56,7 +56,7 @@ pub struct Memit {
     pub hparams: MemitHparams,
     pub flavor: &'static Flavor,
     templates: TemplateCache,
-    /// `C` of every edit layer, in `hparams.layers` order.
+    /// `C` of every edit layer, in `hparams.layers` order (not kept by AlphaEdit).
     mom2: Vec<SecondMoment>,
     /// AlphaEdit: each edit layer's null space of C and the keys written there so far.
     null_spaces: Vec<NullSpace>,
@@ -98,16 +98,26 @@ impl Memit {
         if let Some(l) = h.layers.iter().find(|&&l| l >= n) {
             bail!("hparams field `layers`: layer {l} but the model has {n}");
         }
-        let have: Vec<usize> = self.mom2.iter().map(|m| m.layer).collect();
+        // AlphaEdit's update reads only the null spaces, which it keeps instead of C.
+        let (have, what, hint): (Vec<usize>, _, _) = if self.flavor.null_space {
+            (
+                self.null_spaces.iter().map(|s| s.layer).collect(),
+                "null space of C",
+                "alphaedit::alphaedit",
+            )
+        } else {
+            (
+                self.mom2.iter().map(|m| m.layer).collect(),
+                "second moment",
+                "Memit::with_second_moments; `kedit edit` loads them",
+            )
+        };
         if have != h.layers {
             bail!(
-                "{} needs the second moment of layers {:?}, has {have:?} (Memit::with_second_moments; `kedit edit` loads them)",
+                "{} needs the {what} of layers {:?}, has {have:?} ({hint})",
                 self.flavor.name,
                 h.layers
             );
-        }
-        if self.flavor.null_space && self.null_spaces.len() != h.layers.len() {
-            bail!("alphaedit needs the null space of every edit layer (alphaedit::alphaedit)");
         }
         Ok(())
     }
@@ -291,7 +301,7 @@ impl Memit {
             let entry = PatchEntry {
                 layer,
                 matrix: Matrix::MlpOut,
-                shape: [self.mom2[i].dim, zs[0].len()],
+                shape: [keys[0].len(), zs[0].len()],
                 delta,
             };
             tracing::debug!(layer, "{} layer written", self.flavor.name);

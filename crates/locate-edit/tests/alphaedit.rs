@@ -52,7 +52,7 @@ fn hparams(c: &SecondMoment) -> MemitHparams {
 /// An AlphaEdit editor with its context templates taken from `lm` now, as `kedit` makes them.
 fn editor<B: Backend>(lm: &LanguageModel<B>) -> Memit {
     let m = moments(lm);
-    let mut ed = alphaedit(hparams(&m[0]), m).unwrap();
+    let mut ed = alphaedit(hparams(&m[0]), &m).unwrap();
     Editor::<B>::prepare(&mut ed, lm).unwrap();
     ed
 }
@@ -180,7 +180,7 @@ fn alphaedit_hparams_are_checked() {
     for (spoil, field) in cases {
         let mut bad = h.clone();
         spoil(&mut bad);
-        let e = format!("{:#}", alphaedit(bad, m.clone()).err().expect("refused"));
+        let e = format!("{:#}", alphaedit(bad, &m).err().expect("refused"));
         assert!(e.contains(field) && !e.contains('\n'), "{e}");
     }
     // EasyEdit's key names load (values of its llama3-8b AlphaEdit file).
