@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|contrast|deep|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
+//! - `bench-all [--profile smoke|default|contrast|deep|curve|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
@@ -433,6 +433,11 @@ struct Series {
     /// Appended to the method's name as the cells' `--label` where a profile runs one method on
     /// two datasets into one runs folder (run files and report rows are named by label).
     suffix: &'static str,
+    /// Sequential cells run once, at the largest N, with `--curve` (scored after every edit:
+    /// every smaller N from the same groups); batch cells still run each N. Only where every
+    /// subject of the data has the largest N's records, so that each N draws on the same subjects
+    /// as a run of that N would.
+    curve: bool,
 }
 
 const MAIN_DATA: &str = "fixtures/s2rke-wikidata.json";
@@ -444,6 +449,7 @@ fn main_series(ns: Vec<usize>) -> Vec<Series> {
         data: MAIN_DATA,
         ns,
         suffix: "",
+        curve: false,
     }]
 }
 
@@ -523,15 +529,36 @@ fn profile(name: &str) -> Result<Profile> {
                 data: DEEP_DATA,
                 ns: vec![8],
                 suffix: "",
+                curve: false,
             }],
             groups: 8,
             hparams: &[],
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
+        // The paper's figure, SD against N (fig4), for the same five methods on the deep set: N = 1
+        // to 8 from one sequential run of N = 8 per cell (`--curve`: every group scored after
+        // each of its edits), 8 matched group pairs, the same groups as `deep`'s. About the time
+        // of `deep` (the scoring after each edit adds ~10 %).
+        "curve" => Profile {
+            name: "curve",
+            methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
+            batch: false,
+            series: vec![Series {
+                data: DEEP_DATA,
+                ns: vec![8],
+                suffix: "",
+                curve: true,
+            }],
+            groups: 8,
+            hparams: &[],
+            speed: 1.4,
+            mend_minutes: MEND_TRAIN_MINUTES,
+        },
         // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
-        // subjects there), and N = 2..8 on the deep set, so that one curve over N runs on the
-        // same subjects to the paper's largest N.
+        // subjects there, so each N has its own run), and N = 2..8 on the deep set, so that one
+        // curve over N runs on the same subjects to the paper's largest N (sequential: one
+        // `--curve` run of N = 8; batch: a run per N).
         "paper" => Profile {
             name: "paper",
             methods: None,
@@ -541,11 +568,13 @@ fn profile(name: &str) -> Result<Profile> {
                     data: MAIN_DATA,
                     ns: (2..=7).collect(),
                     suffix: "",
+                    curve: false,
                 },
                 Series {
                     data: DEEP_DATA,
                     ns: (2..=8).collect(),
                     suffix: "-deep",
+                    curve: true,
                 },
             ],
             groups: 40,
@@ -553,7 +582,9 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
-        other => bail!("--profile {other}: expected smoke, default, contrast, deep or paper"),
+        other => {
+            bail!("--profile {other}: expected smoke, default, contrast, deep, curve or paper")
+        }
     })
 }
 
@@ -600,6 +631,21 @@ fn check_methods(p: &Profile, registered: &[serde_json::Value]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cells of one strategy: (series, N, `--curve`). A curve series' sequential cells are one
+/// run at its largest N.
+fn cells<'a>(series: &'a [Series], strategy: &str) -> Vec<(&'a Series, usize, bool)> {
+    series
+        .iter()
+        .flat_map(|s| {
+            let top = s.ns.iter().copied().max().unwrap_or(0);
+            s.ns.iter().filter_map(move |&n| match (s.curve, strategy) {
+                (true, "sequential") => (n == top).then_some((s, n, true)),
+                _ => Some((s, n, false)),
+            })
+        })
+        .collect()
 }
 
 fn bench_all(
@@ -710,13 +756,9 @@ fn bench_all(
     let mend_train = with_mend.then_some(0);
     let mut runs = Vec::new();
     let mut edits = 0;
-    let cells = p
-        .series
-        .iter()
-        .flat_map(|series| series.ns.iter().map(move |n| (series, *n)));
     for (m, strategies, sec) in &methods {
         for s in strategies {
-            for (series, n) in cells.clone() {
+            for (series, n, curve) in cells(&p.series, s) {
                 for order in ["homogeneous", "heterogeneous"] {
                     let mut args: Vec<std::ffi::OsString> = vec![
                         "bench".into(),
@@ -739,6 +781,9 @@ fn bench_all(
                         "--seed".into(),
                         "0".into(),
                     ];
+                    if curve {
+                        args.push("--curve".into());
+                    }
                     if let Some(h) = hparams_of(m) {
                         args.extend(["--hparams".into(), h.into()]);
                     }
@@ -746,7 +791,11 @@ fn bench_all(
                         args.extend(["--label".into(), format!("{m}{}", series.suffix).into()]);
                     }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
-                    let label = format!("{m}{} {s} {order} N={n}", series.suffix);
+                    let label = format!(
+                        "{m}{} {s} {order} N={n}{}",
+                        series.suffix,
+                        if curve { " curve" } else { "" }
+                    );
                     edits += n * p.groups;
                     runs.push(jobs::Job {
                         log: logs_dir.join(format!("{}.log", label.replace([' ', '='], "-"))),
@@ -756,7 +805,8 @@ fn bench_all(
                         cwd: root.clone(),
                         env: env.clone(),
                         after: if m == "mend" { mend_train } else { None },
-                        // Each run also loads the model and scores the groups: ~8 s.
+                        // Each run also loads the model and scores the groups: ~8 s (a curve
+                        // scores N times as often: in `speed`).
                         estimate_s: (n * p.groups) as f64 * sec * p.speed + 8.0,
                     });
                 }
@@ -777,7 +827,12 @@ fn bench_all(
         methods.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "),
         p.series
             .iter()
-            .map(|s| format!("N = {:?} on {}", s.ns, s.data))
+            .map(|s| format!(
+                "N = {:?}{} on {}",
+                s.ns,
+                if s.curve { " (sequential: a curve)" } else { "" },
+                s.data
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         p.groups,
@@ -827,7 +882,8 @@ enum Chore {
     )]
     BenchAll {
         /// smoke: the pipeline in minutes (CI); default: every method, N = 2, 3 group pairs
-        /// (≤ 30 min on 2 cores); contrast, deep, paper: larger (benchmarks/README.md)
+        /// (≤ 30 min on 2 cores); contrast, deep, curve (SD against N = 1..8), paper: larger
+        /// (benchmarks/README.md)
         #[arg(long, default_value = "default", value_parser = ["smoke", "default", "contrast", "deep", "paper"])]
         profile: String,
         /// Where the kedit processes run (cuda: a `--features cuda` build, one cell at a time)
@@ -1048,6 +1104,28 @@ mod tests {
         ));
     }
 
+    /// A curve series runs its sequential cells once, at the largest N, with `--curve`; batch
+    /// cells (whose prefixes are not batches) still run every N.
+    #[test]
+    fn curve_series_run_sequential_cells_once_at_their_largest_n() {
+        let cells_of = |name: &str, s: &str| -> Vec<(&'static str, usize, bool)> {
+            let p = profile(name).unwrap();
+            cells(&p.series, s)
+                .into_iter()
+                .map(|(series, n, curve)| (series.data, n, curve))
+                .collect()
+        };
+        assert_eq!(cells_of("curve", "sequential"), [(DEEP_DATA, 8, true)]);
+        let paper = cells_of("paper", "sequential");
+        assert_eq!(paper.len(), 6 + 1, "main N = 2..7, deep one curve");
+        assert_eq!(paper.last(), Some(&(DEEP_DATA, 8, true)));
+        assert!(paper[..6].iter().all(|c| c.0 == MAIN_DATA && !c.2));
+        let batch = cells_of("paper", "batch");
+        assert_eq!(batch.len(), 6 + 7);
+        assert!(batch.iter().all(|c| !c.2));
+        assert_eq!(cells_of("deep", "sequential"), [(DEEP_DATA, 8, false)]);
+    }
+
     /// The GPU pack carries every integration test with a cuda instance: a test file added
     /// without its name here would never run on the GPU.
     #[test]
@@ -1102,7 +1180,7 @@ mod tests {
     /// (the paper profile once asked the main set, whose largest subject has 7, for N = 8).
     #[test]
     fn every_profile_cell_fits_its_dataset() {
-        for name in ["smoke", "default", "contrast", "deep", "paper"] {
+        for name in ["smoke", "default", "contrast", "deep", "curve", "paper"] {
             for series in profile(name).unwrap().series {
                 let data: serde_json::Value = serde_json::from_str(
                     &std::fs::read_to_string(root().join(series.data)).unwrap(),

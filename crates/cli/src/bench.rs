@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Results directory (one JSONL file per method and plan, appended, resumable)
     #[arg(long)]
     pub out: PathBuf,
+    /// Score the group's edits so far after every edit, not only after the last: SD at every
+    /// N' ≤ N from one run (the first N' edits of a group are a group of N'; sequential groups
+    /// only)
+    #[arg(long)]
+    pub curve: bool,
     /// Name of the results file and of the report's method column (default: the method), to
     /// keep runs of one method with other hyperparameters apart in one directory
     #[arg(long)]
@@ -216,6 +221,7 @@ impl RunOnBackend for BenchArgs {
             n: self.n,
             groups: self.groups,
             seed: self.seed,
+            curve: self.curve,
         };
         let plan = make_plan(&records, &pspec)?;
         if plan.groups.is_empty() {

@@ -171,6 +171,105 @@ context_template_length_params: [[3, 2]]\nnullspace_threshold: 1.0e+3\nL2: 1.0e-
     assert_eq!(run("alone", Some("2/2")), after_group_0);
 }
 
+/// `--curve` scores a group after every edit: its lines after all N edits are an ordinary run's,
+/// after one edit the matched groups are the same single edit (SD exactly 0), each N' ≤ N is a
+/// report row of its own, and a run cut short resumes to the same file.
+#[test]
+fn a_curve_run_scores_every_prefix_and_ends_as_an_ordinary_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let h = h.to_str().unwrap();
+    let run = |out: &str, order: &str, curve: bool| {
+        let out = dir.path().join(out);
+        let mut args = bench_args(h, out.to_str().unwrap(), order);
+        args[10] = "2"; // --groups 2
+        if curve {
+            args.push("--curve");
+        }
+        let (ok, _, err) = kedit(&args);
+        assert!(ok, "{err}");
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        (only_jsonl(&out), owned)
+    };
+    let (plain, _) = run("plain", "homogeneous", false);
+    let (curve, args) = run("curve/homo", "homogeneous", true);
+    assert_eq!(
+        curve.lines().count(),
+        2 * (1 + 2 + 3),
+        "2 groups scored after 1, 2, 3 edits"
+    );
+    let last: Vec<String> = curve
+        .lines()
+        .filter(|l| l.contains("\"after\":3,"))
+        .map(|l| l.replace("\"after\":3,", ""))
+        .collect();
+    assert_eq!(last, plain.lines().collect::<Vec<_>>());
+
+    let file = std::fs::read_dir(dir.path().join("curve/homo"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    assert!(file.to_str().unwrap().ends_with("-curve.jsonl"), "{file:?}");
+    let half: String = curve.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, half).unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = kedit(&args);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), curve);
+
+    let (hetero, _) = run("curve/hetero", "heterogeneous", true);
+    let after_1 = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("\"after\":1,"))
+            .map(|l| l.replace("\"order\":\"heterogeneous\"", "\"order\":\"homogeneous\""))
+            .collect()
+    };
+    assert_eq!(
+        after_1(&hetero),
+        after_1(&curve),
+        "one edit: the same fact on both sides"
+    );
+    let rep = dir.path().join("rep");
+    let curve_dir = dir.path().join("curve");
+    let (ok, out, err) = kedit(&[
+        "report",
+        curve_dir.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for k in 1..=3 {
+        assert!(
+            out.contains(&format!("| rome | sequential | group | {k} of 3 | 2 |")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("N=1 of 3 view `first`: SD +0.0 [+0.0, +0.0]"),
+        "{out}"
+    );
+    let csv = std::fs::read_to_string(rep.join("sd.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 3 * 2,
+        "N' = 1, 2, 3 × two views: {csv}"
+    );
+    let svg = std::fs::read_to_string(rep.join("sd-rome.svg")).unwrap();
+    assert!(svg.contains("curve of 3"), "{svg}");
+
+    let mut batch = args.clone();
+    batch.extend(["--strategy", "batch"]);
+    let (ok, _, err) = kedit(&batch);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--curve") && err.contains("--strategy batch"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_bench_input_is_one_line_and_keeps_results() {
     let dir = tempfile::tempdir().unwrap();

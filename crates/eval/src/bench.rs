@@ -1,7 +1,8 @@
 //! Running a plan: edit each group from the unedited model, score every case of the group after
-//! its last edit, append one JSON line per case, put the model back.
+//! its last edit (a `curve` plan: the cases edited so far, after every edit), append one JSON
+//! line per case and scoring, put the model back.
 //!
-//! Results are appended one line per `write` and fsynced, keyed by (group, step, case): a run
+//! Results are appended one line per `write` and fsynced, keyed by (group, after, step, case): a run
 //! killed at any moment is resumed by running the same command again. A torn last line (killed
 //! mid-write) is cut off; groups with every line present are skipped; a group with some lines
 //! missing is edited again from the unedited model (editing is deterministic) and only its
@@ -37,14 +38,26 @@ pub struct ResultLine {
     pub same_subject_as_first: bool,
     /// Cosine between this edit's key and the first edit's, on the unedited model.
     pub key_cos_first: Option<f64>,
+    /// How many of the group's edits had been applied when this line was scored, in a `curve`
+    /// run; absent: all of them (the line is scored after the group's last edit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<usize>,
     /// `case_id` and the metrics, as fields of the line itself.
     #[serde(flatten)]
     pub metrics: crate::CaseMetrics,
 }
 
+/// Which line: (group, after, step, case).
+pub type LineKey = (usize, Option<usize>, usize, String);
+
 impl ResultLine {
-    pub fn key(&self) -> (usize, usize, String) {
-        (self.group, self.step, self.metrics.case_id.clone())
+    pub fn key(&self) -> LineKey {
+        (
+            self.group,
+            self.after,
+            self.step,
+            self.metrics.case_id.clone(),
+        )
     }
 }
 
@@ -53,7 +66,7 @@ pub struct Results {
     pub path: PathBuf,
     file: File,
     pub lines: Vec<ResultLine>,
-    done: HashSet<(usize, usize, String)>,
+    done: HashSet<LineKey>,
 }
 
 impl Results {
@@ -88,7 +101,7 @@ impl Results {
         parse_lines(path, &text[..complete])
     }
 
-    pub fn contains(&self, key: &(usize, usize, String)) -> bool {
+    pub fn contains(&self, key: &LineKey) -> bool {
         self.done.contains(key)
     }
 
@@ -210,10 +223,23 @@ pub fn run_plan<B: Backend>(
                     .with_context(|| format!("plan names case {id}, which the data lacks"))
             })
             .collect::<Result<_>>()?;
-        let missing: Vec<usize> = (0..group.len())
-            .filter(|&s| !results.contains(&(g.index, s, group[s].case_id.clone())))
+        // The scorings of this group: (edits applied, `after` as recorded).
+        let points: Vec<(usize, Option<usize>)> = plan
+            .spec
+            .scored_after()
+            .into_iter()
+            .map(|k| (k, plan.spec.curve.then_some(k)))
             .collect();
-        if missing.is_empty() {
+        // The cases among the first k whose line scored after `after` edits is not written yet.
+        let missing = |results: &Results, k: usize, after: Option<usize>| -> Vec<usize> {
+            (0..k)
+                .filter(|&s| !results.contains(&(g.index, after, s, group[s].case_id.clone())))
+                .collect()
+        };
+        if points
+            .iter()
+            .all(|&(k, a)| missing(results, k, a).is_empty())
+        {
             bar.inc(group.len() as u64);
             bar.reset_eta();
             continue;
@@ -231,33 +257,39 @@ pub fn run_plan<B: Backend>(
                 .collect();
             editor.apply(lm, &reqs)?;
             at += step.len();
+            for &(k, after) in points.iter().filter(|p| p.0 == at) {
+                // Each case is scored on its own, so scoring only the missing ones gives the
+                // numbers a whole scoring would.
+                let todo = missing(results, k, after);
+                let owned: Vec<EditCase> = todo.iter().map(|&s| group[s].clone()).collect();
+                let metrics = crate::evaluate(lm, &owned)?;
+                for (s, m) in todo.into_iter().zip(metrics) {
+                    let c = group[s];
+                    results.append(ResultLine {
+                        method: method.to_owned(),
+                        strategy: plan.spec.strategy,
+                        design: plan.spec.design,
+                        order: plan.spec.order,
+                        density: plan.spec.density,
+                        n: plan.spec.n,
+                        seed: plan.spec.seed,
+                        group: g.index,
+                        step: s,
+                        subject_id: c.subject_id.clone(),
+                        relation: c.request.relation.clone(),
+                        same_subject_as_first: c.subject_id == group[0].subject_id,
+                        key_cos_first: match (&keys[s], &keys[0]) {
+                            (Some(k), Some(k0)) if s > 0 => Some(cosine(k, k0)),
+                            _ => None,
+                        },
+                        after,
+                        metrics: m,
+                    })?;
+                }
+            }
         }
-        let owned: Vec<EditCase> = group.iter().map(|c| (*c).clone()).collect();
-        let metrics = crate::evaluate(lm, &owned)?;
         snapshot.clone().restore(&mut lm.model);
         editor.reset();
-        for s in missing {
-            let c = group[s];
-            results.append(ResultLine {
-                method: method.to_owned(),
-                strategy: plan.spec.strategy,
-                design: plan.spec.design,
-                order: plan.spec.order,
-                density: plan.spec.density,
-                n: plan.spec.n,
-                seed: plan.spec.seed,
-                group: g.index,
-                step: s,
-                subject_id: c.subject_id.clone(),
-                relation: c.request.relation.clone(),
-                same_subject_as_first: c.subject_id == group[0].subject_id,
-                key_cos_first: match (&keys[s], &keys[0]) {
-                    (Some(k), Some(k0)) if s > 0 => Some(cosine(k, k0)),
-                    _ => None,
-                },
-                metrics: metrics[s].clone(),
-            })?;
-        }
         worked += 1;
         bar.inc(group.len() as u64);
     }

@@ -3,6 +3,8 @@
 //! Markdown, CSV and SVG.
 //!
 //! S is the harmonic mean of ES, PS and NS averaged over the cases of a cell first (ROME's way).
+//! A `curve` run's lines scored after k edits make the cell of N = k, kept apart from a run of
+//! N = k by `of` (the curve run's N): its groups are the first k edits of groups of `of`.
 //! The bootstrap resamples matched group pairs (group g of the homogeneous plan and of the
 //! heterogeneous plan share a seed and a first edit), 2000 times with a fixed seed, percentile
 //! interval.
@@ -46,7 +48,20 @@ pub struct Cell {
     pub method: String,
     pub strategy: Strategy,
     pub design: Design,
+    /// Edits applied when the cell's lines were scored.
     pub n: usize,
+    /// For a `curve` run's lines, the run's N (its groups are prefixes of groups of `of`).
+    pub of: Option<usize>,
+}
+
+impl Cell {
+    /// N as the tables print it: `3`, or `3 of 8` for a curve run's prefixes.
+    pub fn n_label(&self) -> String {
+        match self.of {
+            Some(of) => format!("{} of {of}", self.n),
+            None => self.n.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,7 +171,8 @@ pub fn build(lines: &[ResultLine]) -> Report {
             method: l.method.clone(),
             strategy: l.strategy,
             design: l.design,
-            n: l.n,
+            n: l.after.unwrap_or(l.n),
+            of: l.after.map(|_| l.n),
         };
         let side = (l.order == Order::Heterogeneous) as usize;
         cells.entry(cell).or_default()[side]
@@ -275,7 +291,7 @@ impl Report {
                 let _ = writeln!(
                     o,
                     "| {} | {} | {} | {} | {} | {:.1} | {:.1} | **{:+.1}** | [{:+.1}, {:+.1}] | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
-                    r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n, r.groups,
+                    r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n_label(), r.groups,
                     100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1,
                     h.es, t.es, h.ps, t.ps, h.ns, t.ns
                 );
@@ -298,7 +314,7 @@ impl Report {
                 "- {} {} N={} view `{}`: SD {:+.1} [{:+.1}, {:+.1}] over {} group pairs: {verdict}.",
                 r.cell.method,
                 r.cell.strategy.name(),
-                r.cell.n,
+                r.cell.n_label(),
                 r.view.name(),
                 r.sd,
                 r.ci.0,
@@ -328,7 +344,7 @@ impl Report {
                     r.cell.method,
                     r.cell.strategy.name(),
                     r.cell.design.name(),
-                    r.cell.n,
+                    r.cell.n_label(),
                     r.order.name(),
                     r.groups,
                     s.cases,
@@ -391,15 +407,15 @@ impl Report {
 
     /// `(file name, contents)` of each CSV table.
     pub fn csv(&self) -> Vec<(String, String)> {
-        let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous\n");
+        let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous,of\n");
         for r in &self.sd {
             let (h, t) = (&r.homogeneous, &r.heterogeneous);
             let _ = writeln!(
                 sd,
-                "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
                 r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n, r.view.name(),
                 r.groups, 100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1, h.es, t.es, h.ps,
-                t.ps, h.ns, t.ns
+                t.ps, h.ns, t.ns, r.cell.of.map_or(String::new(), |o| o.to_string())
             );
         }
         let mut dens = String::from("method,strategy,n,density,cases,es,ps,ns,score\n");
@@ -435,7 +451,8 @@ impl Report {
         ]
     }
 
-    /// One SVG per method: SD against N, a line per (strategy, design, view), 95 % whiskers.
+    /// One SVG per method: SD against N, a line per (strategy, design, view, curve run's N), 95 %
+    /// whiskers.
     pub fn svgs(&self) -> Vec<(String, String)> {
         let methods: BTreeSet<&str> = self.sd.iter().map(|r| r.cell.method.as_str()).collect();
         methods
@@ -504,14 +521,15 @@ impl Report {
         let colors = [
             "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
         ];
-        let mut series: BTreeMap<(Strategy, Design, View), Vec<&SdRow>> = BTreeMap::new();
+        let mut series: BTreeMap<(Strategy, Design, View, Option<usize>), Vec<&SdRow>> =
+            BTreeMap::new();
         for r in rows {
             series
-                .entry((r.cell.strategy, r.cell.design, r.view))
+                .entry((r.cell.strategy, r.cell.design, r.view, r.cell.of))
                 .or_default()
                 .push(r);
         }
-        for (i, ((s, d, vw), pts)) in series.iter().enumerate() {
+        for (i, ((s, d, vw, of), pts)) in series.iter().enumerate() {
             let c = colors[i % colors.len()];
             let path: Vec<String> = pts
                 .iter()
@@ -528,8 +546,9 @@ impl Report {
                     px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
             }
             let ly = top + 20.0 * i as f64;
-            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} {} view {}</text>",
-                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, s.name(), d.name(), vw.name());
+            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} {} view {}{}</text>",
+                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, s.name(), d.name(), vw.name(),
+                of.map_or(String::new(), |o| format!(", curve of {o}")));
         }
         o.push_str("</svg>\n");
         o
@@ -556,6 +575,7 @@ mod tests {
             relation: "r".into(),
             same_subject_as_first: order == Order::Homogeneous,
             key_cos_first: None,
+            after: None,
             metrics: CaseMetrics {
                 case_id: format!("c{step}"),
                 es,

@@ -5,6 +5,10 @@
 //! unedited model; its edits are applied in `case_ids` order (sequential: one edit per step;
 //! batch: all in one apply), and every case of the group is scored after the last edit. The
 //! scoring views are read off the results: `all` = every case of the group, `first` = position 0.
+//! A `curve` plan (sequential groups only) also scores the edits made so far after every edit:
+//! the first k edits of a group of N are a group of k (the heterogeneous group's first k share
+//! its first edit and relations with the homogeneous group's first k), so one run of N gives SD
+//! at every N' ≤ N on the same subjects, for the edits of one run of N instead of 1 + 2 + … + N.
 //!
 //! The homogeneous and heterogeneous plans of one seed are built from the same random draws, so
 //! group `g` of each is a matched pair:
@@ -102,6 +106,9 @@ pub struct PlanSpec {
     /// At most this many groups (fewer where the data has fewer).
     pub groups: usize,
     pub seed: u64,
+    /// Score after every edit, not only after the last (sequential groups only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub curve: bool,
 }
 
 impl PlanSpec {
@@ -112,14 +119,24 @@ impl PlanSpec {
             None => self.order.name().to_owned(),
         };
         format!(
-            "{}-{}-{}-n{}-g{}-s{}",
+            "{}-{}-{}-n{}-g{}-s{}{}",
             self.strategy.name(),
             self.design.name(),
             cond,
             self.n,
             self.groups,
-            self.seed
+            self.seed,
+            if self.curve { "-curve" } else { "" }
         )
+    }
+
+    /// How many edits have been applied each time the group is scored.
+    pub fn scored_after(&self) -> Vec<usize> {
+        if self.curve {
+            (1..=self.n).collect()
+        } else {
+            vec![self.n]
+        }
     }
 }
 
@@ -205,6 +222,21 @@ pub fn make_plan(records: &[Record], spec: &PlanSpec) -> Result<Plan> {
     }
     if spec.groups == 0 {
         bail!("--groups 0: nothing to run");
+    }
+    if spec.curve {
+        // A prefix of a batch, a bracket or a density group is not a group of its kind.
+        let not = if spec.strategy == Strategy::Batch {
+            Some("--strategy batch (a batch's edits land at once)")
+        } else if spec.design == Design::Bracket {
+            Some("--design bracket (its first k edits are not a bracket)")
+        } else if spec.density.is_some() {
+            Some("--density (its first k edits do not keep the density)")
+        } else {
+            None
+        };
+        if let Some(not) = not {
+            bail!("--curve scores sequential groups after every edit; not with {not}");
+        }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let id = |i: usize| records[i].case_id.clone();

@@ -42,6 +42,7 @@ fn spec(design: Design, order: Order, n: usize) -> PlanSpec {
         n,
         groups: 6,
         seed: 7,
+        curve: false,
     }
 }
 
@@ -210,5 +211,52 @@ fn deep_dataset_makes_groups_of_eight() {
         assert_eq!(subjects(&a.case_ids).len(), 1);
         assert_eq!(subjects(&b.case_ids).len(), 8);
         assert_eq!(a.case_ids[0], b.case_ids[0]);
+    }
+}
+
+/// A curve plan is the plan of its N, scored more often: the same groups, its own file name, and
+/// refused where the first k edits of a group are not a group of k of its kind.
+#[test]
+fn a_curve_plan_has_its_ns_groups_and_only_sequential_group_designs() {
+    let recs = records_of(DEEP);
+    let plain = spec(Design::Group, Order::Heterogeneous, 8);
+    let curve = PlanSpec {
+        curve: true,
+        ..plain.clone()
+    };
+    let (a, b) = (
+        make_plan(&recs, &plain).unwrap(),
+        make_plan(&recs, &curve).unwrap(),
+    );
+    assert_eq!(a.groups, b.groups);
+    assert_eq!(curve.label(), format!("{}-curve", plain.label()));
+    assert_eq!(curve.scored_after(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(plain.scored_after(), [8]);
+    for (bad, flag) in [
+        (
+            PlanSpec {
+                strategy: Strategy::Batch,
+                ..curve.clone()
+            },
+            "--strategy batch",
+        ),
+        (
+            PlanSpec {
+                design: Design::Bracket,
+                ..curve.clone()
+            },
+            "--design bracket",
+        ),
+        (
+            PlanSpec {
+                density: Some(Density::Medium),
+                n: 4,
+                ..curve.clone()
+            },
+            "--density",
+        ),
+    ] {
+        let e = make_plan(&recs, &bad).unwrap_err().to_string();
+        assert!(e.starts_with("--curve") && e.contains(flag), "{e}");
     }
 }
