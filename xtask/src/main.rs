@@ -407,6 +407,9 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize, rounds: usize) -> Result<()> {
 /// 2-core CPU beside another cell (6.1-6.5 min measured, benchmarks/README.md), for the ETA.
 const MEND_TRAIN_MINUTES: f64 = 6.5;
 
+/// The names `profile` knows, for `--profile`.
+const PROFILES: [&str; 6] = ["smoke", "default", "contrast", "deep", "curve", "paper"];
+
 /// A bench-all profile: what the matrix covers.
 struct Profile {
     name: &'static str,
@@ -884,7 +887,7 @@ enum Chore {
         /// smoke: the pipeline in minutes (CI); default: every method, N = 2, 3 group pairs
         /// (≤ 30 min on 2 cores); contrast, deep, curve (SD against N = 1..8), paper: larger
         /// (benchmarks/README.md)
-        #[arg(long, default_value = "default", value_parser = ["smoke", "default", "contrast", "deep", "paper"])]
+        #[arg(long, default_value = "default", value_parser = PROFILES)]
         profile: String,
         /// Where the kedit processes run (cuda: a `--features cuda` build, one cell at a time)
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
@@ -1180,7 +1183,7 @@ mod tests {
     /// (the paper profile once asked the main set, whose largest subject has 7, for N = 8).
     #[test]
     fn every_profile_cell_fits_its_dataset() {
-        for name in ["smoke", "default", "contrast", "deep", "curve", "paper"] {
+        for name in PROFILES {
             for series in profile(name).unwrap().series {
                 let data: serde_json::Value = serde_json::from_str(
                     &std::fs::read_to_string(root().join(series.data)).unwrap(),
