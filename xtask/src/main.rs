@@ -539,13 +539,13 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
-        // The paper's figure, SD against N (fig4), for the same five methods on the deep set: N = 1
-        // to 8 from one sequential run of N = 8 per cell (`--curve`: every group scored after
-        // each of its edits), 8 matched group pairs, the same groups as `deep`'s. About the time
-        // of `deep` (the scoring after each edit adds ~10 %).
+        // The paper's sequential figure, SD against N (fig4), with its methods (ROME, MEMIT,
+        // PMET, FT, KN, MEND) and AlphaEdit on the deep set: N = 1 to 8 from one sequential run of
+        // N = 8 per cell (`--curve`: every group scored after each of its edits), 8 matched group
+        // pairs, the same groups as `deep`'s. About 2 hours on a 2-core CPU (release build).
         "curve" => Profile {
             name: "curve",
-            methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
+            methods: Some(&["rome", "memit", "pmet", "alphaedit", "ft-m", "kn", "mend"]),
             batch: false,
             series: vec![Series {
                 data: DEEP_DATA,
