@@ -250,6 +250,15 @@ fn a_curve_run_scores_every_prefix_and_ends_as_an_ordinary_run() {
         out.contains("N=1 of 3 view `first`: SD +0.0 [+0.0, +0.0]"),
         "{out}"
     );
+    let curve_row = out
+        .lines()
+        .find(|l| l.starts_with("| first | rome | sequential | group | +0.0 | "))
+        .unwrap_or_else(|| panic!("no curve row for view first: {out}"));
+    assert_eq!(
+        curve_row.split(" | ").count(),
+        4 + 3 + 1,
+        "view, method, strategy, design, N = 1..3, CI: {curve_row}"
+    );
     let csv = std::fs::read_to_string(rep.join("sd.csv")).unwrap();
     assert_eq!(
         csv.lines().count(),

@@ -298,6 +298,7 @@ impl Report {
             }
             o.push('\n');
         }
+        self.curves_markdown(&mut o);
         let _ = writeln!(o, "### Reading\n");
         for r in &self.sd {
             let verdict = if r.ci.1 < 0.0 {
@@ -403,6 +404,55 @@ impl Report {
             }
         }
         o
+    }
+
+    /// Curve runs' SD against N, one row per method and view (the rows above, side by side).
+    fn curves_markdown(&self, o: &mut String) {
+        // (view, method, strategy, design, the curve run's N) → its rows by N.
+        type CurveKey<'a> = (View, &'a str, Strategy, Design, usize);
+        let mut curves: BTreeMap<CurveKey, BTreeMap<usize, &SdRow>> = BTreeMap::new();
+        for r in &self.sd {
+            if let Some(of) = r.cell.of {
+                curves
+                    .entry((r.view, &r.cell.method, r.cell.strategy, r.cell.design, of))
+                    .or_default()
+                    .insert(r.cell.n, r);
+            }
+        }
+        let Some(top) = curves.keys().map(|k| k.4).max() else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "### SD against N (`--curve` runs: the first N edits of each group, scored after the N-th)\n"
+        );
+        let head: Vec<String> = (1..=top).map(|n| format!("N={n}")).collect();
+        let _ = writeln!(
+            o,
+            "| view | method | strategy | design | {} | 95 % CI at the largest N |",
+            head.join(" | ")
+        );
+        let _ = writeln!(o, "|---|---|---|---|{}---|", "---|".repeat(top));
+        for ((view, method, strategy, design, _), pts) in &curves {
+            let cols: Vec<String> = (1..=top)
+                .map(|n| {
+                    pts.get(&n)
+                        .map_or("–".to_owned(), |r| format!("{:+.1}", r.sd))
+                })
+                .collect();
+            let last = pts.values().next_back().expect("a curve has a point");
+            let _ = writeln!(
+                o,
+                "| {} | {method} | {} | {} | {} | [{:+.1}, {:+.1}] |",
+                view.name(),
+                strategy.name(),
+                design.name(),
+                cols.join(" | "),
+                last.ci.0,
+                last.ci.1
+            );
+        }
+        o.push('\n');
     }
 
     /// `(file name, contents)` of each CSV table.
