@@ -259,6 +259,15 @@ fn a_curve_run_scores_every_prefix_and_ends_as_an_ordinary_run() {
         4 + 3 + 1,
         "view, method, strategy, design, N = 1..3, CI: {curve_row}"
     );
+    // One edit, the same fact on both sides: the same margin.
+    let margins = out
+        .lines()
+        .skip_while(|l| !l.starts_with("First edit's mean margin"))
+        .find(|l| l.starts_with("| rome | sequential | group | "))
+        .unwrap_or_else(|| panic!("no margin row: {out}"));
+    let first = margins.split(" | ").nth(3).unwrap();
+    let (same, other) = first.split_once(" / ").unwrap();
+    assert_eq!(same, other, "{margins}");
     let csv = std::fs::read_to_string(rep.join("sd.csv")).unwrap();
     assert_eq!(
         csv.lines().count(),

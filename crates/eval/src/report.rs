@@ -453,6 +453,33 @@ impl Report {
             );
         }
         o.push('\n');
+        // The margin moves where S, made of 0/1 successes, cannot show it.
+        let _ = writeln!(
+            o,
+            "First edit's mean margin on its prompt, p(new) − p(true), after N edits of its subject / of other subjects:\n"
+        );
+        let _ = writeln!(o, "| method | strategy | design | {} |", head.join(" | "));
+        let _ = writeln!(o, "|---|---|---|{}", "---|".repeat(top));
+        for ((view, method, strategy, design, _), pts) in &curves {
+            if *view != View::First {
+                continue;
+            }
+            let cols: Vec<String> = (1..=top)
+                .map(|n| {
+                    pts.get(&n).map_or("–".to_owned(), |r| {
+                        format!("{:.2} / {:.2}", r.homogeneous.em, r.heterogeneous.em)
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "| {method} | {} | {} | {} |",
+                strategy.name(),
+                design.name(),
+                cols.join(" | ")
+            );
+        }
+        o.push('\n');
     }
 
     /// `(file name, contents)` of each CSV table.
