@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's chores.
 //!
-//! - `bench-all [--profile smoke|default|contrast|deep|curve|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
+//! - `bench-all [--profile smoke|default|contrast|deep|curve|batch|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
@@ -408,7 +408,9 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize, rounds: usize) -> Result<()> {
 const MEND_TRAIN_MINUTES: f64 = 6.5;
 
 /// The names `profile` knows, for `--profile`.
-const PROFILES: [&str; 6] = ["smoke", "default", "contrast", "deep", "curve", "paper"];
+const PROFILES: [&str; 7] = [
+    "smoke", "default", "contrast", "deep", "curve", "batch", "paper",
+];
 
 /// A bench-all profile: what the matrix covers.
 struct Profile {
@@ -417,6 +419,8 @@ struct Profile {
     methods: Option<&'static [&'static str]>,
     /// Batch runs too, for the methods with a batch update.
     batch: bool,
+    /// Sequential runs (every profile but `batch`).
+    sequential: bool,
     /// The datasets and, on each, the Ns of its cells.
     series: Vec<Series>,
     groups: usize,
@@ -466,6 +470,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "smoke",
             methods: Some(&["rome", "memit", "memit-merge", "ft-m", "mend"]),
             batch: true,
+            sequential: true,
             series: main_series(vec![2]),
             groups: 1,
             hparams: &[
@@ -494,6 +499,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "default",
             methods: None,
             batch: false,
+            sequential: true,
             series: main_series(vec![2]),
             groups: 3,
             hparams: &[],
@@ -511,6 +517,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "contrast",
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
+            sequential: true,
             series: main_series(vec![3]),
             groups: 12,
             hparams: &[],
@@ -528,6 +535,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "deep",
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
+            sequential: true,
             series: vec![Series {
                 data: DEEP_DATA,
                 ns: vec![8],
@@ -547,6 +555,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "curve",
             methods: Some(&["rome", "memit", "pmet", "alphaedit", "ft-m", "kn", "mend"]),
             batch: false,
+            sequential: true,
             series: vec![Series {
                 data: DEEP_DATA,
                 ns: vec![8],
@@ -558,6 +567,27 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.4,
             mend_minutes: MEND_TRAIN_MINUTES,
         },
+        // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND)
+        // and MEMIT-Merge, on the deep set: batch cells only (a batch's edits land at once, so
+        // each N is a run of its own), N = 2, 4, 6, 8, 8 matched group pairs, `deep`'s subjects.
+        "batch" => Profile {
+            name: "batch",
+            methods: Some(&["memit", "pmet", "memit-merge", "ft-m", "mend"]),
+            batch: true,
+            sequential: false,
+            series: vec![Series {
+                data: DEEP_DATA,
+                ns: vec![2, 4, 6, 8],
+                suffix: "",
+                curve: false,
+            }],
+            groups: 8,
+            hparams: &[],
+            // A batch optimises its requests' targets together: about half a sequential edit's
+            // time per request (benchmarks/README.md, "MEMIT batch editing time").
+            speed: 0.5,
+            mend_minutes: MEND_TRAIN_MINUTES,
+        },
         // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
         // subjects there, so each N has its own run), and N = 2..8 on the deep set, so that one
         // curve over N runs on the same subjects to the paper's largest N (sequential: one
@@ -566,6 +596,7 @@ fn profile(name: &str) -> Result<Profile> {
             name: "paper",
             methods: None,
             batch: true,
+            sequential: true,
             series: vec![
                 Series {
                     data: MAIN_DATA,
@@ -586,14 +617,14 @@ fn profile(name: &str) -> Result<Profile> {
             mend_minutes: MEND_TRAIN_MINUTES,
         },
         other => {
-            bail!("--profile {other}: expected smoke, default, contrast, deep, curve or paper")
+            bail!("--profile {other}: expected one of {}", PROFILES.join(", "))
         }
     })
 }
 
 /// The profile's methods (`kedit methods --json` entries) with the strategies of their cells and
 /// their seconds per edit: batch where the method has a batch update and the profile runs batch
-/// cells; a batch-only method (MEMIT-Merge, which is another method when it edits one request at
+/// cells, sequential unless the profile runs batch cells only; a batch-only method (MEMIT-Merge, which is another method when it edits one request at
 /// a time) in batch cells only, so profiles without them leave it out.
 fn matrix_methods(
     p: &Profile,
@@ -607,7 +638,8 @@ fn matrix_methods(
                 return None;
             }
             let batch = m["batch"].as_bool().unwrap_or(false) && p.batch;
-            let strategies = match (m["batch_only"].as_bool().unwrap_or(false), batch) {
+            let only = m["batch_only"].as_bool().unwrap_or(false);
+            let strategies = match (only || !p.sequential, batch) {
                 (true, false) => return None,
                 (true, true) => vec!["batch"],
                 (false, true) => vec!["sequential", "batch"],
@@ -885,8 +917,8 @@ enum Chore {
     )]
     BenchAll {
         /// smoke: the pipeline in minutes (CI); default: every method, N = 2, 3 group pairs
-        /// (≤ 30 min on 2 cores); contrast, deep, curve (SD against N = 1..8), paper: larger
-        /// (benchmarks/README.md)
+        /// (≤ 30 min on 2 cores); contrast, deep, curve (SD against N = 1..8, sequential), batch
+        /// (SD against N, batch), paper: larger (benchmarks/README.md)
         #[arg(long, default_value = "default", value_parser = PROFILES)]
         profile: String,
         /// Where the kedit processes run (cuda: a `--features cuda` build, one cell at a time)
@@ -1236,6 +1268,14 @@ mod tests {
             [
                 ("rome".into(), s(&["sequential"])),
                 ("memit".into(), s(&["sequential", "batch"])),
+                ("memit-merge".into(), s(&["batch"]))
+            ]
+        );
+        // A batch-only profile: no sequential cells, and no method without a batch update.
+        assert_eq!(
+            cells("batch"),
+            [
+                ("memit".into(), s(&["batch"])),
                 ("memit-merge".into(), s(&["batch"]))
             ]
         );
