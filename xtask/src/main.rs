@@ -570,7 +570,7 @@ fn profile(name: &str) -> Result<Profile> {
         // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND),
         // on the deep set: batch cells only (a batch's edits land at once, so each N is a run of
         // its own), the ends of fig7's axis, N = 2 and 8, 8 matched group pairs, `deep`'s
-        // subjects. About 40 minutes on a 2-core CPU.
+        // subjects. About 30 minutes on a 2-core CPU (27 measured).
         "batch" => Profile {
             name: "batch",
             methods: Some(&["memit", "pmet", "ft-m", "mend"]),
