@@ -224,12 +224,11 @@ pub fn run_plan<B: Backend>(
             })
             .collect::<Result<_>>()?;
         // The scorings of this group: (edits applied, `after` as recorded).
-        let points: Vec<(usize, Option<usize>)> = plan
-            .spec
-            .scored_after()
-            .into_iter()
-            .map(|k| (k, plan.spec.curve.then_some(k)))
-            .collect();
+        let points: Vec<(usize, Option<usize>)> = if plan.spec.curve {
+            (1..=group.len()).map(|k| (k, Some(k))).collect()
+        } else {
+            vec![(group.len(), None)]
+        };
         // The cases among the first k whose line scored after `after` edits is not written yet.
         let missing = |results: &Results, k: usize, after: Option<usize>| -> Vec<usize> {
             (0..k)

@@ -129,15 +129,6 @@ impl PlanSpec {
             if self.curve { "-curve" } else { "" }
         )
     }
-
-    /// How many edits have been applied each time the group is scored.
-    pub fn scored_after(&self) -> Vec<usize> {
-        if self.curve {
-            (1..=self.n).collect()
-        } else {
-            vec![self.n]
-        }
-    }
 }
 
 /// What a plan needs to know of a record.
