@@ -540,7 +540,19 @@ impl Report {
 
     fn svg(&self, method: &str) -> String {
         let rows: Vec<&SdRow> = self.sd.iter().filter(|r| r.cell.method == method).collect();
-        let (w, h, left, right, top, bottom) = (640.0, 400.0, 60.0, 200.0, 40.0, 50.0);
+        // The legend's longest label ("sequential group view first, curve of 8") sets the
+        // right margin, ~7 px a character at 12 px, so that no label runs off the image.
+        let longest = rows
+            .iter()
+            .map(|r| {
+                legend(r.cell.strategy, r.cell.design, r.view, r.cell.of)
+                    .chars()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0) as f64;
+        let right = (45.0 + 7.0 * longest).max(200.0);
+        let (w, h, left, top, bottom) = (440.0 + right, 400.0, 60.0, 40.0, 50.0);
         let ns: Vec<usize> = rows.iter().map(|r| r.cell.n).collect();
         let (n0, n1) = (
             *ns.iter().min().unwrap_or(&2) as f64,
@@ -623,13 +635,23 @@ impl Report {
                     px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
             }
             let ly = top + 20.0 * i as f64;
-            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} {} view {}{}</text>",
-                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, s.name(), d.name(), vw.name(),
-                of.map_or(String::new(), |o| format!(", curve of {o}")));
+            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, legend(*s, *d, *vw, *of));
         }
         o.push_str("</svg>\n");
         o
     }
+}
+
+/// A line's label in an SVG's legend.
+fn legend(s: Strategy, d: Design, view: View, of: Option<usize>) -> String {
+    format!(
+        "{} {} view {}{}",
+        s.name(),
+        d.name(),
+        view.name(),
+        of.map_or(String::new(), |o| format!(", curve of {o}"))
+    )
 }
 
 #[cfg(test)]
