@@ -554,18 +554,14 @@ fn profile(name: &str) -> Result<Profile> {
         "curve" => Profile {
             name: "curve",
             methods: Some(&["rome", "memit", "pmet", "alphaedit", "ft-m", "kn", "mend"]),
-            batch: false,
-            sequential: true,
             series: vec![Series {
                 data: DEEP_DATA,
                 ns: vec![8],
                 suffix: "",
                 curve: true,
             }],
-            groups: 8,
-            hparams: &[],
             speed: 1.4,
-            mend_minutes: MEND_TRAIN_MINUTES,
+            ..profile("deep")?
         },
         // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND),
         // on the deep set: batch cells only (a batch's edits land at once, so each N is a run of
@@ -582,12 +578,10 @@ fn profile(name: &str) -> Result<Profile> {
                 suffix: "",
                 curve: false,
             }],
-            groups: 8,
-            hparams: &[],
             // A batch optimises its requests' targets together: about half a sequential edit's
             // time per request (benchmarks/README.md, "MEMIT batch editing time").
             speed: 0.5,
-            mend_minutes: MEND_TRAIN_MINUTES,
+            ..profile("deep")?
         },
         // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
         // subjects there, so each N has its own run), and N = 2..8 on the deep set, so that one
