@@ -406,67 +406,58 @@ impl Report {
         o
     }
 
-    /// Curve runs' SD against N, one row per method and view (the rows above, side by side).
+    /// SD against N, one row per method and view (the rows above, side by side): for `--curve`
+    /// runs, and for ordinary runs where a method has cells at two or more N (a run per N, as a
+    /// batch figure needs: a prefix of a batch is not a batch).
     fn curves_markdown(&self, o: &mut String) {
-        // (view, method, strategy, design, the curve run's N) → its rows by N.
-        type CurveKey<'a> = (View, &'a str, Strategy, Design, usize);
-        let mut curves: BTreeMap<CurveKey, BTreeMap<usize, &SdRow>> = BTreeMap::new();
+        // (view, method, strategy, design, the curve run's N or None) → its rows by N.
+        let mut series: BTreeMap<SeriesKey, BTreeMap<usize, &SdRow>> = BTreeMap::new();
         for r in &self.sd {
-            if let Some(of) = r.cell.of {
-                curves
-                    .entry((r.view, &r.cell.method, r.cell.strategy, r.cell.design, of))
-                    .or_default()
-                    .insert(r.cell.n, r);
-            }
+            series
+                .entry((
+                    r.view,
+                    &r.cell.method,
+                    r.cell.strategy,
+                    r.cell.design,
+                    r.cell.of,
+                ))
+                .or_default()
+                .insert(r.cell.n, r);
         }
-        let Some(top) = curves.keys().map(|k| k.4).max() else {
+        let (curves, runs): (Vec<_>, Vec<_>) =
+            series.into_iter().partition(|(key, _)| key.4.is_some());
+        let runs: Vec<_> = runs.into_iter().filter(|(_, pts)| pts.len() > 1).collect();
+        if !runs.is_empty() {
+            let _ = writeln!(
+                o,
+                "### SD against N (a run per N: each N's groups edited from the unedited model)\n"
+            );
+            sd_against_n(o, &runs);
+        }
+        if curves.is_empty() {
             return;
-        };
+        }
         let _ = writeln!(
             o,
             "### SD against N (`--curve` runs: the first N edits of each group, scored after the N-th)\n"
         );
-        let head: Vec<String> = (1..=top).map(|n| format!("N={n}")).collect();
-        let _ = writeln!(
-            o,
-            "| view | method | strategy | design | {} | 95 % CI at the largest N |",
-            head.join(" | ")
-        );
-        let _ = writeln!(o, "|---|---|---|---|{}---|", "---|".repeat(top));
-        for ((view, method, strategy, design, _), pts) in &curves {
-            let cols: Vec<String> = (1..=top)
-                .map(|n| {
-                    pts.get(&n)
-                        .map_or("–".to_owned(), |r| format!("{:+.1}", r.sd))
-                })
-                .collect();
-            let last = pts.values().next_back().expect("a curve has a point");
-            let _ = writeln!(
-                o,
-                "| {} | {method} | {} | {} | {} | [{:+.1}, {:+.1}] |",
-                view.name(),
-                strategy.name(),
-                design.name(),
-                cols.join(" | "),
-                last.ci.0,
-                last.ci.1
-            );
-        }
-        o.push('\n');
+        let ns = sd_against_n(o, &curves);
         // The margin moves where S, made of 0/1 successes, cannot show it.
         let _ = writeln!(
             o,
             "First edit's mean margin on its prompt, p(new) − p(true), after N edits of its subject / of other subjects:\n"
         );
+        let head: Vec<String> = ns.iter().map(|n| format!("N={n}")).collect();
         let _ = writeln!(o, "| method | strategy | design | {} |", head.join(" | "));
-        let _ = writeln!(o, "|---|---|---|{}", "---|".repeat(top));
+        let _ = writeln!(o, "|---|---|---|{}", "---|".repeat(ns.len()));
         for ((view, method, strategy, design, _), pts) in &curves {
             if *view != View::First {
                 continue;
             }
-            let cols: Vec<String> = (1..=top)
+            let cols: Vec<String> = ns
+                .iter()
                 .map(|n| {
-                    pts.get(&n).map_or("–".to_owned(), |r| {
+                    pts.get(n).map_or("–".to_owned(), |r| {
                         format!("{:.2} / {:.2}", r.homogeneous.em, r.heterogeneous.em)
                     })
                 })
@@ -643,6 +634,52 @@ impl Report {
     }
 }
 
+/// A series of SD rows: (view, method, strategy, design, the curve run's N or None).
+type SeriesKey<'a> = (View, &'a str, Strategy, Design, Option<usize>);
+
+/// An SD-against-N table: a row per series, a column per N any series has (`–` where one has
+/// none), `*` where that N's 95 % interval excludes 0, and the interval at the series' largest
+/// N. Returns the columns' Ns.
+fn sd_against_n(o: &mut String, series: &[(SeriesKey, BTreeMap<usize, &SdRow>)]) -> Vec<usize> {
+    let ns: Vec<usize> = series
+        .iter()
+        .flat_map(|(_, pts)| pts.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let head: Vec<String> = ns.iter().map(|n| format!("N={n}")).collect();
+    let _ = writeln!(
+        o,
+        "| view | method | strategy | design | {} | 95 % CI at the largest N |",
+        head.join(" | ")
+    );
+    let _ = writeln!(o, "|---|---|---|---|{}---|", "---|".repeat(ns.len()));
+    for ((view, method, strategy, design, _), pts) in series {
+        let cols: Vec<String> = ns
+            .iter()
+            .map(|n| {
+                pts.get(n).map_or("–".to_owned(), |r| {
+                    let excludes_0 = r.ci.0 > 0.0 || r.ci.1 < 0.0;
+                    format!("{:+.1}{}", r.sd, if excludes_0 { "*" } else { "" })
+                })
+            })
+            .collect();
+        let last = pts.values().next_back().expect("a series has a point");
+        let _ = writeln!(
+            o,
+            "| {} | {method} | {} | {} | {} | [{:+.1}, {:+.1}] |",
+            view.name(),
+            strategy.name(),
+            design.name(),
+            cols.join(" | "),
+            last.ci.0,
+            last.ci.1
+        );
+    }
+    let _ = writeln!(o, "\n`*`: the 95 % interval excludes 0.\n");
+    ns
+}
+
 /// A line's label in an SVG's legend.
 fn legend(s: Strategy, d: Design, view: View, of: Option<usize>) -> String {
     format!(
@@ -742,5 +779,54 @@ mod tests {
         let r = build(&paired);
         assert!(r.unpaired.is_empty() && !r.sd.is_empty());
         assert!(!r.markdown().contains("without a matched pair"));
+    }
+
+    #[test]
+    fn runs_at_several_ns_get_an_sd_against_n_table() {
+        let at = |n: usize, order: Order, step: usize, es: f64| {
+            let mut l = line(order, step, es, 1.0, 1.0);
+            l.n = n;
+            l
+        };
+        let mut lines = Vec::new();
+        // N = 2: both sides keep every edit; N = 3: the same-subject side loses its first.
+        for step in 0..2 {
+            lines.push(at(2, Order::Homogeneous, step, 1.0));
+            lines.push(at(2, Order::Heterogeneous, step, 1.0));
+        }
+        for step in 0..3 {
+            let es = if step == 0 { 0.0 } else { 1.0 };
+            lines.push(at(3, Order::Homogeneous, step, es));
+            lines.push(at(3, Order::Heterogeneous, step, 1.0));
+        }
+        // A method with cells at one N only has no row.
+        for order in [Order::Homogeneous, Order::Heterogeneous] {
+            let mut l = at(2, order, 0, 1.0);
+            l.method = "k".into();
+            lines.push(l);
+        }
+        let md = build(&lines).markdown();
+        assert!(md.contains("### SD against N (a run per N"), "{md}");
+        assert!(!md.contains("`--curve` runs"), "no curve runs: {md}");
+        let row = |view: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {view} | m | sequential | group | ")))
+                .unwrap_or_else(|| panic!("no SD-against-N row for view {view}: {md}"))
+                .to_owned()
+        };
+        // N=2 no difference; N=3 S 0 against 100, one pair: an interval of one point, not 0.
+        assert_eq!(
+            row("first"),
+            "| first | m | sequential | group | +0.0 | -100.0* | [-100.0, -100.0] |"
+        );
+        // View all at N=3: ES 2/3 against 1, S = 3 / (3/2 + 1 + 1) = 85.7 against 100.
+        assert_eq!(
+            row("all"),
+            "| all | m | sequential | group | +0.0 | -14.3* | [-14.3, -14.3] |"
+        );
+        assert!(!md.contains("| first | k | sequential | group | "), "{md}");
+        // One N for every method: no such table.
+        let one_n: Vec<_> = lines.iter().filter(|l| l.n == 2).cloned().collect();
+        assert!(!build(&one_n).markdown().contains("### SD against N"));
     }
 }
