@@ -520,118 +520,182 @@ impl Report {
     }
 
     /// One SVG per method: SD against N, a line per (strategy, design, view, curve run's N), 95 %
-    /// whiskers.
+    /// whiskers. Then, as the paper draws its figures, one SVG per (strategy, design, view, curve
+    /// or not) with a line per method, where two or more methods have cells at two or more N:
+    /// `sd-<strategy>-<design>-<view>[-curve].svg`.
     pub fn svgs(&self) -> Vec<(String, String)> {
         let methods: BTreeSet<&str> = self.sd.iter().map(|r| r.cell.method.as_str()).collect();
-        methods
+        let mut files: Vec<(String, String)> = methods
             .into_iter()
-            .map(|m| (format!("sd-{m}.svg"), self.svg(m)))
-            .collect()
-    }
-
-    fn svg(&self, method: &str) -> String {
-        let rows: Vec<&SdRow> = self.sd.iter().filter(|r| r.cell.method == method).collect();
-        // The legend's longest label ("sequential group view first, curve of 8") sets the
-        // right margin, ~7 px a character at 12 px, so that no label runs off the image.
-        let longest = rows
-            .iter()
-            .map(|r| {
-                legend(r.cell.strategy, r.cell.design, r.view, r.cell.of)
-                    .chars()
-                    .count()
+            .map(|m| {
+                let mut series: BTreeMap<String, Vec<&SdRow>> = BTreeMap::new();
+                // Keyed by the legend's parts, in their order, so lines keep a stable order.
+                let mut keys: BTreeMap<(Strategy, Design, View, Option<usize>), String> =
+                    BTreeMap::new();
+                for r in self.sd.iter().filter(|r| r.cell.method == m) {
+                    let label = keys
+                        .entry((r.cell.strategy, r.cell.design, r.view, r.cell.of))
+                        .or_insert_with(|| {
+                            legend(r.cell.strategy, r.cell.design, r.view, r.cell.of)
+                        })
+                        .clone();
+                    series.entry(label).or_default().push(r);
+                }
+                let ordered = keys
+                    .into_values()
+                    .map(|label| {
+                        let pts = series.remove(&label).expect("each key has its rows");
+                        (label, pts)
+                    })
+                    .collect();
+                (
+                    format!("sd-{m}.svg"),
+                    plot(
+                        &format!("{m}: SD = S(homogeneous) − S(heterogeneous), points"),
+                        ordered,
+                    ),
+                )
             })
-            .max()
-            .unwrap_or(0) as f64;
-        let right = (45.0 + 7.0 * longest).max(200.0);
-        let (w, h, left, top, bottom) = (440.0 + right, 400.0, 60.0, 40.0, 50.0);
-        let ns: Vec<usize> = rows.iter().map(|r| r.cell.n).collect();
-        let (n0, n1) = (
-            *ns.iter().min().unwrap_or(&2) as f64,
-            *ns.iter().max().unwrap_or(&2) as f64,
-        );
-        let (n0, n1) = if n0 == n1 {
-            (n0 - 1.0, n1 + 1.0)
-        } else {
-            (n0, n1)
-        };
-        let lo = rows.iter().map(|r| r.ci.0.min(r.sd)).fold(0.0f64, f64::min);
-        let hi = rows.iter().map(|r| r.ci.1.max(r.sd)).fold(0.0f64, f64::max);
-        let (lo, hi) = (
-            (lo / 10.0).floor() * 10.0,
-            ((hi / 10.0).ceil() * 10.0).max(lo + 10.0),
-        );
-        let x = |n: f64| left + (n - n0) / (n1 - n0) * (w - left - right);
-        let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
-        let mut o = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{method}: SD = S(homogeneous) − S(heterogeneous), points</text>\n",
-            left
-        );
-        // Gridlines at a round step, and the zero line (SD = 0: no perturbation) always.
-        let step = [5.0, 10.0, 20.0, 25.0, 50.0, 100.0]
-            .into_iter()
-            .find(|s| (hi - lo) / s <= 8.0)
-            .unwrap_or(100.0);
-        let mut v = (lo / step).ceil() * step;
-        while v <= hi + 1e-9 {
-            let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
-                w - right, y(v), y(v), left - 6.0, y(v) + 4.0);
-            v += step;
-        }
-        let _ = writeln!(
-            o,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
-            w - right,
-            y(0.0),
-            y(0.0)
-        );
-        for n in (n0 as usize)..=(n1 as usize) {
-            let _ = writeln!(
-                o,
-                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
-                x(n as f64),
-                h - bottom + 18.0
-            );
-        }
-        let _ = writeln!(
-            o,
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">N (edits per group)</text>",
-            (left + w - right) / 2.0,
-            h - 10.0
-        );
-        let colors = [
-            "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-        ];
-        let mut series: BTreeMap<(Strategy, Design, View, Option<usize>), Vec<&SdRow>> =
-            BTreeMap::new();
-        for r in rows {
-            series
-                .entry((r.cell.strategy, r.cell.design, r.view, r.cell.of))
+            .collect();
+        // (strategy, design, view, curve runs) → (method, curve run's N) → its rows.
+        type Panel = (Strategy, Design, View, bool);
+        type Lines<'a> = BTreeMap<(&'a str, Option<usize>), Vec<&'a SdRow>>;
+        let mut panels: BTreeMap<Panel, Lines> = BTreeMap::new();
+        for r in &self.sd {
+            panels
+                .entry((r.cell.strategy, r.cell.design, r.view, r.cell.of.is_some()))
+                .or_default()
+                .entry((&r.cell.method, r.cell.of))
                 .or_default()
                 .push(r);
         }
-        for (i, ((s, d, vw, of), pts)) in series.iter().enumerate() {
-            let c = colors[i % colors.len()];
-            let path: Vec<String> = pts
-                .iter()
-                .map(|r| format!("{:.1},{:.1}", x(r.cell.n as f64), y(r.sd)))
-                .collect();
-            let _ = writeln!(
-                o,
-                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-                path.join(" ")
-            );
-            for r in pts {
-                let (px, dx) = (x(r.cell.n as f64), 4.0 + i as f64);
-                let _ = writeln!(o, "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/><circle cx=\"{px:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{c}\"/>",
-                    px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
+        for ((strategy, design, view, curve), lines) in panels {
+            let ns: BTreeSet<usize> = lines.values().flatten().map(|r| r.cell.n).collect();
+            if lines.len() < 2 || ns.len() < 2 {
+                continue;
             }
-            let ly = top + 20.0 * i as f64;
-            let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
-                w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, legend(*s, *d, *vw, *of));
+            let series = lines
+                .into_iter()
+                .map(|((m, of), pts)| {
+                    let label = of.map_or(m.to_owned(), |of| format!("{m}, curve of {of}"));
+                    (label, pts)
+                })
+                .collect();
+            let name = format!(
+                "sd-{}-{}-{}{}.svg",
+                strategy.name(),
+                design.name(),
+                view.name(),
+                if curve { "-curve" } else { "" }
+            );
+            let title = format!(
+                "SD against N: {} editing, {} design, view {}",
+                strategy.name(),
+                design.name(),
+                view.name()
+            );
+            files.push((name, plot(&title, series)));
         }
-        o.push_str("</svg>\n");
-        o
+        files
     }
+}
+
+/// An SVG of SD against N: a line per labelled series, 95 % whiskers, the zero line.
+fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
+    let rows: Vec<&SdRow> = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().copied())
+        .collect();
+    // The legend's longest label ("sequential group view first, curve of 8") sets the
+    // right margin, ~7 px a character at 12 px, so that no label runs off the image.
+    let longest = series
+        .iter()
+        .map(|(label, _)| label.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let right = (45.0 + 7.0 * longest).max(200.0);
+    let (w, h, left, top, bottom) = (440.0 + right, 400.0, 60.0, 40.0, 50.0);
+    let ns: Vec<usize> = rows.iter().map(|r| r.cell.n).collect();
+    let (n0, n1) = (
+        *ns.iter().min().unwrap_or(&2) as f64,
+        *ns.iter().max().unwrap_or(&2) as f64,
+    );
+    let (n0, n1) = if n0 == n1 {
+        (n0 - 1.0, n1 + 1.0)
+    } else {
+        (n0, n1)
+    };
+    let lo = rows.iter().map(|r| r.ci.0.min(r.sd)).fold(0.0f64, f64::min);
+    let hi = rows.iter().map(|r| r.ci.1.max(r.sd)).fold(0.0f64, f64::max);
+    let (lo, hi) = (
+        (lo / 10.0).floor() * 10.0,
+        ((hi / 10.0).ceil() * 10.0).max(lo + 10.0),
+    );
+    let x = |n: f64| left + (n - n0) / (n1 - n0) * (w - left - right);
+    let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{title}</text>\n",
+        left
+    );
+    // Gridlines at a round step, and the zero line (SD = 0: no perturbation) always.
+    let step = [5.0, 10.0, 20.0, 25.0, 50.0, 100.0]
+        .into_iter()
+        .find(|s| (hi - lo) / s <= 8.0)
+        .unwrap_or(100.0);
+    let mut v = (lo / step).ceil() * step;
+    while v <= hi + 1e-9 {
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            w - right, y(v), y(v), left - 6.0, y(v) + 4.0);
+        v += step;
+    }
+    let _ = writeln!(
+        o,
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+        w - right,
+        y(0.0),
+        y(0.0)
+    );
+    for n in (n0 as usize)..=(n1 as usize) {
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+            x(n as f64),
+            h - bottom + 18.0
+        );
+    }
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">N (edits per group)</text>",
+        (left + w - right) / 2.0,
+        h - 10.0
+    );
+    // Ten colours: a figure has a line per method (ten registered).
+    let colors = [
+        "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+        "#bcbd22", "#17becf",
+    ];
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.cell.n as f64), y(r.sd)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for r in pts {
+            let (px, dx) = (x(r.cell.n as f64), 4.0 + i as f64);
+            let _ = writeln!(o, "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/><circle cx=\"{px:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{c}\"/>",
+                px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
+        }
+        let ly = top + 20.0 * i as f64;
+        let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - right + 10.0, w - right + 30.0, w - right + 35.0, ly + 4.0, label);
+    }
+    o.push_str("</svg>\n");
+    o
 }
 
 /// A series of SD rows: (view, method, strategy, design, the curve run's N or None).
@@ -828,5 +892,53 @@ mod tests {
         // One N for every method: no such table.
         let one_n: Vec<_> = lines.iter().filter(|l| l.n == 2).cloned().collect();
         assert!(!build(&one_n).markdown().contains("### SD against N"));
+    }
+
+    #[test]
+    fn methods_at_several_ns_share_a_figure_per_strategy_and_view() {
+        let mut lines = Vec::new();
+        for method in ["m", "k"] {
+            for n in [2, 3] {
+                for step in 0..n {
+                    for order in [Order::Homogeneous, Order::Heterogeneous] {
+                        let mut l = line(order, step, 1.0, 1.0, 1.0);
+                        (l.n, l.method) = (n, method.into());
+                        lines.push(l);
+                    }
+                }
+            }
+        }
+        let names = |lines: &[ResultLine]| -> Vec<String> {
+            build(lines)
+                .svgs()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        assert_eq!(
+            names(&lines),
+            [
+                "sd-k.svg",
+                "sd-m.svg",
+                "sd-sequential-group-all.svg",
+                "sd-sequential-group-first.svg"
+            ]
+        );
+        let svgs = build(&lines).svgs();
+        let figure = &svgs[3].1;
+        assert!(figure.contains(">SD against N: sequential editing, group design, view first<"));
+        // A line per method, each with its label and its two points.
+        assert_eq!(figure.matches("<polyline").count(), 2, "{figure}");
+        assert!(
+            figure.contains(">k</text>") && figure.contains(">m</text>"),
+            "{figure}"
+        );
+        // A method's own figure keeps a line per view.
+        assert!(svgs[1].1.contains(">sequential group view all</text>"));
+        // One method, or one N: no shared figure.
+        let one_method: Vec<_> = lines.iter().filter(|l| l.method == "m").cloned().collect();
+        assert_eq!(names(&one_method), ["sd-m.svg"]);
+        let one_n: Vec<_> = lines.iter().filter(|l| l.n == 2).cloned().collect();
+        assert_eq!(names(&one_n), ["sd-k.svg", "sd-m.svg"]);
     }
 }
