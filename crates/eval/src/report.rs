@@ -284,16 +284,16 @@ impl Report {
                 View::All => "every edit of each group, scored after the last",
             };
             let _ = writeln!(o, "### View `{}`: {what}\n", view.name());
-            let _ = writeln!(o, "| method | strategy | design | N | groups | S homo | S hetero | SD (points) | 95 % CI | ES homo / hetero | PS homo / hetero | NS homo / hetero |");
-            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(o, "| method | strategy | design | N | groups | S homo | S hetero | SD (points) | 95 % CI | ES homo / hetero | PS homo / hetero | NS homo / hetero | margin homo / hetero |");
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in self.sd.iter().filter(|r| r.view == view) {
                 let (h, t) = (&r.homogeneous, &r.heterogeneous);
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | **{:+.1}** | [{:+.1}, {:+.1}] | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | **{:+.1}** | [{:+.1}, {:+.1}] | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
                     r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n_label(), r.groups,
                     100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1,
-                    h.es, t.es, h.ps, t.ps, h.ns, t.ns
+                    h.es, t.es, h.ps, t.ps, h.ns, t.ns, h.em, t.em
                 );
             }
             o.push('\n');
@@ -475,15 +475,15 @@ impl Report {
 
     /// `(file name, contents)` of each CSV table.
     pub fn csv(&self) -> Vec<(String, String)> {
-        let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous,of\n");
+        let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous,of,em_homogeneous,em_heterogeneous\n");
         for r in &self.sd {
             let (h, t) = (&r.homogeneous, &r.heterogeneous);
             let _ = writeln!(
                 sd,
-                "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
+                "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.4},{:.4}",
                 r.cell.method, r.cell.strategy.name(), r.cell.design.name(), r.cell.n, r.view.name(),
                 r.groups, 100.0 * h.score, 100.0 * t.score, r.sd, r.ci.0, r.ci.1, h.es, t.es, h.ps,
-                t.ps, h.ns, t.ns, r.cell.of.map_or(String::new(), |o| o.to_string())
+                t.ps, h.ns, t.ns, r.cell.of.map_or(String::new(), |o| o.to_string()), h.em, t.em
             );
         }
         let mut dens = String::from("method,strategy,n,density,cases,es,ps,ns,score\n");
@@ -940,5 +940,44 @@ mod tests {
         assert_eq!(names(&one_method), ["sd-m.svg"]);
         let one_n: Vec<_> = lines.iter().filter(|l| l.n == 2).cloned().collect();
         assert_eq!(names(&one_n), ["sd-k.svg", "sd-m.svg"]);
+    }
+
+    #[test]
+    fn the_tables_carry_each_sides_mean_margin() {
+        // Every edit succeeds on both sides (SD 0), by different margins.
+        let with_em = |order: Order, step: usize, em: f64| {
+            let mut l = line(order, step, 1.0, 1.0, 1.0);
+            l.metrics.em = em;
+            l
+        };
+        let r = build(&[
+            with_em(Order::Homogeneous, 0, 0.25),
+            with_em(Order::Homogeneous, 1, 0.75),
+            with_em(Order::Heterogeneous, 0, 0.9),
+            with_em(Order::Heterogeneous, 1, 0.7),
+        ]);
+        let md = r.markdown();
+        let row = |view: &str| {
+            let table = md
+                .split("### View `")
+                .find(|t| t.starts_with(view))
+                .unwrap_or_else(|| panic!("no view {view}: {md}"));
+            table
+                .lines()
+                .find(|l| l.starts_with("| m | sequential | group | 2 | "))
+                .unwrap_or_else(|| panic!("no row in view {view}: {md}"))
+                .to_owned()
+        };
+        assert!(row("first").ends_with("| **+0.0** | [+0.0, +0.0] | 1.00 / 1.00 | 1.00 / 1.00 | 1.00 / 1.00 | 0.25 / 0.90 |"), "{md}");
+        assert!(
+            row("all").ends_with("| 1.00 / 1.00 | 0.50 / 0.80 |"),
+            "{md}"
+        );
+        let csv = &r.csv()[0].1;
+        let all = csv
+            .lines()
+            .find(|l| l.contains(",all,"))
+            .unwrap_or_else(|| panic!("{csv}"));
+        assert!(all.ends_with(",,0.5000,0.8000"), "{all}");
     }
 }
