@@ -566,8 +566,9 @@ fn profile(name: &str) -> Result<Profile> {
         // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND),
         // on the deep set: batch cells only (a batch's edits land at once, so each N is a run of
         // its own, not a prefix of N = 8's), fig7's whole axis, N = 2..8, 8 matched group pairs,
-        // `deep`'s subjects. About 95 minutes on a 2-core CPU, two cells at a time (the ends,
-        // N = 2 and 8, 27 measured; a cell's time grows about linearly with N).
+        // `deep`'s subjects. About 90–110 minutes on a 2-core CPU, two cells at a time (measured:
+        // the ends, N = 2 and 8, 27 min; N = 3..7 85 min beside another kedit process; a cell's
+        // time grows about linearly with N).
         "batch" => Profile {
             name: "batch",
             methods: Some(&["memit", "pmet", "ft-m", "mend"]),
