@@ -528,25 +528,18 @@ impl Report {
         let mut files: Vec<(String, String)> = methods
             .into_iter()
             .map(|m| {
-                let mut series: BTreeMap<String, Vec<&SdRow>> = BTreeMap::new();
-                // Keyed by the legend's parts, in their order, so lines keep a stable order.
-                let mut keys: BTreeMap<(Strategy, Design, View, Option<usize>), String> =
+                // A line per (strategy, design, view, curve run's N), in that order.
+                let mut lines: BTreeMap<(Strategy, Design, View, Option<usize>), Vec<&SdRow>> =
                     BTreeMap::new();
                 for r in self.sd.iter().filter(|r| r.cell.method == m) {
-                    let label = keys
+                    lines
                         .entry((r.cell.strategy, r.cell.design, r.view, r.cell.of))
-                        .or_insert_with(|| {
-                            legend(r.cell.strategy, r.cell.design, r.view, r.cell.of)
-                        })
-                        .clone();
-                    series.entry(label).or_default().push(r);
+                        .or_default()
+                        .push(r);
                 }
-                let ordered = keys
-                    .into_values()
-                    .map(|label| {
-                        let pts = series.remove(&label).expect("each key has its rows");
-                        (label, pts)
-                    })
+                let ordered = lines
+                    .into_iter()
+                    .map(|((s, d, v, of), pts)| (legend(s, d, v, of), pts))
                     .collect();
                 (
                     format!("sd-{m}.svg"),
