@@ -17,9 +17,10 @@
 #                  $KERNELS (comma-separated), or else the probe's fastest f32 kernel and its
 #                  fastest TF32 one on the MLP products -> gpu-edit.jsonl
 #
-#   call 1: carry gpu/1   bash benchmarks/gpu_device.sh tests-tiny probe
-#   call 2: carry gpu/2   bash benchmarks/gpu_device.sh bench-7b kernels-7b
-#   call 3: carry gpu/3   bash benchmarks/gpu_device.sh tests-smollm2 bench-smollm2
+# gpu/1 holds gpu-edit and matmul-probe (bench-7b, probe, kernels-7b) and the first cut of the
+# test binaries; gpu/2 completes the tests (tests-tiny); the last part completes SmolLM2
+# (tests-smollm2, bench-smollm2). `cargo xtask gpu-pack` prints which part completes which. With
+# no phase named, the script only stages. The plan: benchmarks/README.md, "GPU".
 #
 # Logs and results go to $OUT: card.txt, tests-*.log, gpu-edit.jsonl, table-*.md.
 #
@@ -55,39 +56,57 @@ for part in gpu/[0-9]*; do
     [ -d "$part" ] && cp -r "$part"/. "$STAGE"/ && rm -rf "$part"
 done
 ls -l "$STAGE" | tee -a "$OUT/stage.txt"
-if [ -f "$STAGE/bins.tar.xz" ]; then
-    # Python's tarfile reads xz whatever the image's tar has.
-    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2])" \
-        "$STAGE/bins.tar.xz" "$STAGE" && rm "$STAGE/bins.tar.xz"
+# gpu/1/manifest: each archive, how many chunks make it, and its SHA-256. An archive is joined,
+# checked and unpacked once all its chunks are staged (Python's tarfile reads xz whatever the
+# image's tar has), then its chunks are removed and a marker says it is done.
+if [ -f "$STAGE/manifest" ]; then
+    while read -r name n sum; do
+        [ -e "$STAGE/$name.done" ] && continue
+        chunks=("$STAGE/$name".[0-9][0-9])
+        [ -f "${chunks[0]}" ] || chunks=()
+        if [ "${#chunks[@]}" -ne "$n" ]; then
+            echo "$name: ${#chunks[@]} of $n chunks staged so far (carry the next part)"
+            continue
+        fi
+        cat "${chunks[@]}" > "$STAGE/$name"
+        if ! echo "$sum  $STAGE/$name" | sha256sum -c --quiet; then
+            echo "$name: the joined chunks do not match the manifest's SHA-256" >&2
+            rm "$STAGE/$name"
+            continue
+        fi
+        python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+            "$STAGE/$name" "$STAGE" && rm "$STAGE/$name" "${chunks[@]}" && touch "$STAGE/$name.done" \
+            && echo "$name: unpacked"
+    done < "$STAGE/manifest"
 fi
 have_smollm2() { [ -f "$GGUF" ]; }
-if ! have_smollm2 && [ -f "$STAGE/manifest" ]; then
-    read -r _ n sum < "$STAGE/manifest"
-    chunks=("$STAGE"/smollm2.tar.*)
-    if [ "${#chunks[@]}" -eq "$n" ] && [ -f "${chunks[0]}" ]; then
-        cat "${chunks[@]}" > "$STAGE/smollm2.tar"
-        if echo "$sum  $STAGE/smollm2.tar" | sha256sum -c --quiet; then
-            tar xf "$STAGE/smollm2.tar" -C "$STAGE" && rm "$STAGE"/smollm2.tar*
-        else
-            echo "smollm2.tar: the joined parts do not match the manifest's SHA-256" >&2
-        fi
-    else
-        echo "SmolLM2: ${#chunks[@]} of $n parts staged so far"
-    fi
+# Each archive may arrive a call after another (gpu-pack says which part completes which).
+have_bench() { [ -x "$STAGE/bin/gpu-edit" ] || { echo "$1: not run, bench.tar.xz is not all staged yet" >&2; status=1; false; }; }
+have_tests() { [ -d "$STAGE/tests" ] || { echo "$1: not run, tests.tar.xz is not all staged yet" >&2; status=1; false; }; }
+if [ "$#" -eq 0 ]; then
+    echo "no phase named: staged only"
+    exit 0
 fi
-if [ ! -d "$STAGE/tests" ]; then
-    echo "$STAGE/tests: no test binaries (gpu/1 was not carried to this machine, or it was given back between calls)" >&2
+if [ ! -d "$STAGE/tests" ] && [ ! -d "$STAGE/bin" ]; then
+    echo "$STAGE: no binaries (gpu/1 was not carried to this machine, or it was given back between calls)" >&2
     exit 2
 fi
 
-# The test binaries find fixtures and the kedit binary through paths fixed when they were built
+# The binaries find fixtures, data and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
-built=$(strings "$STAGE/tests/tiny_llama" | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/crates/models' | sort -u | head -1)
-root=${built%/crates/models}
-if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
-    mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
+for b in tests/tiny_llama bin/gpu-edit; do
+    [ -f "$STAGE/$b" ] || continue
+    built=$(strings "$STAGE/$b" | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/\(crates/models\|benchmarks/\.\./fixtures\)' | sort -u | head -1)
+    root=${built%/crates/models}
+    root=${root%/benchmarks/../fixtures}
+    if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
+        mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
+    fi
+    break
+done
+if [ -f "$STAGE/bin/kedit" ]; then
+    mkdir -p target/release && cp "$STAGE/bin/kedit" target/release/kedit
 fi
-mkdir -p target/release && cp "$STAGE/bin/kedit" target/release/kedit
 # Every process (each test binary, each kedit the CLI tests start) would compile the same kernels
 # again through NVRTC: CubeCL's PTX cache, kept under target/ while the machine stays warm, lets
 # them share the compiled kernels. CubeCL reads cubecl.toml from the working directory up.
@@ -126,6 +145,7 @@ for phase in "$@"; do
     echo "=== $phase ($(date -u +%T))"
     case $phase in
     tests-tiny)
+        have_tests tests-tiny || continue
         tiny=()
         for t in "${tiny_first[@]}"; do [ -f "$STAGE/tests/$t" ] && tiny+=("$t"); done
         for t in "$STAGE"/tests/*; do
@@ -134,12 +154,15 @@ for phase in "$@"; do
         tests tiny "${tiny[@]}" ;;
     tests-smollm2)
         have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
+        have_tests tests-smollm2 || continue
         tests smollm2 "${smollm2_tests[@]}" ;;
     bench-7b)
+        have_bench bench-7b || continue
         [ "$(left)" -gt 60 ] || { echo "bench-7b: not run, the call's DEADLINE is near"; status=1; continue; }
         bench random:llama2-7b "${MEMIT_7B:-0}" ;;
     bench-smollm2)
         have_smollm2 || { echo "SmolLM2 is not staged yet" >&2; status=1; continue; }
+        have_bench bench-smollm2 || continue
         if ! python3 -c "import gguf" 2>/dev/null; then
             python3 -m pip install -q --no-index --no-deps --target "$STAGE/site" "$STAGE"/whl/*.whl
             export PYTHONPATH=$STAGE/site
@@ -147,12 +170,14 @@ for phase in "$@"; do
         [ "$(left)" -gt 60 ] || { echo "bench-smollm2: not run, the call's DEADLINE is near"; status=1; continue; }
         bench smollm2 "${MEMIT_SMOLLM2:-100}" ;;
     probe)
+        have_bench probe || continue
         p=${PROBE_S:-150}
         [ "$(left)" -gt $((p + 30)) ] || p=$(($(left) - 30))
         [ "$p" -gt 20 ] || { echo "probe: not run, the call's DEADLINE is near"; status=1; continue; }
         timeout $((p + 20)) "$STAGE/bin/matmul-probe" --deadline "$p" ${PROBE_ONLY:+--only "$PROBE_ONLY"} \
             > "$OUT/probe.jsonl" 2> >(tee "$OUT/probe.md" >&2) || status=1 ;;
     kernels-7b)
+        have_bench kernels-7b || continue
         kernels=${KERNELS:-}
         if [ -z "$kernels" ] && [ -s "$OUT/probe.jsonl" ]; then
             kernels=$(python3 benchmarks/gpu_pick_kernels.py "$OUT/probe.jsonl") || status=1

@@ -87,12 +87,15 @@ const GGUF_WHEEL: &str = "gguf==0.19.0";
 
 /// Everything a GPU machine without a Rust toolchain or network needs, built here into `gpu/`
 /// (ignored by git) as the `device` tool carries it: `gpu/1`, `gpu/2`, … one per call, each
-/// under what one call carries beside the working tree. In them: the test binaries with cuda
-/// tests, the `kedit` binary the CLI tests drive and `gpu-edit` (release, stripped), as one xz
-/// archive: the binaries share most of their code, and one solid archive with a window larger
-/// than any binary stores it about once (33 MB for 15 binaries, against 69 MB compressed one by
-/// one); then SmolLM2's GGUF with its hash marker and the `gguf` wheel, as a tar cut across the
-/// calls. `benchmarks/gpu_device.sh` stages the parts there and runs what they allow.
+/// under what one call carries beside the working tree. In them, cut into chunks across the
+/// parts (`cut_into_parts`), the archives of `PACK_ARCHIVES`: `gpu-edit` and `matmul-probe`, then
+/// the test binaries with cuda tests and the `kedit` binary the CLI tests drive (release,
+/// stripped), each as one xz archive: the binaries share most of their code, and one solid
+/// archive with a window larger than any binary stores it about once (44 MB for 15 binaries,
+/// where one by one they would take about twice that); then SmolLM2's GGUF with its hash marker
+/// and the `gguf` wheel, as a tar. `gpu/1/manifest` says how many chunks make each archive and
+/// its SHA-256; `benchmarks/gpu_device.sh` stages the parts there, joins and unpacks each
+/// archive once it is whole, and runs what they allow.
 fn gpu_pack() -> Result<()> {
     let root = root();
     // Every binary carries cubek's kernels (`cuda-kernels`), so that KEDIT_CUDA_KERNEL also
@@ -181,12 +184,14 @@ fn gpu_pack() -> Result<()> {
         .arg(stage.join("whl"))
         .arg(GGUF_WHEEL))?;
     // A dictionary (window) larger than the largest binary, in one thread (more threads would
-    // cut the stream into blocks that cannot see each other).
+    // cut the stream into blocks that cannot see each other). Two archives, so that a call can
+    // run what one of them holds before the other has all arrived.
     run(Command::new("sh")
         .arg("-c")
         .arg(
             "cd gpu/stage && strip bin/* tests/* \
-             && tar cf - bin tests | xz -9 --lzma2=dict=384MiB -T1 > ../bins.tar.xz \
+             && tar cf - tests bin/kedit | xz -9 --lzma2=dict=384MiB -T1 > ../tests.tar.xz \
+             && tar cf - bin/gpu-edit bin/matmul-probe | xz -9 --lzma2=dict=384MiB -T1 > ../bench.tar.xz \
              && tar cf ../smollm2.tar home whl",
         )
         .current_dir(&root))?;
@@ -194,45 +199,97 @@ fn gpu_pack() -> Result<()> {
     let cap = DEVICE_CALL_BYTES
         .checked_sub(working_tree_bytes(&root)? + (2 << 20))
         .context("the working tree alone fills a device call")?;
-    let bins = std::fs::read(dir.join("bins.tar.xz"))?;
-    let model = std::fs::read(dir.join("smollm2.tar"))?;
-    if bins.len() as u64 >= cap {
-        bail!(
-            "gpu/bins.tar.xz is {} bytes, over the {cap} one device call carries beside the working tree",
-            bins.len()
-        );
+    let mut files = Vec::new();
+    for name in PACK_ARCHIVES {
+        let sum = run(Command::new("sha256sum").arg(name).current_dir(&dir))?;
+        let sum = sum.split_whitespace().next().unwrap_or("").to_string();
+        files.push((name, std::fs::read(dir.join(name))?, sum));
+        std::fs::remove_file(dir.join(name))?;
     }
-    // The first part shares its call with the binaries.
-    let (head, tail) = model.split_at((cap as usize - bins.len()).min(model.len()));
-    let chunks: Vec<&[u8]> = std::iter::once(head)
-        .chain(tail.chunks(cap as usize))
+    let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
+    let parts = cut_into_parts(&sizes, cap as usize);
+    let mut chunks_of = vec![0; files.len()];
+    for (p, part) in parts.iter().enumerate() {
+        let out = dir.join((p + 1).to_string());
+        std::fs::create_dir_all(&out)?;
+        for c in part {
+            let (name, bytes, _) = &files[c.file];
+            std::fs::write(
+                out.join(format!("{name}.{:02}", c.index)),
+                &bytes[c.start..c.start + c.len],
+            )?;
+            chunks_of[c.file] += 1;
+        }
+    }
+    // One line per archive: its name, how many chunks make it, and the SHA-256 of the whole.
+    let manifest: String = files
+        .iter()
+        .zip(&chunks_of)
+        .map(|((name, _, sum), n)| format!("{name} {n} {sum}\n"))
         .collect();
-    for (i, c) in chunks.iter().enumerate() {
-        let part = dir.join((i + 1).to_string());
-        std::fs::create_dir_all(&part)?;
-        std::fs::write(part.join(format!("smollm2.tar.{i:02}")), c)?;
-    }
-    std::fs::rename(dir.join("bins.tar.xz"), dir.join("1/bins.tar.xz"))?;
-    let sum = run(Command::new("sha256sum")
-        .arg("smollm2.tar")
-        .current_dir(&dir))?;
-    std::fs::write(
-        dir.join("1/manifest"),
-        format!(
-            "smollm2.tar {} {}\n",
-            chunks.len(),
-            sum.split_whitespace().next().unwrap_or("")
-        ),
-    )?;
-    std::fs::remove_file(dir.join("smollm2.tar"))?;
+    std::fs::write(dir.join("1/manifest"), manifest)?;
     std::fs::remove_dir_all(&stage)?;
+    let complete: Vec<String> = PACK_ARCHIVES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let last = parts
+                .iter()
+                .rposition(|p| p.iter().any(|c| c.file == i))
+                .unwrap_or(0);
+            format!("{name} ({} bytes) complete with gpu/{}", sizes[i], last + 1)
+        })
+        .collect();
     println!(
-        "gpu/: {n} test binaries, kedit, gpu-edit and matmul-probe ({} bytes xz) and SmolLM2 ({} bytes) in {} parts of at most {cap} bytes: carry gpu/1, gpu/2, … one per call to the same warm machine (benchmarks/README.md, \"GPU\")",
-        bins.len(),
-        model.len(),
-        chunks.len()
+        "gpu/: {n} test binaries, kedit, gpu-edit and matmul-probe and SmolLM2 in {} parts of at most {cap} bytes: {}; carry gpu/1, gpu/2, … one per call to the same warm machine (benchmarks/README.md, \"GPU\")",
+        parts.len(),
+        complete.join(", ")
     );
     Ok(())
+}
+
+/// What `gpu-pack` ships, in the order the GPU calls get it: the benchmarks' binaries (9 MB, so
+/// the first call can time ROME on the 7B shape), the test binaries with `kedit` (44 MB, whole by
+/// the second call), then SmolLM2.
+const PACK_ARCHIVES: [&str; 3] = ["bench.tar.xz", "tests.tar.xz", "smollm2.tar"];
+
+/// One piece of a packed file: bytes `start..start + len` of file `file`, its `index`th chunk.
+#[derive(Debug, Clone, PartialEq)]
+struct Chunk {
+    file: usize,
+    index: usize,
+    start: usize,
+    len: usize,
+}
+
+/// Cuts files of these sizes, in order, into parts of at most `cap` bytes, one per device call.
+/// Greedy: a file begins in the room the one before it left and is cut where a part fills. A file
+/// is usable once its last chunk has arrived, and no other cut makes any file's last chunk arrive
+/// sooner, so the first call gets everything that fits in it.
+fn cut_into_parts(sizes: &[usize], cap: usize) -> Vec<Vec<Chunk>> {
+    assert!(cap > 0);
+    let mut parts: Vec<Vec<Chunk>> = vec![Vec::new()];
+    let mut room = cap;
+    for (file, &size) in sizes.iter().enumerate() {
+        let (mut start, mut index) = (0, 0);
+        while start < size || (size == 0 && index == 0) {
+            if room == 0 {
+                parts.push(Vec::new());
+                room = cap;
+            }
+            let len = (size - start).min(room);
+            parts.last_mut().unwrap().push(Chunk {
+                file,
+                index,
+                start,
+                len,
+            });
+            start += len;
+            index += 1;
+            room -= len;
+        }
+    }
+    parts
 }
 
 /// Bytes of what the `device` tool sends with every call: tracked files and untracked ones git
@@ -1156,6 +1213,54 @@ mod tests {
         assert_eq!(batch.len(), 6 + 7);
         assert!(batch.iter().all(|c| !c.2));
         assert_eq!(cells_of("deep", "sequential"), [(DEEP_DATA, 8, false)]);
+    }
+
+    /// Each file is rebuilt from its chunks in order, no part is over the cap, every part but the
+    /// last is full, and a file that fits in the room left is not cut.
+    #[test]
+    fn the_pack_cuts_files_into_full_parts_under_the_cap() {
+        for (sizes, cap) in [
+            (vec![49, 7, 98], 43),
+            (vec![40, 7, 98], 43),
+            (vec![10, 10, 10], 100),
+            (vec![0, 5], 4),
+            (vec![43, 43], 43),
+        ] {
+            let parts = cut_into_parts(&sizes, cap);
+            let totals: Vec<usize> = parts
+                .iter()
+                .map(|p| p.iter().map(|c| c.len).sum())
+                .collect();
+            assert!(totals.iter().all(|&t| t <= cap), "{sizes:?}: {totals:?}");
+            assert!(totals[..totals.len() - 1].iter().all(|&t| t == cap));
+            assert_eq!(totals.iter().sum::<usize>(), sizes.iter().sum::<usize>());
+            for (f, &size) in sizes.iter().enumerate() {
+                let chunks: Vec<&Chunk> = parts.iter().flatten().filter(|c| c.file == f).collect();
+                let mut at = 0;
+                for (i, c) in chunks.iter().enumerate() {
+                    assert_eq!((c.index, c.start), (i, at), "{sizes:?}, file {f}");
+                    at += c.len;
+                }
+                assert_eq!(at, size, "{sizes:?}, file {f}");
+                assert!(
+                    !chunks.is_empty(),
+                    "file {f} has no chunk to say it is there"
+                );
+            }
+        }
+        // The tests' archive fits the first call: it arrives whole and the next one starts there.
+        let parts = cut_into_parts(&[40, 7, 98], 43);
+        assert_eq!(parts[0][0].len, 40);
+        assert_eq!(
+            parts[0][1],
+            Chunk {
+                file: 1,
+                index: 0,
+                start: 0,
+                len: 3
+            }
+        );
+        assert_eq!(parts.len(), 4);
     }
 
     /// The GPU pack carries every integration test with a cuda instance: a test file added
