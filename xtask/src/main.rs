@@ -201,33 +201,11 @@ fn gpu_pack() -> Result<()> {
         .context("the working tree alone fills a device call")?;
     let mut files = Vec::new();
     for name in PACK_ARCHIVES {
-        let sum = run(Command::new("sha256sum").arg(name).current_dir(&dir))?;
-        let sum = sum.split_whitespace().next().unwrap_or("").to_string();
-        files.push((name, std::fs::read(dir.join(name))?, sum));
+        files.push((name.to_string(), std::fs::read(dir.join(name))?));
         std::fs::remove_file(dir.join(name))?;
     }
     let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
-    let parts = cut_into_parts(&sizes, cap as usize);
-    let mut chunks_of = vec![0; files.len()];
-    for (p, part) in parts.iter().enumerate() {
-        let out = dir.join((p + 1).to_string());
-        std::fs::create_dir_all(&out)?;
-        for c in part {
-            let (name, bytes, _) = &files[c.file];
-            std::fs::write(
-                out.join(format!("{name}.{:02}", c.index)),
-                &bytes[c.start..c.start + c.len],
-            )?;
-            chunks_of[c.file] += 1;
-        }
-    }
-    // One line per archive: its name, how many chunks make it, and the SHA-256 of the whole.
-    let manifest: String = files
-        .iter()
-        .zip(&chunks_of)
-        .map(|((name, _, sum), n)| format!("{name} {n} {sum}\n"))
-        .collect();
-    std::fs::write(dir.join("1/manifest"), manifest)?;
+    let parts = write_parts(&dir, &files, cap as usize)?;
     std::fs::remove_dir_all(&stage)?;
     let complete: Vec<String> = PACK_ARCHIVES
         .iter()
@@ -246,6 +224,41 @@ fn gpu_pack() -> Result<()> {
         complete.join(", ")
     );
     Ok(())
+}
+
+/// Writes `files` (name, bytes), cut by [`cut_into_parts`], into `dir/1`, `dir/2`, … as
+/// `<name>.00`, `<name>.01`, …, and `dir/1/manifest`: a line per file with its name, how many
+/// chunks make it and the SHA-256 of the whole, which `gpu_device.sh` checks after joining.
+fn write_parts(dir: &Path, files: &[(String, Vec<u8>)], cap: usize) -> Result<Vec<Vec<Chunk>>> {
+    use sha2::{Digest, Sha256};
+    let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
+    let parts = cut_into_parts(&sizes, cap);
+    let mut chunks_of = vec![0; files.len()];
+    for (p, part) in parts.iter().enumerate() {
+        let out = dir.join((p + 1).to_string());
+        std::fs::create_dir_all(&out)?;
+        for c in part {
+            let (name, bytes) = &files[c.file];
+            std::fs::write(
+                out.join(format!("{name}.{:02}", c.index)),
+                &bytes[c.start..c.start + c.len],
+            )?;
+            chunks_of[c.file] += 1;
+        }
+    }
+    let manifest: String = files
+        .iter()
+        .zip(&chunks_of)
+        .map(|((name, bytes), n)| {
+            let sum: String = Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("{name} {n} {sum}\n")
+        })
+        .collect();
+    std::fs::write(dir.join("1/manifest"), manifest)?;
+    Ok(parts)
 }
 
 /// What `gpu-pack` ships, in the order the GPU calls get it: the benchmarks' binaries (9 MB, so
@@ -1261,6 +1274,108 @@ mod tests {
             }
         );
         assert_eq!(parts.len(), 4);
+    }
+
+    /// `gpu_device.sh`, given one part per call as the `device` tool would carry it, unpacks each
+    /// archive in the call that completes it, and refuses one whose joined chunks do not match
+    /// the manifest (plain tars here: the script unpacks by content, not by name).
+    #[test]
+    fn the_device_script_stages_a_pack_call_by_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let gguf = "home/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+        let model: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for (file, bytes) in [
+            ("bin/gpu-edit", b"gpu-edit".to_vec()),
+            ("tests/tiny_llama", b"tiny_llama".to_vec()),
+            (gguf, model.clone()),
+        ] {
+            std::fs::create_dir_all(src.join(file).parent().unwrap()).unwrap();
+            std::fs::write(src.join(file), bytes).unwrap();
+        }
+        let files: Vec<(String, Vec<u8>)> = PACK_ARCHIVES
+            .iter()
+            .zip(["bin", "tests", "home"])
+            .map(|(name, tree)| {
+                let out = Command::new("tar")
+                    .args(["cf", "-", tree])
+                    .current_dir(&src)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                (name.to_string(), out.stdout)
+            })
+            .collect();
+        let pack = tmp.path().join("pack");
+        let parts = write_parts(&pack, &files, 15_000).unwrap();
+        assert!(parts.len() >= 4, "the small pack should span calls");
+
+        let call = |stage: &Path, part: usize| {
+            let work = tmp.path().join("work");
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(work.join("gpu")).unwrap();
+            let to = work.join("gpu").join(part.to_string());
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(pack.join(part.to_string())).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            }
+            let out = Command::new("bash")
+                .arg(root().join("benchmarks/gpu_device.sh"))
+                .current_dir(&work)
+                .env("OUT", tmp.path().join("out"))
+                .env("STAGE", stage)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let stage = tmp.path().join("stage");
+        let done = |i: usize| {
+            parts
+                .iter()
+                .rposition(|p| p.iter().any(|c| c.file == i))
+                .unwrap()
+                + 1
+        };
+        for part in 1..=parts.len() {
+            let (code, err) = call(&stage, part);
+            assert_eq!(code, Some(0), "call {part}: {err}");
+            for (i, file) in ["bin/gpu-edit", "tests/tiny_llama", gguf]
+                .iter()
+                .enumerate()
+            {
+                assert_eq!(
+                    stage.join(file).exists(),
+                    part >= done(i),
+                    "{file} after call {part} (whole with call {})",
+                    done(i)
+                );
+            }
+        }
+        assert_eq!(std::fs::read(stage.join(gguf)).unwrap(), model);
+        let left: Vec<String> = std::fs::read_dir(&stage)
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains(".tar") && !f.ends_with(".done"))
+            .collect();
+        assert!(left.is_empty(), "chunks left behind: {left:?}");
+
+        // One byte changed in the first call's chunk of the first archive.
+        let chunk = pack.join("1").join(format!("{}.00", PACK_ARCHIVES[0]));
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        bytes[600] ^= 1;
+        std::fs::write(&chunk, bytes).unwrap();
+        let bad = tmp.path().join("stage-bad");
+        let (code, err) = call(&bad, 1);
+        assert!(
+            err.contains("do not match the manifest's SHA-256"),
+            "stderr: {err}"
+        );
+        assert_eq!(code, Some(0), "staging only: {err}");
+        assert!(!bad.join("bin/gpu-edit").exists());
     }
 
     /// The GPU pack carries every integration test with a cuda instance: a test file added
