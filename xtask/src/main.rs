@@ -62,6 +62,7 @@ const CUDA_PACK_FEATURES: &str = "cuda,kedit-models/cuda-kernels";
 /// The integration tests with burn-cuda instances (`test_device!`) or cuda-only tests.
 const CUDA_TESTS: &[&str] = &[
     "tiny_llama",
+    "perplexity",
     "families",
     "prefix",
     "presplit",

@@ -314,6 +314,30 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Perplexity on held-out text, before and after edits: exp(mean negative log-likelihood) of
+    /// the corpus's last --tokens tokens, in windows of --window read from their own start. The
+    /// end of the corpus, because `kedit stats` reads its start (with the default corpus and
+    /// 100k samples they share no token). Prints one JSON line.
+    #[command(
+        after_help = "Examples:\n  kedit perplexity --model smollm2\n  kedit edit --model smollm2 --requests fixtures/s2rke-wikidata.json --limit 8 --sequential --patch-out eight.safetensors\n  kedit perplexity --model smollm2 --patch eight.safetensors --tokens 8192"
+    )]
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Apply this patch (`kedit edit --patch-out`) to the model in memory first; repeat to
+        /// apply several, in order. The model's files are not written.
+        #[arg(long)]
+        patch: Vec<PathBuf>,
+        /// Text file (default: the WikiText-2 test split kedit carries)
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Tokens read from the corpus's end
+        #[arg(long, default_value_t = 8192)]
+        tokens: usize,
+        /// Tokens per window (each window's first token is context only)
+        #[arg(long, default_value_t = 128)]
+        window: usize,
+    },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
     #[command(
@@ -792,6 +816,45 @@ impl RunOnBackend for Generate<'_> {
     }
 }
 
+struct Perplexity<'a> {
+    patches: &'a [PathBuf],
+    corpus: PathBuf,
+    tokens: usize,
+    window: usize,
+}
+impl RunOnBackend for Perplexity<'_> {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        if self.tokens == 0 {
+            bail!("--tokens 0: perplexity of no text");
+        }
+        if self.window < 2 {
+            bail!(
+                "--window {}: a window predicts its tokens after the first, so it needs at least 2",
+                self.window
+            );
+        }
+        let text = std::fs::read_to_string(&self.corpus)
+            .with_context(|| format!("--corpus {}: cannot read", self.corpus.display()))?;
+        let lm = patched(LanguageModel::<B>::load(spec, device)?, self.patches)?;
+        let (ids, total) = kedit_eval::perplexity::tail_ids(&lm, &text, self.tokens)?;
+        let p = kedit_eval::perplexity::perplexity(&lm, &ids, self.window)
+            .with_context(|| format!("--corpus {}", self.corpus.display()))?;
+        let line = serde_json::json!({
+            "model": lm.source,
+            "patches": self.patches,
+            "corpus": self.corpus,
+            "corpus_tokens": total,
+            "perplexity": p.perplexity,
+            "nll_sum": p.nll_sum,
+            "predicted": p.predicted,
+            "tokens": p.tokens,
+            "window": p.window,
+        });
+        println!("{line}");
+        Ok(())
+    }
+}
+
 struct Score<'a> {
     prompt: &'a str,
     target: &'a str,
@@ -1038,6 +1101,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Perplexity {
+            model,
+            patch,
+            corpus,
+            tokens,
+            window,
+        } => with_backend(
+            &model,
+            Perplexity {
+                patches: &patch,
+                corpus: corpus
+                    .unwrap_or_else(|| PathBuf::from(kedit_locate_edit::stats::DEFAULT_CORPUS)),
+                tokens,
+                window,
+            },
+        ),
         Command::Export { model, patch, out } => export(&model, &patch, &out),
         Command::Score {
             model,

@@ -258,3 +258,27 @@ fn a_selection_that_leaves_no_case_names_its_flags() {
         "after --arrange same-subject (blocks of 50 subjects with 50 records each)",
     );
 }
+
+#[test]
+fn perplexity_names_its_bad_flags() {
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    assert_one_line_error(
+        &["perplexity", "--model", model, "--window", "1"],
+        "--window 1",
+    );
+    assert_one_line_error(
+        &[
+            "perplexity",
+            "--model",
+            model,
+            "--corpus",
+            "/nonexistent/text.txt",
+        ],
+        "--corpus /nonexistent/text.txt",
+    );
+    assert_one_line_error(
+        &["perplexity", "--model", model, "--tokens", "0"],
+        "--tokens 0",
+    );
+}

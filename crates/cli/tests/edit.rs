@@ -548,6 +548,73 @@ fn score_with_the_patch_reproduces_the_edit() {
     );
 }
 
+/// `kedit perplexity` reads the patched model: an edit's patch moves the held-out perplexity
+/// (slightly), the JSON line's perplexity is exp(nll_sum / predicted), and the same command twice
+/// prints the same line.
+#[test]
+fn perplexity_with_the_patch_is_the_edited_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = common::paris_request(tmp.path());
+    let patch = tmp.path().join("p.safetensors");
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--method",
+        "kn",
+        "--requests",
+        requests.to_str().unwrap(),
+        "--patch-out",
+        patch.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "Paris is the capital and largest city of France. The Seine flows through it. ".repeat(8),
+    )
+    .unwrap();
+    let run = |patched: bool| -> (serde_json::Value, String) {
+        let mut args = vec![
+            "perplexity",
+            "--model",
+            model,
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--tokens",
+            "200",
+            "--window",
+            "40",
+        ];
+        if patched {
+            args.extend(["--patch", patch.to_str().unwrap()]);
+        }
+        let (ok, out, err) = kedit(&args);
+        assert!(ok, "{err}");
+        (serde_json::from_str(out.trim()).unwrap(), out)
+    };
+    let (before, line) = run(false);
+    let (after, _) = run(true);
+    assert_eq!(run(false).1, line, "the same command twice");
+    let ppl = |v: &serde_json::Value| v["perplexity"].as_f64().unwrap();
+    assert_eq!(before["tokens"], 200);
+    assert_eq!(
+        before["predicted"], 195,
+        "5 windows of 40, each predicting 39"
+    );
+    let nll = before["nll_sum"].as_f64().unwrap();
+    assert!((ppl(&before) - (nll / 195.0).exp()).abs() < 1e-9 * ppl(&before));
+    assert!(
+        (ppl(&before) - ppl(&after)).abs() > 1e-9 * ppl(&before),
+        "the patch changed nothing: {} and {}",
+        ppl(&before),
+        ppl(&after)
+    );
+    assert_eq!(after["patches"][0], patch.to_str().unwrap());
+}
+
 /// The numbers do not depend on the machine's core count: on the real model, whose products are
 /// large enough to be split across threads, the statistics file and the ROME patch are the same
 /// bytes, and the greedy continuation the same text, with one thread and with three (a
