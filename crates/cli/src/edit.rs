@@ -133,6 +133,9 @@ impl Progress {
     }
 }
 
+/// `--perplexity-tokens`' window, `kedit perplexity`'s default.
+const PPL_WINDOW: usize = 128;
+
 pub(crate) struct Edit {
     pub(crate) m: MethodArgs,
     pub(crate) batch: bool,
@@ -144,6 +147,7 @@ pub(crate) struct Edit {
     pub(crate) one_per_subject: bool,
     pub(crate) patch_out: Option<PathBuf>,
     pub(crate) report: Option<PathBuf>,
+    pub(crate) perplexity_tokens: Option<usize>,
 }
 impl RunOnBackend for Edit {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
@@ -159,6 +163,13 @@ impl RunOnBackend for Edit {
         if self.one_per_subject {
             let mut seen = std::collections::HashSet::new();
             cases.retain(|c| seen.insert(c.subject_id.clone()));
+        }
+        match self.perplexity_tokens {
+            Some(0) => bail!("--perplexity-tokens 0: perplexity of no text"),
+            Some(_) if !self.sequential => bail!(
+                "--perplexity-tokens needs --sequential: other modes restore the unedited model after each batch"
+            ),
+            _ => {}
         }
         if self.batch_size == Some(0) {
             bail!("--batch-size 0: a batch needs at least one request");
@@ -224,6 +235,19 @@ impl RunOnBackend for Edit {
             None => None,
         };
         let pre = kedit_eval::evaluate(&lm, &cases)?;
+        let held_out = match self.perplexity_tokens {
+            Some(n) => {
+                let corpus = kedit_locate_edit::stats::DEFAULT_CORPUS;
+                let text = std::fs::read_to_string(corpus)
+                    .with_context(|| format!("{corpus}: cannot read"))?;
+                Some(kedit_eval::perplexity::tail_ids(&lm, &text, n)?.0)
+            }
+            None => None,
+        };
+        let ppl_pre = match &held_out {
+            Some(ids) => Some(kedit_eval::perplexity::perplexity(&lm, ids, PPL_WINDOW)?),
+            None => None,
+        };
         let mut post = Vec::new();
         let mut last_patch: Option<kedit_editing::Patch> = None;
         let started = std::time::Instant::now();
@@ -321,6 +345,14 @@ impl RunOnBackend for Edit {
             None
         };
         let elapsed = started.elapsed().as_secs_f64();
+        // After the timing: the editing's seconds stay comparable with runs that skip it.
+        let ppl = match (&held_out, ppl_pre) {
+            (Some(ids), Some(pre)) => Some((
+                pre,
+                kedit_eval::perplexity::perplexity(&lm, ids, PPL_WINDOW)?,
+            )),
+            _ => None,
+        };
         if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
             p.save(out)?;
         }
@@ -335,6 +367,12 @@ impl RunOnBackend for Edit {
             println!(
                 "{name:<10} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
                 s.es, s.ps, s.ns, s.score
+            );
+        }
+        if let Some((pre, last)) = &ppl {
+            println!(
+                "perplexity: pre-edit {:.3}, final {:.3} ({} tokens of held-out text)",
+                pre.perplexity, last.perplexity, pre.tokens
             );
         }
         if self.sequential {
@@ -366,6 +404,9 @@ impl RunOnBackend for Edit {
                 "summary": s_post, "pre_summary": s_pre, "seconds": elapsed});
             if let Some(s) = &s_last {
                 report["final_summary"] = serde_json::to_value(s)?;
+            }
+            if let Some((pre, last)) = &ppl {
+                report["perplexity"] = serde_json::json!({"pre": pre, "final": last});
             }
             write_atomic("--report", out, &serde_json::to_string_pretty(&report)?)?;
         }

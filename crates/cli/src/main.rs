@@ -211,6 +211,11 @@ enum Command {
         /// progress is kept in FILE.progress/: run the same command again to resume a killed run
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// With --sequential: the perplexity of the unedited model and of the model after the
+        /// last edit, on the last N tokens of the WikiText-2 text kedit carries, in windows of
+        /// 128 (what `kedit perplexity` computes), in the table and the report (`perplexity`)
+        #[arg(long, value_name = "N")]
+        perplexity_tokens: Option<usize>,
     },
     /// The keys a locate-then-edit method writes each request under (at every edited layer), their
     /// cosine matrix, and the mean cosine between requests of the same subject and of different
@@ -949,9 +954,11 @@ fn run(cli: Cli) -> Result<()> {
             one_per_subject,
             patch_out,
             report,
+            perplexity_tokens,
         } => with_backend(
             &model,
             edit::Edit {
+                perplexity_tokens,
                 m: method,
                 batch,
                 sequential,

@@ -281,4 +281,18 @@ fn perplexity_names_its_bad_flags() {
         &["perplexity", "--model", model, "--tokens", "0"],
         "--tokens 0",
     );
+    let requests = tempfile::tempdir().unwrap();
+    let requests = paris_request(requests.path());
+    assert_one_line_error(
+        &[
+            "edit",
+            "--model",
+            model,
+            "--requests",
+            requests.to_str().unwrap(),
+            "--perplexity-tokens",
+            "100",
+        ],
+        "--perplexity-tokens needs --sequential",
+    );
 }

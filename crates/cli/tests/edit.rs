@@ -615,6 +615,51 @@ fn perplexity_with_the_patch_is_the_edited_models() {
     assert_eq!(after["patches"][0], patch.to_str().unwrap());
 }
 
+/// `kedit edit --sequential --perplexity-tokens N` reports what `kedit perplexity --tokens N`
+/// prints for the unedited model and for the model with the run's patch.
+#[test]
+fn a_sequential_run_reports_the_perplexity_that_kedit_perplexity_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = common::paris_request(tmp.path());
+    let (patch, report) = (tmp.path().join("p.safetensors"), tmp.path().join("r.json"));
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    let (ok, out, err) = kedit(&[
+        "edit",
+        "--model",
+        model,
+        "--method",
+        "kn",
+        "--requests",
+        requests.to_str().unwrap(),
+        "--sequential",
+        "--perplexity-tokens",
+        "300",
+        "--patch-out",
+        patch.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("perplexity: pre-edit"), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let standalone = |patched: bool| -> f64 {
+        let mut args = vec!["perplexity", "--model", model, "--tokens", "300"];
+        if patched {
+            args.extend(["--patch", patch.to_str().unwrap()]);
+        }
+        let (ok, out, err) = kedit(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    let pre = r["perplexity"]["pre"]["perplexity"].as_f64().unwrap();
+    let last = r["perplexity"]["final"]["perplexity"].as_f64().unwrap();
+    assert_eq!(pre, standalone(false));
+    assert_eq!(last, standalone(true));
+    assert_ne!(pre, last, "the edit moved nothing");
+}
+
 /// The numbers do not depend on the machine's core count: on the real model, whose products are
 /// large enough to be split across threads, the statistics file and the ROME patch are the same
 /// bytes, and the greedy continuation the same text, with one thread and with three (a
