@@ -503,33 +503,38 @@ fn every_model_command_runs_on_cuda_with_the_cpu_results() {
     every_model_command_agrees("cpu", "cuda");
 }
 
-/// A patch written by `kedit edit --patch-out` is what `score --patch` applies: the edited
-/// model's rewrite margin p(new) − p(true), recomputed from two `score --patch` calls, equals the
-/// report's `em` (to the printed NLL's 4 decimals), and differs from the unpatched model's.
-#[test]
-fn score_with_the_patch_reproduces_the_edit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let requests = common::paris_request(tmp.path());
-    let (patch, report) = (
-        tmp.path().join("p.safetensors"),
-        tmp.path().join("r.json.out"),
-    );
+/// KN's edit of the Paris request on the tiny Llama, with `extra` arguments; its patch and stdout.
+fn kn_edit_of_paris(dir: &std::path::Path, extra: &[&str]) -> (std::path::PathBuf, String) {
+    let requests = common::paris_request(dir);
+    let patch = dir.join("p.safetensors");
     let model = fixture("tiny-llama");
-    let model = model.to_str().unwrap();
-    let (ok, _, err) = kedit(&[
+    let mut args = vec![
         "edit",
         "--model",
-        model,
+        model.to_str().unwrap(),
         "--method",
         "kn",
         "--requests",
         requests.to_str().unwrap(),
         "--patch-out",
         patch.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    let (ok, out, err) = kedit(&args);
     assert!(ok, "{err}");
+    (patch, out)
+}
+
+/// A patch written by `kedit edit --patch-out` is what `score --patch` applies: the edited
+/// model's rewrite margin p(new) − p(true), recomputed from two `score --patch` calls, equals the
+/// report's `em` (to the printed NLL's 4 decimals), and differs from the unpatched model's.
+#[test]
+fn score_with_the_patch_reproduces_the_edit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("r.json.out");
+    let (patch, _) = kn_edit_of_paris(tmp.path(), &["--report", report.to_str().unwrap()]);
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let em = r["edits"][0]["em"].as_f64().unwrap();
     let p = |target: &str, patched: bool| -> f64 {
@@ -554,22 +559,9 @@ fn score_with_the_patch_reproduces_the_edit() {
 #[test]
 fn perplexity_with_the_patch_is_the_edited_models() {
     let tmp = tempfile::tempdir().unwrap();
-    let requests = common::paris_request(tmp.path());
-    let patch = tmp.path().join("p.safetensors");
+    let (patch, _) = kn_edit_of_paris(tmp.path(), &[]);
     let model = fixture("tiny-llama");
     let model = model.to_str().unwrap();
-    let (ok, _, err) = kedit(&[
-        "edit",
-        "--model",
-        model,
-        "--method",
-        "kn",
-        "--requests",
-        requests.to_str().unwrap(),
-        "--patch-out",
-        patch.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
     let corpus = tmp.path().join("corpus.txt");
     std::fs::write(
         &corpus,
@@ -620,27 +612,19 @@ fn perplexity_with_the_patch_is_the_edited_models() {
 #[test]
 fn a_sequential_run_reports_the_perplexity_that_kedit_perplexity_gives() {
     let tmp = tempfile::tempdir().unwrap();
-    let requests = common::paris_request(tmp.path());
-    let (patch, report) = (tmp.path().join("p.safetensors"), tmp.path().join("r.json"));
+    let report = tmp.path().join("r.json");
+    let (patch, out) = kn_edit_of_paris(
+        tmp.path(),
+        &[
+            "--sequential",
+            "--perplexity-tokens",
+            "300",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
     let model = fixture("tiny-llama");
     let model = model.to_str().unwrap();
-    let (ok, out, err) = kedit(&[
-        "edit",
-        "--model",
-        model,
-        "--method",
-        "kn",
-        "--requests",
-        requests.to_str().unwrap(),
-        "--sequential",
-        "--perplexity-tokens",
-        "300",
-        "--patch-out",
-        patch.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
     assert!(out.contains("perplexity: pre-edit"), "{out}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let standalone = |patched: bool| -> f64 {
