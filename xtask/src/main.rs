@@ -205,18 +205,17 @@ fn gpu_pack() -> Result<()> {
         files.push((name.to_string(), std::fs::read(dir.join(name))?));
         std::fs::remove_file(dir.join(name))?;
     }
-    let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
     let parts = write_parts(&dir, &files, cap as usize)?;
     std::fs::remove_dir_all(&stage)?;
-    let complete: Vec<String> = PACK_ARCHIVES
+    let complete: Vec<String> = files
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            let last = parts
-                .iter()
-                .rposition(|p| p.iter().any(|c| c.file == i))
-                .unwrap_or(0);
-            format!("{name} ({} bytes) complete with gpu/{}", sizes[i], last + 1)
+        .map(|(i, (name, bytes))| {
+            format!(
+                "{name} ({} bytes) complete with gpu/{}",
+                bytes.len(),
+                completed_by(&parts, i)
+            )
         })
         .collect();
     println!(
@@ -234,7 +233,6 @@ fn write_parts(dir: &Path, files: &[(String, Vec<u8>)], cap: usize) -> Result<Ve
     use sha2::{Digest, Sha256};
     let sizes: Vec<usize> = files.iter().map(|f| f.1.len()).collect();
     let parts = cut_into_parts(&sizes, cap);
-    let mut chunks_of = vec![0; files.len()];
     for (p, part) in parts.iter().enumerate() {
         let out = dir.join((p + 1).to_string());
         std::fs::create_dir_all(&out)?;
@@ -244,13 +242,13 @@ fn write_parts(dir: &Path, files: &[(String, Vec<u8>)], cap: usize) -> Result<Ve
                 out.join(format!("{name}.{:02}", c.index)),
                 &bytes[c.start..c.start + c.len],
             )?;
-            chunks_of[c.file] += 1;
         }
     }
     let manifest: String = files
         .iter()
-        .zip(&chunks_of)
-        .map(|((name, bytes), n)| {
+        .enumerate()
+        .map(|(i, (name, bytes))| {
+            let n = parts.iter().flatten().filter(|c| c.file == i).count();
             let sum: String = Sha256::digest(bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -274,6 +272,15 @@ struct Chunk {
     index: usize,
     start: usize,
     len: usize,
+}
+
+/// The part (numbered from 1, as `gpu/N`) that holds file `file`'s last chunk.
+fn completed_by(parts: &[Vec<Chunk>], file: usize) -> usize {
+    parts
+        .iter()
+        .rposition(|p| p.iter().any(|c| c.file == file))
+        .expect("every file has a chunk")
+        + 1
 }
 
 /// Cuts files of these sizes, in order, into parts of at most `cap` bytes, one per device call.
@@ -1262,7 +1269,7 @@ mod tests {
                 );
             }
         }
-        // The tests' archive fits the first call: it arrives whole and the next one starts there.
+        // A file that fits the first call arrives whole, and the next one starts in the room left.
         let parts = cut_into_parts(&[40, 7, 98], 43);
         assert_eq!(parts[0][0].len, 40);
         assert_eq!(
@@ -1334,13 +1341,7 @@ mod tests {
             )
         };
         let stage = tmp.path().join("stage");
-        let done = |i: usize| {
-            parts
-                .iter()
-                .rposition(|p| p.iter().any(|c| c.file == i))
-                .unwrap()
-                + 1
-        };
+        let done = |i: usize| completed_by(&parts, i);
         for part in 1..=parts.len() {
             let (code, err) = call(&stage, part);
             assert_eq!(code, Some(0), "call {part}: {err}");

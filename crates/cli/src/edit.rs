@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
+use kedit_eval::perplexity::DEFAULT_WINDOW;
 use kedit_models::{LanguageModel, ModelSpec};
 
 use crate::bench::{check_identity, RunIdentity};
@@ -133,9 +134,6 @@ impl Progress {
     }
 }
 
-/// `--perplexity-tokens`' window, `kedit perplexity`'s default.
-const PPL_WINDOW: usize = 128;
-
 pub(crate) struct Edit {
     pub(crate) m: MethodArgs,
     pub(crate) batch: bool,
@@ -235,17 +233,16 @@ impl RunOnBackend for Edit {
             None => None,
         };
         let pre = kedit_eval::evaluate(&lm, &cases)?;
+        // The held-out tokens and the unedited model's perplexity on them.
         let held_out = match self.perplexity_tokens {
             Some(n) => {
                 let corpus = kedit_locate_edit::stats::DEFAULT_CORPUS;
                 let text = std::fs::read_to_string(corpus)
                     .with_context(|| format!("{corpus}: cannot read"))?;
-                Some(kedit_eval::perplexity::tail_ids(&lm, &text, n)?.0)
+                let ids = kedit_eval::perplexity::tail_ids(&lm, &text, n)?.0;
+                let pre = kedit_eval::perplexity::perplexity(&lm, &ids, DEFAULT_WINDOW)?;
+                Some((ids, pre))
             }
-            None => None,
-        };
-        let ppl_pre = match &held_out {
-            Some(ids) => Some(kedit_eval::perplexity::perplexity(&lm, ids, PPL_WINDOW)?),
             None => None,
         };
         let mut post = Vec::new();
@@ -346,12 +343,12 @@ impl RunOnBackend for Edit {
         };
         let elapsed = started.elapsed().as_secs_f64();
         // After the timing: the editing's seconds stay comparable with runs that skip it.
-        let ppl = match (&held_out, ppl_pre) {
-            (Some(ids), Some(pre)) => Some((
+        let ppl = match held_out {
+            Some((ids, pre)) => Some((
                 pre,
-                kedit_eval::perplexity::perplexity(&lm, ids, PPL_WINDOW)?,
+                kedit_eval::perplexity::perplexity(&lm, &ids, DEFAULT_WINDOW)?,
             )),
-            _ => None,
+            None => None,
         };
         if let (Some(p), Some(out)) = (&last_patch, &self.patch_out) {
             p.save(out)?;

@@ -340,7 +340,7 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         tokens: usize,
         /// Tokens per window (each window's first token is context only)
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = kedit_eval::perplexity::DEFAULT_WINDOW)]
         window: usize,
     },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is

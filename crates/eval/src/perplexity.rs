@@ -9,12 +9,16 @@
 //! only on the tokens and `window`, and batches of windows share one forward.
 
 use anyhow::{bail, Result};
-use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
-use kedit_models::{CausalLm, Interventions, LanguageModel};
+use burn::tensor::backend::Backend;
+use kedit_models::{CausalLm, LanguageModel};
 use serde::{Deserialize, Serialize};
 
 /// Windows per forward pass.
 const BATCH: usize = 8;
+
+/// Tokens per window unless asked otherwise (`kedit perplexity --window`, `kedit edit
+/// --perplexity-tokens`).
+pub const DEFAULT_WINDOW: usize = 128;
 
 /// Perplexity over some tokens, with what it was computed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +55,6 @@ pub fn perplexity<B: Backend>(
             ids.len()
         );
     }
-    let device = lm.model.device();
     let bar = indicatif::ProgressBar::new(windows.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -62,26 +65,16 @@ pub fn perplexity<B: Backend>(
     let (mut nll_sum, mut predicted) = (0f64, 0usize);
     for batch in windows.chunks(BATCH) {
         let seqs: Vec<Vec<u32>> = batch.iter().map(|w| w.to_vec()).collect();
-        let fwd = lm
-            .model
-            .forward(lm.model.batch(&seqs), &Interventions::none());
         let mut positions = Vec::new();
         let mut next = Vec::new();
         for (i, w) in batch.iter().enumerate() {
             for p in 0..w.len() - 1 {
                 positions.push((i, p));
-                next.push(w[p + 1] as i64);
+                next.push(w[p + 1]);
             }
         }
         let n = next.len();
-        let logp = activation::log_softmax(lm.model.logits_at(fwd.hidden, &positions), 1);
-        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [n, 1]), &device);
-        let lp: Vec<f32> = logp
-            .gather(1, idx)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 log-probabilities");
+        let lp = lm.logprobs_at(&seqs, &positions, &next);
         nll_sum -= lp.iter().map(|&x| x as f64).sum::<f64>();
         predicted += n;
         bar.inc(batch.len() as u64);

@@ -344,6 +344,29 @@ impl<B: Backend> LanguageModel<B> {
             .collect())
     }
 
+    /// log p(`ids[k]`) as the next token at `positions[k]` (row, position) of the right-padded
+    /// batch of `seqs`, from one forward pass.
+    pub fn logprobs_at(
+        &self,
+        seqs: &[Vec<u32>],
+        positions: &[(usize, usize)],
+        ids: &[u32],
+    ) -> Vec<f32> {
+        let fwd = self
+            .model
+            .forward(self.model.batch(seqs), &Interventions::none());
+        let logp = activation::log_softmax(self.model.logits_at(fwd.hidden, positions), 1);
+        let n = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let idx =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.model.device());
+        logp.gather(1, idx)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32")
+    }
+
     /// Per-token log-probabilities of each `target` after its `prompt`, in one padded batch.
     /// The target is tokenized on its own, as given (callers add the leading space).
     pub fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<TargetScore>> {
@@ -363,20 +386,8 @@ impl<B: Backend> LanguageModel<B> {
             seqs.push([p, t.clone()].concat());
             targets.push(t);
         }
-        let fwd = self
-            .model
-            .forward(self.model.batch(&seqs), &Interventions::none());
-        let logp = activation::log_softmax(self.model.logits_at(fwd.hidden, &positions), 1);
-        let ids: Vec<i64> = targets.iter().flatten().map(|&t| t as i64).collect();
-        let n = ids.len();
-        let idx =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.model.device());
-        let lp: Vec<f32> = logp
-            .gather(1, idx)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32");
+        let ids: Vec<u32> = targets.iter().flatten().copied().collect();
+        let lp = self.logprobs_at(&seqs, &positions, &ids);
         let mut out = Vec::new();
         let mut k = 0;
         for t in targets {
