@@ -4,7 +4,8 @@
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
 //!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
-//!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU)
+//!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU; the
+//!   deep and smoke profiles also read each group's edited model on held-out text)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N] [--rounds R]`: the ROME-shaped forward+backward
 //!   step, kedit (each of `CPU_KERNELS`) and (with --pytorch) PyTorch in the same run, in R
 //!   alternating rounds (2); writes benchmarks/results/
@@ -509,7 +510,14 @@ struct Profile {
     /// MEND's archive is trained first when the cache has none (`kedit mend train` with the
     /// profile's MEND hparams): about this many minutes on a 2-core CPU.
     mend_minutes: f64,
+    /// Each group's edited model read on this many held-out tokens (`kedit bench
+    /// --perplexity-tokens`): the report's perplexity table.
+    perplexity_tokens: Option<usize>,
 }
+
+/// Seconds per 1000 held-out tokens read by SmolLM2 (release build, 2-core CPU; about 25 s for
+/// 8192, benchmarks/README.md, "Perplexity after edits").
+const PERPLEXITY_S_PER_1000: f64 = 3.1;
 
 /// Cells on one dataset: each N of `ns` for every method, strategy and order.
 struct Series {
@@ -568,6 +576,8 @@ fn profile(name: &str) -> Result<Profile> {
             ],
             speed: 0.4,
             mend_minutes: 1.0,
+            // The perplexity path through the pipeline, report table included, in seconds.
+            perplexity_tokens: Some(256),
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
         // hyperparameters: sequential editing (the paper's sequential panel), N = 2 (the first
@@ -583,6 +593,7 @@ fn profile(name: &str) -> Result<Profile> {
             hparams: &[],
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
+            perplexity_tokens: None,
         },
         // The study's central contrast with intervals narrow enough to read on a laptop: two
         // locate-then-edit methods (ROME, MEMIT) against a fine-tuning and a hypernetwork editor
@@ -603,6 +614,7 @@ fn profile(name: &str) -> Result<Profile> {
             // included), against the registry's 36 and 22 s measured at N = 2.
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
+            perplexity_tokens: None,
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
@@ -624,6 +636,9 @@ fn profile(name: &str) -> Result<Profile> {
             hparams: &[],
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
+            // What 8 edits cost the model at large, same subject against different subjects
+            // (the paper's density figures show perplexity beside NS): about 25 s per group.
+            perplexity_tokens: Some(8192),
         },
         // The paper's sequential figure, SD against N (fig4), with its methods (ROME, MEMIT,
         // PMET, FT, KN, MEND) and AlphaEdit on the deep set: N = 1 to 8 from one sequential run of
@@ -639,6 +654,7 @@ fn profile(name: &str) -> Result<Profile> {
                 curve: true,
             }],
             speed: 1.4,
+            perplexity_tokens: None,
             ..profile("deep")?
         },
         // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND),
@@ -661,6 +677,7 @@ fn profile(name: &str) -> Result<Profile> {
             // A batch optimises its requests' targets together: about half a sequential edit's
             // time per request (benchmarks/README.md, "MEMIT batch editing time").
             speed: 0.5,
+            perplexity_tokens: None,
             ..profile("deep")?
         },
         // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
@@ -690,6 +707,7 @@ fn profile(name: &str) -> Result<Profile> {
             hparams: &[],
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
+            perplexity_tokens: None,
         },
         other => {
             bail!("--profile {other}: expected one of {}", PROFILES.join(", "))
@@ -900,6 +918,9 @@ fn bench_all(
                     if !series.suffix.is_empty() {
                         args.extend(["--label".into(), format!("{m}{}", series.suffix).into()]);
                     }
+                    if let Some(t) = p.perplexity_tokens {
+                        args.extend(["--perplexity-tokens".into(), t.to_string().into()]);
+                    }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
                     let label = format!(
                         "{m}{} {s} {order} N={n}{}",
@@ -917,7 +938,12 @@ fn bench_all(
                         after: if m == "mend" { mend_train } else { None },
                         // Each run also loads the model and scores the groups: ~8 s (a curve
                         // scores N times as often: in `speed`).
-                        estimate_s: (n * p.groups) as f64 * sec * p.speed + 8.0,
+                        // Perplexity: the unedited model's, then each group's.
+                        estimate_s: (n * p.groups) as f64 * sec * p.speed
+                            + 8.0
+                            + p.perplexity_tokens.map_or(0.0, |t| {
+                                (p.groups + 1) as f64 * t as f64 / 1000.0 * PERPLEXITY_S_PER_1000
+                            }),
                     });
                 }
             }

@@ -147,6 +147,14 @@ pub(crate) struct Edit {
     pub(crate) report: Option<PathBuf>,
     pub(crate) perplexity_tokens: Option<usize>,
 }
+/// The last `tokens` tokens of the WikiText-2 text kedit carries: the held-out text of `kedit
+/// edit --perplexity-tokens` and `kedit bench --perplexity-tokens`.
+pub(crate) fn held_out_ids<B: Backend>(lm: &LanguageModel<B>, tokens: usize) -> Result<Vec<u32>> {
+    let corpus = kedit_locate_edit::stats::DEFAULT_CORPUS;
+    let text = std::fs::read_to_string(corpus).with_context(|| format!("{corpus}: cannot read"))?;
+    Ok(kedit_eval::perplexity::tail_ids(lm, &text, tokens)?.0)
+}
+
 impl RunOnBackend for Edit {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         methods::check(&self.m.method)?;
@@ -236,10 +244,7 @@ impl RunOnBackend for Edit {
         // The held-out tokens and the unedited model's perplexity on them.
         let held_out = match self.perplexity_tokens {
             Some(n) => {
-                let corpus = kedit_locate_edit::stats::DEFAULT_CORPUS;
-                let text = std::fs::read_to_string(corpus)
-                    .with_context(|| format!("{corpus}: cannot read"))?;
-                let ids = kedit_eval::perplexity::tail_ids(&lm, &text, n)?.0;
+                let ids = held_out_ids(&lm, n)?;
                 let pre = kedit_eval::perplexity::perplexity(&lm, &ids, DEFAULT_WINDOW)?;
                 Some((ids, pre))
             }

@@ -454,3 +454,123 @@ fn a_resume_with_other_hparams_is_refused_and_a_label_keeps_both_runs() {
     let (ok, _, err) = kedit(&labelled);
     assert!(!ok && err.contains("--label"), "{err}");
 }
+
+/// `--perplexity-tokens`: every line scored after a group's last edit carries that group's edited
+/// model's perplexity on held-out text, beside the unedited model's, which is what `kedit
+/// perplexity` gives; the other fields are a run without it, line for line; the report has a
+/// perplexity row over the matched pairs; a resume that adds it to results made without it is
+/// refused.
+#[test]
+fn a_bench_run_reads_each_groups_model_on_held_out_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let h = h.to_str().unwrap();
+    let run = |out: &str, order: &str, perplexity: bool| -> (bool, String, String) {
+        let out = dir.path().join(out);
+        let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), order);
+        args[8] = "2"; // --n 2
+        args[10] = "2"; // --groups 2
+        if perplexity {
+            args.extend(["--perplexity-tokens", "300"]);
+        }
+        kedit(&args)
+    };
+    let lines_of = |out: &str| -> Vec<serde_json::Value> {
+        only_jsonl(&dir.path().join(out))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for order in ["homogeneous", "heterogeneous"] {
+        let (ok, _, err) = run(&format!("ppl-{order}"), order, true);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = run("plain", "homogeneous", false);
+    assert!(ok, "{err}");
+
+    let model = fixture("tiny-llama");
+    let (ok, out, err) = kedit(&[
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "300",
+    ]);
+    assert!(ok, "{err}");
+    let standalone: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let with = lines_of("ppl-homogeneous");
+    assert_eq!(with.len(), 4, "2 groups of 2");
+    let mut by_group = std::collections::BTreeMap::new();
+    for l in &with {
+        let p = &l["perplexity"];
+        assert_eq!(p["unedited"], standalone["perplexity"], "{l}");
+        assert_eq!(p["tokens"], 300);
+        let edited = p["edited"].as_f64().unwrap();
+        assert!(edited.is_finite() && edited != p["unedited"].as_f64().unwrap());
+        let g = l["group"].as_u64().unwrap();
+        assert_eq!(
+            *by_group.entry(g).or_insert(edited),
+            edited,
+            "one per group"
+        );
+    }
+    assert_eq!(by_group.len(), 2);
+    // Reading the held-out text changes nothing else.
+    let without: Vec<serde_json::Value> = with
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.as_object_mut().unwrap().remove("perplexity");
+            l
+        })
+        .collect();
+    assert_eq!(without, lines_of("plain"));
+
+    // Both orders in one folder: a perplexity row over the 2 matched pairs.
+    let both = dir.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for order in ["homogeneous", "heterogeneous"] {
+        let from = dir.path().join(format!("ppl-{order}"));
+        for e in std::fs::read_dir(&from).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let (ok, md, err) = kedit(&["report", both.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(md.contains("### Held-out perplexity"), "{md}");
+    let csv = std::fs::read_to_string(both.join("perplexity.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(
+        &row[..7],
+        ["rome", "sequential", "group", "2", "", "2", "300"]
+    );
+    let het = lines_of("ppl-heterogeneous");
+    let log_ratio: f64 = [0u64, 1]
+        .iter()
+        .map(|g| {
+            let of = |ls: &[serde_json::Value]| {
+                ls.iter().find(|l| l["group"] == *g).unwrap()["perplexity"]["edited"]
+                    .as_f64()
+                    .unwrap()
+            };
+            (of(&with) / of(&het)).ln()
+        })
+        .sum::<f64>()
+        / 2.0;
+    let ratio: f64 = row[12].parse().unwrap();
+    assert!(
+        (ratio - log_ratio.exp()).abs() < 1e-4,
+        "{ratio} vs {}",
+        log_ratio.exp()
+    );
+
+    // Results made without perplexity are not completed with it.
+    let (ok, _, err) = run("plain", "homogeneous", true);
+    assert!(!ok, "adding perplexity to a run made without it must fail");
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("selection"),
+        "{err}"
+    );
+}

@@ -42,9 +42,24 @@ pub struct ResultLine {
     /// run; absent: all of them (the line is scored after the group's last edit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<usize>,
+    /// Perplexity on held-out text of the model this line was scored on, beside the unedited
+    /// model's on the same tokens (`kedit bench --perplexity-tokens`): on the lines scored after
+    /// the group's last edit only. A property of the group's edited model, so every such line of
+    /// a group carries the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<GroupPerplexity>,
     /// `case_id` and the metrics, as fields of the line itself.
     #[serde(flatten)]
     pub metrics: crate::CaseMetrics,
+}
+
+/// A group's edited model's perplexity and the unedited model's, on the same held-out tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GroupPerplexity {
+    pub edited: f64,
+    pub unedited: f64,
+    /// Tokens read (windows of [`crate::perplexity::DEFAULT_WINDOW`]).
+    pub tokens: usize,
 }
 
 /// Which line: (group, after, step, case).
@@ -183,8 +198,11 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// Run `plan` (the groups of `shard`), appending to `results`. Returns the seconds spent editing
-/// and evaluating the groups that had work left.
+/// Run `plan` (the groups of `shard`), appending to `results`. With `held_out` (token ids), each
+/// group's edited model is also read on those tokens after its last edit, and the unedited
+/// model once (at the first group with work left). Returns the seconds spent editing,
+/// evaluating and reading the held-out text for the groups that had work left.
+#[allow(clippy::too_many_arguments)]
 pub fn run_plan<B: Backend>(
     lm: &mut LanguageModel<B>,
     editor: &mut dyn Editor<B>,
@@ -192,8 +210,11 @@ pub fn run_plan<B: Backend>(
     cases: &[EditCase],
     plan: &Plan,
     shard: (usize, usize),
+    held_out: Option<&[u32]>,
     results: &mut Results,
 ) -> Result<f64> {
+    let window = crate::perplexity::DEFAULT_WINDOW;
+    let mut unedited: Option<f64> = None;
     let by_id: std::collections::HashMap<&str, &EditCase> =
         cases.iter().map(|c| (c.case_id.as_str(), c)).collect();
     let groups: Vec<_> = plan
@@ -243,6 +264,9 @@ pub fn run_plan<B: Backend>(
             bar.reset_eta();
             continue;
         }
+        if let (Some(ids), None) = (held_out, unedited) {
+            unedited = Some(crate::perplexity::perplexity(lm, ids, window)?.perplexity);
+        }
         // Keys on the unedited model: how much each edit shares the first edit's key.
         let mut keys = Vec::with_capacity(group.len());
         for c in &group {
@@ -262,6 +286,17 @@ pub fn run_plan<B: Backend>(
                 let todo = missing(results, k, after);
                 let owned: Vec<EditCase> = todo.iter().map(|&s| group[s].clone()).collect();
                 let metrics = crate::evaluate(lm, &owned)?;
+                let perplexity = match (held_out, unedited) {
+                    (Some(ids), Some(unedited)) if k == group.len() && !todo.is_empty() => {
+                        let p = crate::perplexity::perplexity(lm, ids, window)?;
+                        Some(GroupPerplexity {
+                            edited: p.perplexity,
+                            unedited,
+                            tokens: p.tokens,
+                        })
+                    }
+                    _ => None,
+                };
                 for (s, m) in todo.into_iter().zip(metrics) {
                     let c = group[s];
                     results.append(ResultLine {
@@ -282,6 +317,7 @@ pub fn run_plan<B: Backend>(
                             _ => None,
                         },
                         after,
+                        perplexity,
                         metrics: m,
                     })?;
                 }

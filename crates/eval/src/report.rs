@@ -18,7 +18,7 @@ use kedit_s2rke_data::plan::{Density, Design, Order, Strategy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::bench::{ResultLine, Results};
+use crate::bench::{GroupPerplexity, ResultLine, Results};
 use crate::{summarize, Summary};
 
 /// Which cases of a group are scored (both after the group's last edit).
@@ -102,11 +102,31 @@ pub struct UnpairedRow {
     pub summary: Summary,
 }
 
+/// Held-out perplexity after a cell's N edits of one subject against N edits of N subjects
+/// (`kedit bench --perplexity-tokens`), over the matched group pairs that both carry it.
+/// Perplexities of edited models span orders of magnitude (a broken group weighs thousands), so
+/// they are compared as logs: geometric means, and the ratio homogeneous / heterogeneous as the
+/// exponential of the mean log ratio of matched pairs, with a 95 % bootstrap interval over pairs.
+#[derive(Debug, Clone)]
+pub struct PerplexityRow {
+    pub cell: Cell,
+    pub groups: usize,
+    pub tokens: usize,
+    pub unedited: f64,
+    pub homogeneous: f64,
+    pub heterogeneous: f64,
+    /// Worst group of each side.
+    pub max: (f64, f64),
+    pub ratio: f64,
+    pub ci: (f64, f64),
+}
+
 pub struct Report {
     pub sd: Vec<SdRow>,
     pub unpaired: Vec<UnpairedRow>,
     pub density: Vec<DensityRow>,
     pub keys: Vec<KeyRow>,
+    pub perplexity: Vec<PerplexityRow>,
 }
 
 /// Every `*.jsonl` results file under `dir` (recursively), sorted by path.
@@ -182,7 +202,11 @@ pub fn build(lines: &[ResultLine]) -> Report {
     }
     let mut sd = Vec::new();
     let mut unpaired = Vec::new();
+    let mut perplexity = Vec::new();
     for (cell, [homo, hetero]) in &cells {
+        if let Some(row) = perplexity_row(cell, homo, hetero) {
+            perplexity.push(row);
+        }
         for (order, side, other) in [
             (Order::Homogeneous, homo, hetero),
             (Order::Heterogeneous, hetero, homo),
@@ -272,7 +296,54 @@ pub fn build(lines: &[ResultLine]) -> Report {
         unpaired,
         density,
         keys,
+        perplexity,
     }
+}
+
+/// The perplexity row of a cell: its matched group pairs whose lines carry perplexity on the same
+/// tokens on both sides; `None` where there are none.
+fn perplexity_row<K: Ord + Copy>(
+    cell: &Cell,
+    homo: &BTreeMap<K, Vec<&ResultLine>>,
+    hetero: &BTreeMap<K, Vec<&ResultLine>>,
+) -> Option<PerplexityRow> {
+    let of = |ls: &Vec<&ResultLine>| ls.iter().find_map(|l| l.perplexity);
+    let pairs: Vec<(GroupPerplexity, GroupPerplexity)> = homo
+        .iter()
+        .filter_map(|(k, ls)| Some((of(ls)?, of(hetero.get(k)?)?)))
+        .filter(|(h, t)| h.tokens == t.tokens)
+        .collect();
+    let first = pairs.first()?;
+    let logs: Vec<f64> = pairs
+        .iter()
+        .map(|(h, t)| h.edited.ln() - t.edited.ln())
+        .collect();
+    let mean = |v: &mut dyn Iterator<Item = f64>| {
+        let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+        s / n as f64
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut boots: Vec<f64> = (0..2000)
+        .map(|_| mean(&mut (0..logs.len()).map(|_| logs[rng.random_range(0..logs.len())])))
+        .collect();
+    boots.sort_by(f64::total_cmp);
+    let worst = |side: fn(&(GroupPerplexity, GroupPerplexity)) -> f64| {
+        pairs.iter().map(side).fold(f64::NEG_INFINITY, f64::max)
+    };
+    Some(PerplexityRow {
+        cell: cell.clone(),
+        groups: pairs.len(),
+        tokens: first.0.tokens,
+        unedited: first.0.unedited,
+        homogeneous: mean(&mut pairs.iter().map(|p| p.0.edited.ln())).exp(),
+        heterogeneous: mean(&mut pairs.iter().map(|p| p.1.edited.ln())).exp(),
+        max: (worst(|p| p.0.edited), worst(|p| p.1.edited)),
+        ratio: mean(&mut logs.iter().copied()).exp(),
+        ci: (
+            percentile(&boots, 0.025).exp(),
+            percentile(&boots, 0.975).exp(),
+        ),
+    })
 }
 
 impl Report {
@@ -299,6 +370,7 @@ impl Report {
             o.push('\n');
         }
         self.curves_markdown(&mut o);
+        self.perplexity_markdown(&mut o);
         let _ = writeln!(o, "### Reading\n");
         for r in &self.sd {
             let verdict = if r.ci.1 < 0.0 {
@@ -473,6 +545,44 @@ impl Report {
         o.push('\n');
     }
 
+    /// The perplexity rows, where a run measured it.
+    fn perplexity_markdown(&self, o: &mut String) {
+        if self.perplexity.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "### Held-out perplexity after the group's edits (`--perplexity-tokens`)\n"
+        );
+        let _ = writeln!(
+            o,
+            "Geometric means over groups; ratio = homogeneous / heterogeneous of matched pairs (below 1: same-subject edits cost the model less).\n"
+        );
+        let _ = writeln!(o, "| method | strategy | design | N | groups | tokens | unedited | homo | hetero | worst homo / hetero | ratio | 95 % CI |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.perplexity {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}** | [{:.2}, {:.2}] |",
+                r.cell.method,
+                r.cell.strategy.name(),
+                r.cell.design.name(),
+                r.cell.n_label(),
+                r.groups,
+                r.tokens,
+                r.unedited,
+                r.homogeneous,
+                r.heterogeneous,
+                r.max.0,
+                r.max.1,
+                r.ratio,
+                r.ci.0,
+                r.ci.1
+            );
+        }
+        o.push('\n');
+    }
+
     /// `(file name, contents)` of each CSV table.
     pub fn csv(&self) -> Vec<(String, String)> {
         let mut sd = String::from("method,strategy,design,n,view,groups,s_homogeneous,s_heterogeneous,sd,ci_low,ci_high,es_homogeneous,es_heterogeneous,ps_homogeneous,ps_heterogeneous,ns_homogeneous,ns_heterogeneous,of,em_homogeneous,em_heterogeneous\n");
@@ -512,11 +622,37 @@ impl Report {
                 k.method, k.same.0, k.same.1, k.different.0, k.different.1
             );
         }
-        vec![
+        let mut files = vec![
             ("sd.csv".into(), sd),
             ("density.csv".into(), dens),
             ("keys.csv".into(), keys),
-        ]
+        ];
+        if !self.perplexity.is_empty() {
+            let mut ppl = String::from("method,strategy,design,n,of,groups,tokens,unedited,homogeneous,heterogeneous,max_homogeneous,max_heterogeneous,ratio,ci_low,ci_high\n");
+            for r in &self.perplexity {
+                let _ = writeln!(
+                    ppl,
+                    "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                    r.cell.method,
+                    r.cell.strategy.name(),
+                    r.cell.design.name(),
+                    r.cell.n,
+                    r.cell.of.map_or(String::new(), |o| o.to_string()),
+                    r.groups,
+                    r.tokens,
+                    r.unedited,
+                    r.homogeneous,
+                    r.heterogeneous,
+                    r.max.0,
+                    r.max.1,
+                    r.ratio,
+                    r.ci.0,
+                    r.ci.1
+                );
+            }
+            files.push(("perplexity.csv".into(), ppl));
+        }
+        files
     }
 
     /// One SVG per method: SD against N, a line per (strategy, design, view, curve run's N), 95 %
@@ -769,6 +905,7 @@ mod tests {
             same_subject_as_first: order == Order::Homogeneous,
             key_cos_first: None,
             after: None,
+            perplexity: None,
             metrics: CaseMetrics {
                 case_id: format!("c{step}"),
                 es,
@@ -779,6 +916,48 @@ mod tests {
                 nm: None,
             },
         }
+    }
+
+    /// Perplexities compare as logs over matched pairs; a group measured on one side only, or on
+    /// other tokens, is left out.
+    #[test]
+    fn perplexity_rows_compare_matched_pairs_as_logs() {
+        let with = |order, group, edited, tokens| {
+            let mut l = line(order, 0, 1.0, 1.0, 1.0);
+            l.group = group;
+            l.perplexity = Some(GroupPerplexity {
+                edited,
+                unedited: 60.0,
+                tokens,
+            });
+            l
+        };
+        let mut lines = vec![
+            with(Order::Homogeneous, 0, 100.0, 256),
+            with(Order::Heterogeneous, 0, 1000.0, 256),
+            with(Order::Homogeneous, 1, 50.0, 256),
+            with(Order::Heterogeneous, 1, 200.0, 256),
+            with(Order::Homogeneous, 2, 1e6, 256),
+            with(Order::Homogeneous, 3, 1e6, 256),
+            with(Order::Heterogeneous, 3, 1.0, 512),
+        ];
+        let mut unmeasured = line(Order::Heterogeneous, 0, 1.0, 1.0, 1.0);
+        unmeasured.group = 2;
+        lines.push(unmeasured);
+        let r = build(&lines);
+        assert_eq!(r.perplexity.len(), 1);
+        let p = &r.perplexity[0];
+        assert_eq!((p.groups, p.tokens, p.unedited), (2, 256, 60.0));
+        assert!((p.homogeneous - 5000f64.sqrt()).abs() < 1e-9, "{p:?}");
+        assert!((p.heterogeneous - 200000f64.sqrt()).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.max, (100.0, 1000.0));
+        assert!((p.ratio - 0.025f64.sqrt()).abs() < 1e-12, "{p:?}");
+        assert!(
+            p.ci.0 >= 0.1 - 1e-12 && p.ci.1 <= 0.25 + 1e-12 && p.ci.0 < p.ci.1,
+            "{p:?}"
+        );
+        assert!(r.markdown().contains("**0.16**"));
+        assert!(r.csv().iter().any(|(name, _)| name == "perplexity.csv"));
     }
 
     #[test]
