@@ -581,6 +581,28 @@ impl Report {
             );
         }
         o.push('\n');
+        for r in &self.perplexity {
+            let verdict = if r.ci.1 < 1.0 {
+                "same-subject edits cost the model less, and the 95 % interval excludes 1"
+            } else if r.ci.0 > 1.0 {
+                "same-subject edits cost the model more, and the 95 % interval excludes 1"
+            } else {
+                "no difference the interval can tell from 1"
+            };
+            let _ = writeln!(
+                o,
+                "- {} {} N={}: perplexity after same-subject edits is {:.2}× that after different-subject edits [{:.2}, {:.2}] over {} group pairs (unedited {:.1}): {verdict}.",
+                r.cell.method,
+                r.cell.strategy.name(),
+                r.cell.n_label(),
+                r.ratio,
+                r.ci.0,
+                r.ci.1,
+                r.groups,
+                r.unedited
+            );
+        }
+        o.push('\n');
     }
 
     /// `(file name, contents)` of each CSV table.
@@ -956,7 +978,12 @@ mod tests {
             p.ci.0 >= 0.1 - 1e-12 && p.ci.1 <= 0.25 + 1e-12 && p.ci.0 < p.ci.1,
             "{p:?}"
         );
-        assert!(r.markdown().contains("**0.16**"));
+        let md = r.markdown();
+        assert!(md.contains("**0.16**"), "{md}");
+        assert!(
+            md.contains("cost the model less, and the 95 % interval excludes 1"),
+            "{md}"
+        );
         assert!(r.csv().iter().any(|(name, _)| name == "perplexity.csv"));
     }
 
