@@ -618,9 +618,10 @@ fn profile(name: &str) -> Result<Profile> {
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
-        // per cell. About 2 hours on a 2-core CPU, two cells at a time (measured: ROME's cells
-        // 48-50 min, MEMIT's 42-44 (test build), AlphaEdit's 11-12 (release), FT-M's 11, MEND's
-        // 1; benchmarks/README.md, "N = 8" and "AlphaEdit").
+        // per cell, each group's held-out perplexity too. 84 minutes on a 2-core CPU, two cells
+        // at a time (measured 2026-12-06, release build, perplexity included: ROME's cells 29-30
+        // min, MEMIT's 22, AlphaEdit's 16-17, FT-M's 9, MEND's 6; benchmarks/README.md,
+        // "Perplexity after edits").
         "deep" => Profile {
             name: "deep",
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),

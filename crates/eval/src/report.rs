@@ -563,7 +563,7 @@ impl Report {
         for r in &self.perplexity {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}** | [{:.2}, {:.2}] |",
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.3}** | [{:.3}, {:.3}] |",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.design.name(),
@@ -591,7 +591,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "- {} {} N={}: perplexity after same-subject edits is {:.2}× that after different-subject edits [{:.2}, {:.2}] over {} group pairs (unedited {:.1}): {verdict}.",
+                "- {} {} N={}: perplexity after same-subject edits is {:.3}× that after different-subject edits [{:.3}, {:.3}] over {} group pairs (unedited {:.1}): {verdict}.",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.n_label(),
@@ -979,7 +979,7 @@ mod tests {
             "{p:?}"
         );
         let md = r.markdown();
-        assert!(md.contains("**0.16**"), "{md}");
+        assert!(md.contains("**0.158**"), "{md}");
         assert!(
             md.contains("cost the model less, and the 95 % interval excludes 1"),
             "{md}"
