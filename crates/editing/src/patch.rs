@@ -356,6 +356,19 @@ impl<B: Backend> Snapshot<B> {
         Self { matrices }
     }
 
+    /// ‖W − W₀‖_F over every editable matrix, summed in f64: how far edits since the snapshot
+    /// moved the model (a norm of the update, whatever method made it).
+    pub fn distance(&self, model: &impl CausalLm<B>) -> f64 {
+        let mut sum = 0f64;
+        for (l, (mlp, attn)) in self.matrices.iter().enumerate() {
+            for (now, was) in [(model.mlp_out(l), mlp), (model.attn_out(l), attn)] {
+                let d = (now - was.clone()).into_data();
+                sum += d.iter::<f64>().map(|x| x * x).sum::<f64>();
+            }
+        }
+        sum.sqrt()
+    }
+
     pub fn restore(self, model: &mut impl CausalLm<B>) {
         for (l, (mlp, attn)) in self.matrices.into_iter().enumerate() {
             model.set_mlp_out(l, mlp);

@@ -239,3 +239,26 @@ fn an_extended_patch_is_the_edits_in_turn() {
     loaded.apply(&mut lm.model).unwrap();
     assert!(logits(&lm) == in_turn, "one patch, the two edits' bits");
 }
+
+/// A snapshot's distance is 0 for the model it was taken of and, after a patch, the Frobenius
+/// norm of the patch's deltas (computed here from the deltas themselves).
+#[test]
+fn a_snapshot_measures_how_far_a_patch_moved_the_model() {
+    let mut lm = tiny();
+    let snapshot = kedit_editing::Snapshot::take(&lm.model);
+    assert_eq!(snapshot.distance(&lm.model), 0.0);
+    let patch = two_matrix_patch(&lm);
+    let expected = patch
+        .entries
+        .iter()
+        .flat_map(|e| e.delta.iter())
+        .map(|&x| (x as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let _applied = patch.apply(&mut lm.model).unwrap();
+    let d = snapshot.distance(&lm.model);
+    // W + Δ − W rounds in f32: a relative error of a few ulps of the weights' size.
+    assert!((d - expected).abs() < 1e-4 * expected, "{d} vs {expected}");
+    snapshot.clone().restore(&mut lm.model);
+    assert_eq!(snapshot.distance(&lm.model), 0.0);
+}

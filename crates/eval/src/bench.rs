@@ -60,6 +60,10 @@ pub struct GroupPerplexity {
     pub unedited: f64,
     /// Tokens read (windows of [`crate::perplexity::DEFAULT_WINDOW`]).
     pub tokens: usize,
+    /// ‖W − W₀‖_F of the group's edits over every editable matrix (`Snapshot::distance`): how
+    /// large an update moved the model this far. Absent in lines written before kedit kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_norm: Option<f64>,
 }
 
 /// Which line: (group, after, step, case).
@@ -293,6 +297,7 @@ pub fn run_plan<B: Backend>(
                             edited: p.perplexity,
                             unedited,
                             tokens: p.tokens,
+                            update_norm: Some(snapshot.distance(&lm.model)),
                         })
                     }
                     _ => None,

@@ -119,6 +119,9 @@ pub struct PerplexityRow {
     pub max: (f64, f64),
     pub ratio: f64,
     pub ci: (f64, f64),
+    /// Geometric means of the groups' update norms ‖W − W₀‖_F, homogeneous and heterogeneous,
+    /// where every pair's lines carry them.
+    pub update_norm: Option<(f64, f64)>,
 }
 
 pub struct Report {
@@ -327,6 +330,16 @@ fn perplexity_row<K: Ord + Copy>(
         .map(|_| mean(&mut (0..logs.len()).map(|_| logs[rng.random_range(0..logs.len())])))
         .collect();
     boots.sort_by(f64::total_cmp);
+    let norms: Option<Vec<(f64, f64)>> = pairs
+        .iter()
+        .map(|(h, t)| Some((h.update_norm?, t.update_norm?)))
+        .collect();
+    let update_norm = norms.map(|v| {
+        (
+            mean(&mut v.iter().map(|p| p.0.ln())).exp(),
+            mean(&mut v.iter().map(|p| p.1.ln())).exp(),
+        )
+    });
     let worst = |side: fn(&(GroupPerplexity, GroupPerplexity)) -> f64| {
         pairs.iter().map(side).fold(f64::NEG_INFINITY, f64::max)
     };
@@ -343,6 +356,7 @@ fn perplexity_row<K: Ord + Copy>(
             percentile(&boots, 0.025).exp(),
             percentile(&boots, 0.975).exp(),
         ),
+        update_norm,
     })
 }
 
@@ -556,14 +570,17 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "Geometric means over groups; ratio = homogeneous / heterogeneous of matched pairs (below 1: same-subject edits cost the model less).\n"
+            "Geometric means over groups; ratio = homogeneous / heterogeneous of matched pairs (below 1: same-subject edits cost the model less); ‖ΔW‖_F: the norm of the group's whole update to the model's editable matrices.\n"
         );
-        let _ = writeln!(o, "| method | strategy | design | N | groups | tokens | unedited | homo | hetero | worst homo / hetero | ratio | 95 % CI |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "| method | strategy | design | N | groups | tokens | unedited | homo | hetero | worst homo / hetero | ratio | 95 % CI | ‖ΔW‖_F homo / hetero |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.perplexity {
+            let norms = r
+                .update_norm
+                .map_or("–".to_owned(), |(h, t)| format!("{h:.3} / {t:.3}"));
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.3}** | [{:.3}, {:.3}] |",
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.3}** | [{:.3}, {:.3}] | {norms} |",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.design.name(),
@@ -650,11 +667,11 @@ impl Report {
             ("keys.csv".into(), keys),
         ];
         if !self.perplexity.is_empty() {
-            let mut ppl = String::from("method,strategy,design,n,of,groups,tokens,unedited,homogeneous,heterogeneous,max_homogeneous,max_heterogeneous,ratio,ci_low,ci_high\n");
+            let mut ppl = String::from("method,strategy,design,n,of,groups,tokens,unedited,homogeneous,heterogeneous,max_homogeneous,max_heterogeneous,ratio,ci_low,ci_high,update_norm_homogeneous,update_norm_heterogeneous\n");
             for r in &self.perplexity {
                 let _ = writeln!(
                     ppl,
-                    "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                    "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
                     r.cell.method,
                     r.cell.strategy.name(),
                     r.cell.design.name(),
@@ -669,7 +686,9 @@ impl Report {
                     r.max.1,
                     r.ratio,
                     r.ci.0,
-                    r.ci.1
+                    r.ci.1,
+                    r.update_norm
+                        .map_or(",".to_owned(), |(h, t)| format!("{h:.5},{t:.5}"))
                 );
             }
             files.push(("perplexity.csv".into(), ppl));
@@ -951,6 +970,8 @@ mod tests {
                 edited,
                 unedited: 60.0,
                 tokens,
+                // The update's norm grows with the damage here: 2, 1 for the pairs kept.
+                update_norm: Some(edited / 50.0),
             });
             l
         };
@@ -985,6 +1006,11 @@ mod tests {
             "{md}"
         );
         assert!(r.csv().iter().any(|(name, _)| name == "perplexity.csv"));
+        let (h, t) = p.update_norm.expect("every pair has norms");
+        assert!(
+            (h - 2f64.sqrt()).abs() < 1e-12 && (t - 80f64.sqrt()).abs() < 1e-12,
+            "{p:?}"
+        );
     }
 
     #[test]
