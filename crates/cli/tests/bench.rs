@@ -509,7 +509,10 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
         let edited = p["edited"].as_f64().unwrap();
         assert!(edited.is_finite() && edited != p["unedited"].as_f64().unwrap());
         let norm = p["update_norm"].as_f64().unwrap();
-        assert!(norm.is_finite() && norm > 0.0, "the edits moved no weight: {l}");
+        assert!(
+            norm.is_finite() && norm > 0.0,
+            "the edits moved no weight: {l}"
+        );
         let g = l["group"].as_u64().unwrap();
         assert_eq!(
             *by_group.entry(g).or_insert(edited),
