@@ -64,8 +64,8 @@ pub struct BenchArgs {
     pub label: Option<String>,
     /// Also read each group's edited model, after its last edit, on the last N tokens of the
     /// WikiText-2 text kedit carries (what `kedit perplexity --tokens N` computes), beside the
-    /// unedited model's: the report's perplexity table. About 3 s per 1000 tokens per group on
-    /// SmolLM2 on a 2-core CPU.
+    /// unedited model's, with the norm of the group's whole update ‖W − W₀‖_F: the report's
+    /// perplexity table. About 3 s per 1000 tokens per group on SmolLM2 on a 2-core CPU.
     #[arg(long)]
     pub perplexity_tokens: Option<usize>,
 }
