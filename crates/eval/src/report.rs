@@ -179,6 +179,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// The 95 % percentile interval of `stat` over 2000 resamples (fixed seed) of `n` items drawn
+/// with replacement, each resample passed as the drawn items' indices.
+fn bootstrap_ci(n: usize, mut stat: impl FnMut(&[usize]) -> f64) -> (f64, f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut boots: Vec<f64> = (0..2000)
+        .map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            stat(&idx)
+        })
+        .collect();
+    boots.sort_by(f64::total_cmp);
+    (percentile(&boots, 0.025), percentile(&boots, 0.975))
+}
+
+/// exp(mean of the logs): the mean of quantities spanning orders of magnitude.
+fn geometric_mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = xs.len() as f64;
+    (xs.map(f64::ln).sum::<f64>() / n).exp()
+}
+
 pub fn build(lines: &[ResultLine]) -> Report {
     type GroupKey = (u64, usize);
     let mut cells: BTreeMap<Cell, [BTreeMap<GroupKey, Vec<&ResultLine>>; 2]> = BTreeMap::new();
@@ -248,16 +268,10 @@ pub fn build(lines: &[ResultLine]) -> Report {
                 s_of(&v)
             };
             let (h, t) = (pick(homo, &groups), pick(hetero, &groups));
-            let mut rng = ChaCha8Rng::seed_from_u64(0);
-            let mut boots: Vec<f64> = (0..2000)
-                .map(|_| {
-                    let gs: Vec<GroupKey> = (0..groups.len())
-                        .map(|_| groups[rng.random_range(0..groups.len())])
-                        .collect();
-                    sd_points(&pick(homo, &gs), &pick(hetero, &gs))
-                })
-                .collect();
-            boots.sort_by(f64::total_cmp);
+            let ci = bootstrap_ci(groups.len(), |idx| {
+                let gs: Vec<GroupKey> = idx.iter().map(|&i| groups[i]).collect();
+                sd_points(&pick(homo, &gs), &pick(hetero, &gs))
+            });
             sd.push(SdRow {
                 cell: cell.clone(),
                 view,
@@ -265,7 +279,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
                 sd: sd_points(&h, &t),
                 homogeneous: h,
                 heterogeneous: t,
-                ci: (percentile(&boots, 0.025), percentile(&boots, 0.975)),
+                ci,
             });
         }
     }
@@ -321,23 +335,17 @@ fn perplexity_row<K: Ord + Copy>(
         .iter()
         .map(|(h, t)| h.edited.ln() - t.edited.ln())
         .collect();
-    let mean = |v: &mut dyn Iterator<Item = f64>| {
-        let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-        s / n as f64
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut boots: Vec<f64> = (0..2000)
-        .map(|_| mean(&mut (0..logs.len()).map(|_| logs[rng.random_range(0..logs.len())])))
-        .collect();
-    boots.sort_by(f64::total_cmp);
+    let mean_log = |idx: &[usize]| idx.iter().map(|&i| logs[i]).sum::<f64>() / idx.len() as f64;
+    let ci = bootstrap_ci(logs.len(), mean_log);
+    let all: Vec<usize> = (0..logs.len()).collect();
     let norms: Option<Vec<(f64, f64)>> = pairs
         .iter()
         .map(|(h, t)| Some((h.update_norm?, t.update_norm?)))
         .collect();
     let update_norm = norms.map(|v| {
         (
-            mean(&mut v.iter().map(|p| p.0.ln())).exp(),
-            mean(&mut v.iter().map(|p| p.1.ln())).exp(),
+            geometric_mean(v.iter().map(|p| p.0)),
+            geometric_mean(v.iter().map(|p| p.1)),
         )
     });
     let worst = |side: fn(&(GroupPerplexity, GroupPerplexity)) -> f64| {
@@ -348,14 +356,11 @@ fn perplexity_row<K: Ord + Copy>(
         groups: pairs.len(),
         tokens: first.0.tokens,
         unedited: first.0.unedited,
-        homogeneous: mean(&mut pairs.iter().map(|p| p.0.edited.ln())).exp(),
-        heterogeneous: mean(&mut pairs.iter().map(|p| p.1.edited.ln())).exp(),
+        homogeneous: geometric_mean(pairs.iter().map(|p| p.0.edited)),
+        heterogeneous: geometric_mean(pairs.iter().map(|p| p.1.edited)),
         max: (worst(|p| p.0.edited), worst(|p| p.1.edited)),
-        ratio: mean(&mut logs.iter().copied()).exp(),
-        ci: (
-            percentile(&boots, 0.025).exp(),
-            percentile(&boots, 0.975).exp(),
-        ),
+        ratio: mean_log(&all).exp(),
+        ci: (ci.0.exp(), ci.1.exp()),
         update_norm,
     })
 }
