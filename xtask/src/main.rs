@@ -511,7 +511,8 @@ struct Profile {
     /// profile's MEND hparams): about this many minutes on a 2-core CPU.
     mend_minutes: f64,
     /// Each group's edited model read on this many held-out tokens (`kedit bench
-    /// --perplexity-tokens`): the report's perplexity table.
+    /// --perplexity-tokens`; a curve cell reads it after every edit): the report's perplexity
+    /// tables.
     perplexity_tokens: Option<usize>,
 }
 
@@ -655,7 +656,9 @@ fn profile(name: &str) -> Result<Profile> {
                 curve: true,
             }],
             speed: 1.4,
-            perplexity_tokens: None,
+            // How the cost to the model grows with N: each group read after each of its edits,
+            // on a quarter of `deep`'s tokens (a reading per edit, not per group).
+            perplexity_tokens: Some(2048),
             ..profile("deep")?
         },
         // The paper's batch figure, SD against N (fig7), with its methods (MEMIT, PMET, FT, MEND),
@@ -939,11 +942,13 @@ fn bench_all(
                         after: if m == "mend" { mend_train } else { None },
                         // Each run also loads the model and scores the groups: ~8 s (a curve
                         // scores N times as often: in `speed`).
-                        // Perplexity: the unedited model's, then each group's.
+                        // Perplexity: the unedited model's, then each group's after its last
+                        // edit (a curve: after each of its N edits).
                         estimate_s: (n * p.groups) as f64 * sec * p.speed
                             + 8.0
                             + p.perplexity_tokens.map_or(0.0, |t| {
-                                (p.groups + 1) as f64 * t as f64 / 1000.0 * PERPLEXITY_S_PER_1000
+                                let readings = p.groups * if curve { n } else { 1 } + 1;
+                                readings as f64 * t as f64 / 1000.0 * PERPLEXITY_S_PER_1000
                             }),
                     });
                 }

@@ -62,10 +62,11 @@ pub struct BenchArgs {
     /// keep runs of one method with other hyperparameters apart in one directory
     #[arg(long)]
     pub label: Option<String>,
-    /// Also read each group's edited model, after its last edit, on the last N tokens of the
-    /// WikiText-2 text kedit carries (what `kedit perplexity --tokens N` computes), beside the
-    /// unedited model's, with the norm of the group's whole update ‖W − W₀‖_F: the report's
-    /// perplexity table. About 3 s per 1000 tokens per group on SmolLM2 on a 2-core CPU.
+    /// Also read each group's edited model, after its last edit (with --curve: after every
+    /// edit), on the last N tokens of the WikiText-2 text kedit carries (what `kedit perplexity
+    /// --tokens N` computes), beside the unedited model's, with the norm of the group's update so
+    /// far ‖W − W₀‖_F: the report's perplexity tables. About 3 s per 1000 tokens per reading on
+    /// SmolLM2 on a 2-core CPU.
     #[arg(long)]
     pub perplexity_tokens: Option<usize>,
 }

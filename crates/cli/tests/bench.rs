@@ -458,7 +458,8 @@ fn a_resume_with_other_hparams_is_refused_and_a_label_keeps_both_runs() {
 /// `--perplexity-tokens`: every line scored after a group's last edit carries that group's edited
 /// model's perplexity on held-out text, beside the unedited model's, which is what `kedit
 /// perplexity` gives; the other fields are a run without it, line for line; the report has a
-/// perplexity row over the matched pairs; a resume that adds it to results made without it is
+/// perplexity row over the matched pairs; a `--curve` run reads it after every edit, the last
+/// reading equal to the plain run's; a resume that adds it to results made without it is
 /// refused.
 #[test]
 fn a_bench_run_reads_each_groups_model_on_held_out_text() {
@@ -570,6 +571,40 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
         "{ratio} vs {}",
         log_ratio.exp()
     );
+
+    // A curve run reads the model after every edit; after the last, the model is the plain
+    // run's, to the bit.
+    let out = dir.path().join("ppl-curve");
+    let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), "homogeneous");
+    args[8] = "2";
+    args[10] = "2";
+    args.extend(["--perplexity-tokens", "300", "--curve"]);
+    let (ok, _, err) = kedit(&args);
+    assert!(ok, "{err}");
+    let curve = lines_of("ppl-curve");
+    assert_eq!(
+        curve.len(),
+        6,
+        "2 groups: 1 line after the first edit, 2 after the second"
+    );
+    for g in [0u64, 1] {
+        let at = |k: u64| {
+            let ps: Vec<&serde_json::Value> = curve
+                .iter()
+                .filter(|l| l["group"] == g && l["after"] == k)
+                .map(|l| &l["perplexity"])
+                .collect();
+            assert!(
+                ps.iter().all(|p| *p == ps[0]),
+                "one per group and N: {ps:?}"
+            );
+            ps[0].clone()
+        };
+        let plain = &with.iter().find(|l| l["group"] == g).unwrap()["perplexity"];
+        assert_eq!(&at(2), plain, "group {g}");
+        assert!(at(1)["edited"].is_f64() && at(1)["edited"] != at(2)["edited"]);
+        assert!(at(1)["update_norm"].as_f64().unwrap() > 0.0);
+    }
 
     // Results made without perplexity are not completed with it.
     let (ok, _, err) = run("plain", "homogeneous", true);

@@ -44,8 +44,9 @@ pub struct ResultLine {
     pub after: Option<usize>,
     /// Perplexity on held-out text of the model this line was scored on, beside the unedited
     /// model's on the same tokens (`kedit bench --perplexity-tokens`): on the lines scored after
-    /// the group's last edit only. A property of the group's edited model, so every such line of
-    /// a group carries the same one.
+    /// the group's last edit, and in a `curve` run after every edit (how the cost grows with N).
+    /// A property of the model the line was scored on, so every line of a group scored after the
+    /// same edit carries the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<GroupPerplexity>,
     /// `case_id` and the metrics, as fields of the line itself.
@@ -203,8 +204,9 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 }
 
 /// Run `plan` (the groups of `shard`), appending to `results`. With `held_out` (token ids), each
-/// group's edited model is also read on those tokens after its last edit, and the unedited
-/// model once (at the first group with work left). Returns the seconds spent editing,
+/// group's edited model is also read on those tokens wherever its lines are scored (after its
+/// last edit; in a `curve` plan after every edit), and the unedited model once (at the first
+/// group with work left). Returns the seconds spent editing,
 /// evaluating and reading the held-out text for the groups that had work left.
 #[allow(clippy::too_many_arguments)]
 pub fn run_plan<B: Backend>(
@@ -291,7 +293,7 @@ pub fn run_plan<B: Backend>(
                 let owned: Vec<EditCase> = todo.iter().map(|&s| group[s].clone()).collect();
                 let metrics = crate::evaluate(lm, &owned)?;
                 let perplexity = match (held_out, unedited) {
-                    (Some(ids), Some(unedited)) if k == group.len() && !todo.is_empty() => {
+                    (Some(ids), Some(unedited)) if !todo.is_empty() => {
                         let p = crate::perplexity::perplexity(lm, ids, window)?;
                         Some(GroupPerplexity {
                             edited: p.perplexity,

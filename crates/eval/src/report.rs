@@ -575,7 +575,7 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "Geometric means over groups; ratio = homogeneous / heterogeneous of matched pairs (below 1: same-subject edits cost the model less); ‖ΔW‖_F: the norm of the group's whole update to the model's editable matrices.\n"
+            "Geometric means over groups; ratio = homogeneous / heterogeneous of matched pairs (below 1: same-subject edits cost the model less); ‖ΔW‖_F: the norm of the group's update so far to the model's editable matrices.\n"
         );
         let _ = writeln!(o, "| method | strategy | design | N | groups | tokens | unedited | homo | hetero | worst homo / hetero | ratio | 95 % CI | ‖ΔW‖_F homo / hetero |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -603,7 +603,12 @@ impl Report {
             );
         }
         o.push('\n');
-        for r in &self.perplexity {
+        // A curve's shorter prefixes are read in the table against N below.
+        for r in self
+            .perplexity
+            .iter()
+            .filter(|r| r.cell.of.is_none_or(|of| of == r.cell.n))
+        {
             let verdict = if r.ci.1 < 1.0 {
                 "same-subject edits cost the model less, and the 95 % interval excludes 1"
             } else if r.ci.0 > 1.0 {
@@ -623,6 +628,96 @@ impl Report {
                 r.groups,
                 r.unedited
             );
+        }
+        o.push('\n');
+        self.perplexity_against_n(o);
+    }
+
+    /// A `--curve` run's perplexity rows side by side: the model after each of the group's first
+    /// N edits, same subject against different subjects, and where the ratio's interval first
+    /// excludes 1 (where the cost of same-subject editing shows).
+    fn perplexity_against_n(&self, o: &mut String) {
+        // (method, strategy, design, the curve run's N, tokens) → its rows by N.
+        type Key<'a> = (&'a str, Strategy, Design, usize, usize);
+        let mut series: BTreeMap<Key, BTreeMap<usize, &PerplexityRow>> = BTreeMap::new();
+        for r in &self.perplexity {
+            if let Some(of) = r.cell.of {
+                series
+                    .entry((&r.cell.method, r.cell.strategy, r.cell.design, of, r.tokens))
+                    .or_default()
+                    .insert(r.cell.n, r);
+            }
+        }
+        if series.is_empty() {
+            return;
+        }
+        let ns: Vec<usize> = series
+            .values()
+            .flat_map(|pts| pts.keys().copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let head: Vec<String> = ns.iter().map(|n| format!("N={n}")).collect();
+        let _ = writeln!(
+            o,
+            "Against N (`--curve` runs: after each of the group's first N edits), geometric means homo / hetero, then the ratio, `*` where its 95 % interval excludes 1:\n"
+        );
+        let _ = writeln!(
+            o,
+            "| method | strategy | design | tokens | {} |",
+            head.join(" | ")
+        );
+        let _ = writeln!(o, "|---|---|---|---|{}", "---|".repeat(ns.len()));
+        let mut readings = Vec::new();
+        for ((method, strategy, design, of, tokens), pts) in &series {
+            let excludes_1 = |r: &PerplexityRow| r.ci.0 > 1.0 || r.ci.1 < 1.0;
+            let cols: Vec<String> = ns
+                .iter()
+                .map(|n| {
+                    pts.get(n).map_or("–".to_owned(), |r| {
+                        format!(
+                            "{:.1} / {:.1} ×{:.2}{}",
+                            r.homogeneous,
+                            r.heterogeneous,
+                            r.ratio,
+                            if excludes_1(r) { "*" } else { "" }
+                        )
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "| {method} | {} | {} | {tokens} | {} |",
+                strategy.name(),
+                design.name(),
+                cols.join(" | ")
+            );
+            // From which N on every interval excludes 1 on the same side as the largest N's.
+            let last = pts.values().next_back().expect("a series has a point");
+            let side = |r: &PerplexityRow| (r.ci.0 > 1.0, r.ci.1 < 1.0);
+            let from = pts
+                .iter()
+                .rev()
+                .take_while(|(_, r)| excludes_1(r) && side(r) == side(last))
+                .last()
+                .map(|(n, _)| *n);
+            readings.push(match from {
+                Some(n) => format!(
+                    "- {method} {} `--curve` of {of}: the ratio's interval excludes 1 from N={n} on ({} at N={}).",
+                    strategy.name(),
+                    if last.ratio > 1.0 { "same-subject edits cost more" } else { "same-subject edits cost less" },
+                    last.cell.n
+                ),
+                None => format!(
+                    "- {method} {} `--curve` of {of}: at N={} the ratio's interval includes 1.",
+                    strategy.name(),
+                    last.cell.n
+                ),
+            });
+        }
+        o.push('\n');
+        for r in readings {
+            let _ = writeln!(o, "{r}");
         }
         o.push('\n');
     }
@@ -1016,6 +1111,51 @@ mod tests {
             (h - 2f64.sqrt()).abs() < 1e-12 && (t - 80f64.sqrt()).abs() < 1e-12,
             "{p:?}"
         );
+    }
+
+    /// A curve run's perplexity at each prefix is a row of its own and a column of the table
+    /// against N; the reading names the N from which every interval excludes 1.
+    #[test]
+    fn curve_perplexity_is_read_against_n() {
+        let mut lines = Vec::new();
+        for group in 0..3 {
+            for k in 1..=3usize {
+                for order in [Order::Homogeneous, Order::Heterogeneous] {
+                    let mut l = line(order, 0, 1.0, 1.0, 1.0);
+                    (l.group, l.n, l.after) = (group, 3, Some(k));
+                    // Same subject: no cost at N=1 (the same first edit), then ×2 and ×4 at N=2
+                    // and 3 in every pair, with a little spread between pairs.
+                    let base = 60.0 + group as f64;
+                    let factor = match order {
+                        Order::Homogeneous => 2f64.powi(k as i32 - 1),
+                        Order::Heterogeneous => 1.0 + 0.01 * group as f64,
+                    };
+                    l.perplexity = Some(GroupPerplexity {
+                        edited: base * factor,
+                        unedited: 60.0,
+                        tokens: 128,
+                        update_norm: None,
+                    });
+                    lines.push(l);
+                }
+            }
+        }
+        let r = build(&lines);
+        assert_eq!(r.perplexity.len(), 3, "a row per prefix");
+        let at = |n| r.perplexity.iter().find(|p| p.cell.n == n).unwrap();
+        assert_eq!(at(2).cell.of, Some(3));
+        assert!(at(1).ci.0 < 1.0 && at(1).ci.1 > 0.97, "{:?}", at(1));
+        assert!((at(3).ratio / at(2).ratio - 2.0).abs() < 1e-9);
+        let md = r.markdown();
+        assert!(md.contains("| m | sequential | group | 128 | "), "{md}");
+        assert!(md.contains("×3.96*"), "{md}");
+        assert!(
+            md.contains("`--curve` of 3: the ratio's interval excludes 1 from N=2 on (same-subject edits cost more at N=3)"),
+            "{md}"
+        );
+        // Shorter prefixes are read in that table, not one reading line each.
+        assert!(!md.contains("N=1 of 3: perplexity"), "{md}");
+        assert!(md.contains("N=3 of 3: perplexity"), "{md}");
     }
 
     #[test]
