@@ -799,7 +799,8 @@ impl Report {
     /// One SVG per method: SD against N, a line per (strategy, design, view, curve run's N), 95 %
     /// whiskers. Then, as the paper draws its figures, one SVG per (strategy, design, view, curve
     /// or not) with a line per method, where two or more methods have cells at two or more N:
-    /// `sd-<strategy>-<design>-<view>[-curve].svg`.
+    /// `sd-<strategy>-<design>-<view>[-curve].svg`. And the perplexity ratio against N, where
+    /// runs measured it at two or more N ([`Self::perplexity_svgs`]).
     pub fn svgs(&self) -> Vec<(String, String)> {
         let methods: BTreeSet<&str> = self.sd.iter().map(|r| r.cell.method.as_str()).collect();
         let mut files: Vec<(String, String)> = methods
@@ -816,13 +817,19 @@ impl Report {
                 }
                 let ordered = lines
                     .into_iter()
-                    .map(|((s, d, v, of), pts)| (legend(s, d, v, of), pts))
+                    .map(|((s, d, v, of), pts)| {
+                        (
+                            legend(s, d, v, of),
+                            pts.into_iter().map(Point::from).collect(),
+                        )
+                    })
                     .collect();
                 (
                     format!("sd-{m}.svg"),
                     plot(
                         &format!("{m}: SD = S(homogeneous) − S(heterogeneous), points"),
                         ordered,
+                        &SD_AXIS,
                     ),
                 )
             })
@@ -848,7 +855,7 @@ impl Report {
                 .into_iter()
                 .map(|((m, of), pts)| {
                     let label = of.map_or(m.to_owned(), |of| format!("{m}, curve of {of}"));
-                    (label, pts)
+                    (label, pts.into_iter().map(Point::from).collect())
                 })
                 .collect();
             let name = format!(
@@ -864,18 +871,104 @@ impl Report {
                 design.name(),
                 view.name()
             );
-            files.push((name, plot(&title, series)));
+            files.push((name, plot(&title, series, &SD_AXIS)));
         }
+        files.extend(self.perplexity_svgs());
         files
+    }
+
+    /// The perplexity ratio homogeneous / heterogeneous against N, log scale, one SVG per
+    /// (strategy, design, curve runs or not) with a line per method, where a method has rows at
+    /// two or more N: `perplexity-<strategy>-<design>[-curve].svg`.
+    fn perplexity_svgs(&self) -> Vec<(String, String)> {
+        type Lines<'a> = BTreeMap<(&'a str, Option<usize>, usize), Vec<Point>>;
+        let mut panels: BTreeMap<(Strategy, Design, bool), Lines> = BTreeMap::new();
+        for r in &self.perplexity {
+            panels
+                .entry((r.cell.strategy, r.cell.design, r.cell.of.is_some()))
+                .or_default()
+                .entry((&r.cell.method, r.cell.of, r.tokens))
+                .or_default()
+                .push(Point {
+                    n: r.cell.n,
+                    y: r.ratio.log2(),
+                    ci: (r.ci.0.log2(), r.ci.1.log2()),
+                });
+        }
+        panels
+            .into_iter()
+            .filter_map(|((strategy, design, curve), lines)| {
+                let series: Vec<(String, Vec<Point>)> = lines
+                    .into_iter()
+                    .filter(|(_, pts)| pts.len() > 1)
+                    .map(|((m, of, tokens), pts)| {
+                        let of = of.map_or(String::new(), |of| format!(", curve of {of}"));
+                        (format!("{m}{of}, {tokens} tokens"), pts)
+                    })
+                    .collect();
+                if series.is_empty() {
+                    return None;
+                }
+                let title = format!(
+                    "Perplexity, same subject ÷ different subjects, against N: {} editing, {} design",
+                    strategy.name(),
+                    design.name()
+                );
+                let name = format!(
+                    "perplexity-{}-{}{}.svg",
+                    strategy.name(),
+                    design.name(),
+                    if curve { "-curve" } else { "" }
+                );
+                Some((name, plot(&title, series, &RATIO_AXIS)))
+            })
+            .collect()
     }
 }
 
-/// An SVG of SD against N: a line per labelled series, 95 % whiskers, the zero line.
-fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
-    let rows: Vec<&SdRow> = series
-        .iter()
-        .flat_map(|(_, pts)| pts.iter().copied())
-        .collect();
+/// A plotted value at one N, with its 95 % interval.
+struct Point {
+    n: usize,
+    y: f64,
+    ci: (f64, f64),
+}
+
+impl From<&SdRow> for Point {
+    fn from(r: &SdRow) -> Self {
+        Point {
+            n: r.cell.n,
+            y: r.sd,
+            ci: r.ci,
+        }
+    }
+}
+
+/// A plot's vertical axis: its range is rounded out to a multiple of `round`, gridlines fall at
+/// the first of `steps` that gives at most 8, `label` writes a gridline's value, and the line at
+/// 0 (no difference) is drawn black.
+struct Axis {
+    round: f64,
+    steps: &'static [f64],
+    label: fn(f64) -> String,
+}
+
+/// SD in points.
+const SD_AXIS: Axis = Axis {
+    round: 10.0,
+    steps: &[5.0, 10.0, 20.0, 25.0, 50.0, 100.0],
+    label: |v| format!("{v:.0}"),
+};
+
+/// A ratio plotted as its log2, labelled as the ratio (×1 at 0, ×2, ×0.5).
+const RATIO_AXIS: Axis = Axis {
+    round: 1.0,
+    steps: &[1.0, 2.0, 5.0, 10.0],
+    label: |v| format!("×{}", 2f64.powf(v)),
+};
+
+/// An SVG against N: a line per labelled series, 95 % whiskers, the zero line.
+fn plot(title: &str, series: Vec<(String, Vec<Point>)>, axis: &Axis) -> String {
+    let rows: Vec<&Point> = series.iter().flat_map(|(_, pts)| pts.iter()).collect();
     // The legend's longest label ("sequential group view first, curve of 8") sets the
     // right margin, ~7 px a character at 12 px, so that no label runs off the image.
     let longest = series
@@ -885,7 +978,7 @@ fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
         .unwrap_or(0) as f64;
     let right = (45.0 + 7.0 * longest).max(200.0);
     let (w, h, left, top, bottom) = (440.0 + right, 400.0, 60.0, 40.0, 50.0);
-    let ns: Vec<usize> = rows.iter().map(|r| r.cell.n).collect();
+    let ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
     let (n0, n1) = (
         *ns.iter().min().unwrap_or(&2) as f64,
         *ns.iter().max().unwrap_or(&2) as f64,
@@ -895,11 +988,12 @@ fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
     } else {
         (n0, n1)
     };
-    let lo = rows.iter().map(|r| r.ci.0.min(r.sd)).fold(0.0f64, f64::min);
-    let hi = rows.iter().map(|r| r.ci.1.max(r.sd)).fold(0.0f64, f64::max);
+    let lo = rows.iter().map(|r| r.ci.0.min(r.y)).fold(0.0f64, f64::min);
+    let hi = rows.iter().map(|r| r.ci.1.max(r.y)).fold(0.0f64, f64::max);
+    let round = axis.round;
     let (lo, hi) = (
-        (lo / 10.0).floor() * 10.0,
-        ((hi / 10.0).ceil() * 10.0).max(lo + 10.0),
+        (lo / round).floor() * round,
+        ((hi / round).ceil() * round).max(lo + round),
     );
     let x = |n: f64| left + (n - n0) / (n1 - n0) * (w - left - right);
     let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
@@ -907,15 +1001,17 @@ fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{title}</text>\n",
         left
     );
-    // Gridlines at a round step, and the zero line (SD = 0: no perturbation) always.
-    let step = [5.0, 10.0, 20.0, 25.0, 50.0, 100.0]
-        .into_iter()
+    // Gridlines at a round step, and the zero line (no difference) always.
+    let step = axis
+        .steps
+        .iter()
+        .copied()
         .find(|s| (hi - lo) / s <= 8.0)
-        .unwrap_or(100.0);
+        .unwrap_or(axis.steps[axis.steps.len() - 1]);
     let mut v = (lo / step).ceil() * step;
     while v <= hi + 1e-9 {
-        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
-            w - right, y(v), y(v), left - 6.0, y(v) + 4.0);
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            w - right, y(v), y(v), left - 6.0, y(v) + 4.0, (axis.label)(v));
         v += step;
     }
     let _ = writeln!(
@@ -948,7 +1044,7 @@ fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
         let c = colors[i % colors.len()];
         let path: Vec<String> = pts
             .iter()
-            .map(|r| format!("{:.1},{:.1}", x(r.cell.n as f64), y(r.sd)))
+            .map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.y)))
             .collect();
         let _ = writeln!(
             o,
@@ -956,9 +1052,9 @@ fn plot(title: &str, series: Vec<(String, Vec<&SdRow>)>) -> String {
             path.join(" ")
         );
         for r in pts {
-            let (px, dx) = (x(r.cell.n as f64), 4.0 + i as f64);
+            let (px, dx) = (x(r.n as f64), 4.0 + i as f64);
             let _ = writeln!(o, "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/><circle cx=\"{px:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{c}\"/>",
-                px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.sd));
+                px + dx - 4.0, px + dx - 4.0, y(r.ci.0), y(r.ci.1), y(r.y));
         }
         let ly = top + 20.0 * i as f64;
         let _ = writeln!(o, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
@@ -1156,6 +1252,17 @@ mod tests {
         // Shorter prefixes are read in that table, not one reading line each.
         assert!(!md.contains("N=1 of 3: perplexity"), "{md}");
         assert!(md.contains("N=3 of 3: perplexity"), "{md}");
+        // Its figure: the ratio on a log scale, gridlines labelled as ratios.
+        let svgs = r.svgs();
+        let (_, svg) = svgs
+            .iter()
+            .find(|(name, _)| name == "perplexity-sequential-group-curve.svg")
+            .expect("a perplexity figure");
+        assert!(
+            svg.contains(">×1<") && svg.contains(">×2<") && svg.contains(">×4<"),
+            "{svg}"
+        );
+        assert!(svg.contains("m, curve of 3, 128 tokens"), "{svg}");
     }
 
     #[test]
