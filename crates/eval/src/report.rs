@@ -910,7 +910,7 @@ impl Report {
                     return None;
                 }
                 let title = format!(
-                    "Perplexity, same subject ÷ different subjects, against N: {} editing, {} design",
+                    "Perplexity, same ÷ different subjects: {} editing, {} design",
                     strategy.name(),
                     design.name()
                 );
