@@ -645,7 +645,9 @@ fn profile(name: &str) -> Result<Profile> {
         // The paper's sequential figure, SD against N (fig4), with its methods (ROME, MEMIT,
         // PMET, FT, KN, MEND) and AlphaEdit on the deep set: N = 1 to 8 from one sequential run of
         // N = 8 per cell (`--curve`: every group scored after each of its edits), 8 matched group
-        // pairs, the same groups as `deep`'s. About 2 hours on a 2-core CPU (release build).
+        // pairs, the same groups as `deep`'s. 82 minutes on a 2-core CPU without perplexity
+        // (release build, 2026-12-05); the readings add ~7 min per cell (65 of 2048 tokens), so
+        // about 2 h 10 min now (ROME's two cells with them: 53 min, debug build, 2026-12-06).
         "curve" => Profile {
             name: "curve",
             methods: Some(&["rome", "memit", "pmet", "alphaedit", "ft-m", "kn", "mend"]),
