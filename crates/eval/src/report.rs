@@ -124,6 +124,20 @@ pub struct PerplexityRow {
     pub update_norm: Option<(f64, f64)>,
 }
 
+impl PerplexityRow {
+    /// Where the ratio's 95 % interval lies against 1: `Greater`, same-subject edits cost the
+    /// model more; `Less`, less; `Equal`, the interval includes 1.
+    pub fn interval_side(&self) -> std::cmp::Ordering {
+        if self.ci.0 > 1.0 {
+            std::cmp::Ordering::Greater
+        } else if self.ci.1 < 1.0 {
+            std::cmp::Ordering::Less
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }
+}
+
 pub struct Report {
     pub sd: Vec<SdRow>,
     pub unpaired: Vec<UnpairedRow>,
@@ -609,12 +623,14 @@ impl Report {
             .iter()
             .filter(|r| r.cell.of.is_none_or(|of| of == r.cell.n))
         {
-            let verdict = if r.ci.1 < 1.0 {
-                "same-subject edits cost the model less, and the 95 % interval excludes 1"
-            } else if r.ci.0 > 1.0 {
-                "same-subject edits cost the model more, and the 95 % interval excludes 1"
-            } else {
-                "no difference the interval can tell from 1"
+            let verdict = match r.interval_side() {
+                std::cmp::Ordering::Less => {
+                    "same-subject edits cost the model less, and the 95 % interval excludes 1"
+                }
+                std::cmp::Ordering::Greater => {
+                    "same-subject edits cost the model more, and the 95 % interval excludes 1"
+                }
+                std::cmp::Ordering::Equal => "no difference the interval can tell from 1",
             };
             let _ = writeln!(
                 o,
@@ -670,7 +686,6 @@ impl Report {
         let _ = writeln!(o, "|---|---|---|---|{}", "---|".repeat(ns.len()));
         let mut readings = Vec::new();
         for ((method, strategy, design, of, tokens), pts) in &series {
-            let excludes_1 = |r: &PerplexityRow| r.ci.0 > 1.0 || r.ci.1 < 1.0;
             let cols: Vec<String> = ns
                 .iter()
                 .map(|n| {
@@ -680,7 +695,7 @@ impl Report {
                             r.homogeneous,
                             r.heterogeneous,
                             r.ratio,
-                            if excludes_1(r) { "*" } else { "" }
+                            if r.interval_side().is_eq() { "" } else { "*" }
                         )
                     })
                 })
@@ -694,11 +709,11 @@ impl Report {
             );
             // From which N on every interval excludes 1 on the same side as the largest N's.
             let last = pts.values().next_back().expect("a series has a point");
-            let side = |r: &PerplexityRow| (r.ci.0 > 1.0, r.ci.1 < 1.0);
+            let side = last.interval_side();
             let from = pts
                 .iter()
                 .rev()
-                .take_while(|(_, r)| excludes_1(r) && side(r) == side(last))
+                .take_while(|(_, r)| side.is_ne() && r.interval_side() == side)
                 .last()
                 .map(|(n, _)| *n);
             readings.push(match from {
