@@ -331,6 +331,19 @@ pub fn build(lines: &[ResultLine]) -> Report {
     }
 }
 
+/// `x` with `decimals` places, or in scientific notation (3 significant digits) from 10⁶ up and
+/// below what `decimals` places can show: a perplexity can reach 10³⁷ after a damaging edit (KN on
+/// SmolLM2), and sixty digits of it say no more than `1.84e37`; a ratio of such perplexities can
+/// be 10⁻⁹, which fixed places print as `0.000`. The CSV keeps full precision.
+fn fixed_or_sci(x: f64, decimals: usize) -> String {
+    let tiny = 10f64.powi(-(decimals as i32));
+    if x.is_finite() && x != 0.0 && (x.abs() >= 1e6 || x.abs() < tiny) {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
 /// The perplexity row of a cell: its matched group pairs whose lines carry perplexity on the same
 /// tokens on both sides; `None` where there are none.
 fn perplexity_row<K: Ord + Copy>(
@@ -594,26 +607,26 @@ impl Report {
         let _ = writeln!(o, "| method | strategy | design | N | groups | tokens | unedited | homo | hetero | worst homo / hetero | ratio | 95 % CI | ‖ΔW‖_F homo / hetero |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.perplexity {
-            let norms = r
-                .update_norm
-                .map_or("–".to_owned(), |(h, t)| format!("{h:.3} / {t:.3}"));
+            let norms = r.update_norm.map_or("–".to_owned(), |(h, t)| {
+                format!("{} / {}", fixed_or_sci(h, 3), fixed_or_sci(t, 3))
+            });
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | **{:.3}** | [{:.3}, {:.3}] | {norms} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | **{}** | [{}, {}] | {norms} |",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.design.name(),
                 r.cell.n_label(),
                 r.groups,
                 r.tokens,
-                r.unedited,
-                r.homogeneous,
-                r.heterogeneous,
-                r.max.0,
-                r.max.1,
-                r.ratio,
-                r.ci.0,
-                r.ci.1
+                fixed_or_sci(r.unedited, 1),
+                fixed_or_sci(r.homogeneous, 1),
+                fixed_or_sci(r.heterogeneous, 1),
+                fixed_or_sci(r.max.0, 1),
+                fixed_or_sci(r.max.1, 1),
+                fixed_or_sci(r.ratio, 3),
+                fixed_or_sci(r.ci.0, 3),
+                fixed_or_sci(r.ci.1, 3)
             );
         }
         o.push('\n');
@@ -634,15 +647,15 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "- {} {} N={}: perplexity after same-subject edits is {:.3}× that after different-subject edits [{:.3}, {:.3}] over {} group pairs (unedited {:.1}): {verdict}.",
+                "- {} {} N={}: perplexity after same-subject edits is {}× that after different-subject edits [{}, {}] over {} group pairs (unedited {}): {verdict}.",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.n_label(),
-                r.ratio,
-                r.ci.0,
-                r.ci.1,
+                fixed_or_sci(r.ratio, 3),
+                fixed_or_sci(r.ci.0, 3),
+                fixed_or_sci(r.ci.1, 3),
                 r.groups,
-                r.unedited
+                fixed_or_sci(r.unedited, 1)
             );
         }
         o.push('\n');
@@ -691,10 +704,10 @@ impl Report {
                 .map(|n| {
                     pts.get(n).map_or("–".to_owned(), |r| {
                         format!(
-                            "{:.1} / {:.1} ×{:.2}{}",
-                            r.homogeneous,
-                            r.heterogeneous,
-                            r.ratio,
+                            "{} / {} ×{}{}",
+                            fixed_or_sci(r.homogeneous, 1),
+                            fixed_or_sci(r.heterogeneous, 1),
+                            fixed_or_sci(r.ratio, 2),
                             if r.interval_side().is_eq() { "" } else { "*" }
                         )
                     })
@@ -1168,6 +1181,19 @@ mod tests {
                 nm: None,
             },
         }
+    }
+
+    /// Ordinary perplexities print as before; a runaway one prints in scientific notation.
+    #[test]
+    fn huge_perplexities_print_in_scientific_notation() {
+        assert_eq!(fixed_or_sci(63.838, 1), "63.8");
+        assert_eq!(fixed_or_sci(999_999.94, 1), "999999.9");
+        assert_eq!(fixed_or_sci(1.8415115e37, 1), "1.84e37");
+        assert_eq!(fixed_or_sci(1_925_297_405_204_475.8, 3), "1.93e15");
+        assert_eq!(fixed_or_sci(f64::INFINITY, 1), "inf");
+        assert_eq!(fixed_or_sci(0.0, 3), "0.000");
+        assert_eq!(fixed_or_sci(0.0012, 3), "0.001");
+        assert_eq!(fixed_or_sci(4.2e-9, 3), "4.20e-9");
     }
 
     /// Perplexities compare as logs over matched pairs; a group measured on one side only, or on
