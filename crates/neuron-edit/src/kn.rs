@@ -259,9 +259,19 @@ impl Kn {
         req: &EditRequest,
     ) -> Result<Vec<PatchEntry>> {
         let neurons = self.neurons(&self.scores(lm, req)?);
-        let prompt = lm.encode(&req.full_prompt())?;
-        let original = Self::argmax(lm, &prompt);
+        let mut prompt = lm.encode(&req.full_prompt())?;
         let target = lm.encode(&format!(" {}", req.target_new.trim_start()))?;
+        if target.is_empty() {
+            bail!("request {:?}: empty target_new", req.full_prompt());
+        }
+        // The model's own greedy completion, as many tokens as the target has: what the edit
+        // takes away.
+        let mut original = Vec::with_capacity(target.len());
+        for _ in 0..target.len() {
+            let t = Self::argmax(lm, &prompt);
+            original.push(t);
+            prompt.push(t);
+        }
         let embed = |t: u32| -> Result<Vec<f32>> {
             lm.model
                 .embed
@@ -272,15 +282,16 @@ impl Kn {
                 .to_vec()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         };
+        // EasyEdit's rule: a one-token target moves each neuron's output weights by twice the
+        // embedding difference; a longer one by each token's embedding once (methods.md §3.6).
+        let factor = if target.len() == 1 { 2.0 } else { 1.0 };
         let d = lm.model.config.hidden_size;
-        let mut row = embed(original)?
-            .iter()
-            .map(|x| -2.0 * x)
-            .collect::<Vec<f32>>();
-        for t in target {
+        let mut row = vec![0f32; d];
+        for (t, o) in target.iter().zip(&original) {
+            let (et, eo) = (embed(*t)?, embed(*o)?);
             row.iter_mut()
-                .zip(embed(t)?)
-                .for_each(|(r, e)| *r += 2.0 * e);
+                .zip(et.iter().zip(&eo))
+                .for_each(|(r, (a, b))| *r += factor * (a - b));
         }
         tracing::debug!(neurons = neurons.len(), "kn");
         let d_ff = lm.model.config.intermediate_size;

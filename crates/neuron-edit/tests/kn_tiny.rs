@@ -174,3 +174,84 @@ fn kn_edit_is_reproducible_and_touches_only_chosen_rows() {
     let again = kn(4, 4).apply(&mut lm2, &[req]).unwrap();
     assert!(again == patch);
 }
+
+/// Every edited row is EasyEdit's: twice (target − greedy) embedding for a one-token target, each
+/// target token's embedding minus each greedy token's once for a longer one (methods.md §3.6).
+/// The expected rows come from the embedding matrix and greedy decoding here, not from `Kn`.
+#[test]
+fn kn_edit_row_follows_easyedit_rule_for_one_and_many_target_tokens() {
+    let probe = tiny();
+    let one = [" Rome", " Paris", " Berlin", " the", " a"]
+        .into_iter()
+        .find(|t| probe.encode(t).unwrap().len() == 1)
+        .expect("some one-token target");
+    let many = " Ouagadougou Burkina";
+    assert!(probe.encode(many).unwrap().len() > 1);
+    for target in [one, many] {
+        let req = EditRequest {
+            prompt: "The capital of {} is".into(),
+            subject: "France".into(),
+            relation: "P36".into(),
+            target_new: target.trim_start().into(),
+            target_true: "Paris".into(),
+        };
+        let lm = tiny();
+        let t_ids = lm.encode(target).unwrap();
+        let mut ids = lm.encode("The capital of France is").unwrap();
+        let mut greedy = Vec::new();
+        for _ in 0..t_ids.len() {
+            let fwd = lm
+                .model
+                .forward(lm.model.batch(&[ids.clone()]), &Interventions::none());
+            let logits: Vec<f32> = lm
+                .model
+                .logits_at(fwd.hidden, &[(0, ids.len() - 1)])
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let best = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+                .unwrap() as u32;
+            greedy.push(best);
+            ids.push(best);
+        }
+        let emb: Vec<f32> = lm
+            .model
+            .embed
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        let d = lm.model.config.hidden_size;
+        let e = |t: u32| &emb[t as usize * d..(t as usize + 1) * d];
+        let factor = if t_ids.len() == 1 { 2.0 } else { 1.0 };
+        let mut expected = vec![0f32; d];
+        for (t, g) in t_ids.iter().zip(&greedy) {
+            for (x, (a, b)) in expected.iter_mut().zip(e(*t).iter().zip(e(*g))) {
+                *x += factor * (a - b);
+            }
+        }
+        let mut lm = lm;
+        let patch = kn(4, 4).apply(&mut lm, &[req]).unwrap();
+        let mut rows = 0;
+        for entry in &patch.entries {
+            for row in entry
+                .delta
+                .chunks(d)
+                .filter(|r| r.iter().any(|x| *x != 0.0))
+            {
+                rows += 1;
+                for (k, (got, want)) in row.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "target {target:?}, layer {}, dim {k}: {got} vs {want}",
+                        entry.layer
+                    );
+                }
+            }
+        }
+        assert!(rows > 0, "target {target:?}: no neuron edited");
+    }
+}
