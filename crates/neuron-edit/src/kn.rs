@@ -282,8 +282,11 @@ impl Kn {
                 .to_vec()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         };
-        // EasyEdit's rule: a one-token target moves each neuron's output weights by twice the
-        // embedding difference; a longer one by each token's embedding once (methods.md §3.6).
+        // EasyEdit's rule as methods.md §3.6 states it: a one-token target moves each neuron's
+        // output weights by twice the embedding difference; a longer one by each token's
+        // embedding once. (EasyEdit's code indexes the embeddings with the target's token *list*
+        // on GPT and LLaMA models, so its one-token target is added once, its greedy token taken
+        // away twice; kedit follows the stated rule, which is symmetric.)
         let factor = if target.len() == 1 { 2.0 } else { 1.0 };
         let d = lm.model.config.hidden_size;
         let mut row = vec![0f32; d];
