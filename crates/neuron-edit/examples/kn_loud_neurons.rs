@@ -44,7 +44,7 @@ fn main() -> Result<()> {
         .context("LOUD")?;
     let dev = Default::default();
     let load = || LanguageModel::<Cpu>::load_gguf(Path::new(&args[0]), &dev);
-    let lm = load()?;
+    let mut lm = load()?;
     let case = load_cases(Path::new(&args[1]))?
         .into_iter()
         .find(|c| c.case_id == args[2])
@@ -58,8 +58,24 @@ fn main() -> Result<()> {
         req.target_true
     );
 
-    let kn = Kn::new(KnHparams::smollm2());
-    let neurons = kn.neurons(&kn.scores(&lm, &req)?);
+    // Edit a second copy once; its patch names the kept neurons (their rows are the nonzero
+    // ones), so the integrated gradients run once.
+    let mut edited = load()?;
+    let patch = Kn::new(KnHparams::smollm2()).apply(&mut edited, std::slice::from_ref(&req))?;
+    let neurons: Vec<(usize, usize)> = patch
+        .entries
+        .iter()
+        .flat_map(|e| {
+            e.delta
+                .chunks(e.shape[1])
+                .enumerate()
+                .filter(|(_, row)| row.iter().any(|x| *x != 0.0))
+                .map(move |(j, _)| (e.layer, j))
+        })
+        .collect();
+    if neurons.is_empty() {
+        bail!("{}: KN edited no neuron", case.case_id);
+    }
     let text = std::fs::read_to_string(WIKITEXT).context(WIKITEXT)?;
     let held_out = tail_ids(&lm, &text, tokens)?.0;
 
@@ -111,8 +127,6 @@ fn main() -> Result<()> {
     let ppl =
         |lm: &LanguageModel<Cpu>| perplexity(lm, &held_out, DEFAULT_WINDOW).map(|p| p.perplexity);
     println!("perplexity, unedited: {:.4e}", ppl(&lm)?);
-    let mut edited = load()?;
-    let patch = Kn::new(KnHparams::smollm2()).apply(&mut edited, std::slice::from_ref(&req))?;
     println!("perplexity, the KN edit: {:.4e}", ppl(&edited)?);
     for keep_loud in [false, true] {
         let mut part = patch.clone();
@@ -124,14 +138,14 @@ fn main() -> Result<()> {
                 }
             }
         }
-        let mut m = load()?;
-        part.apply(&mut m.model)?;
+        let applied = part.apply(&mut lm.model)?;
         let what = if keep_loud { "only the" } else { "without the" };
         println!(
             "perplexity, {what} {} loud neurons: {:.4e}",
             loud.len(),
-            ppl(&m)?
+            ppl(&lm)?
         );
+        applied.revert(&mut lm.model);
     }
     Ok(())
 }
