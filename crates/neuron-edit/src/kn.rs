@@ -30,6 +30,22 @@ pub struct KnHparams {
     pub n_toks: Option<usize>,
     #[serde(default)]
     pub seed: u64,
+    /// How many times a one-token target's embedding is added (kedit's key; the greedy token's
+    /// is always taken away twice). 2 is methods.md §3.6's rule; 1 is what EasyEdit's code does
+    /// on GPT and LLaMA models, which index the embeddings with the target's token list.
+    /// Longer targets add each token once whatever this says.
+    /// Left out of the serialised hparams at its default, so that run identities and patch
+    /// metadata written before the key existed still match.
+    #[serde(default = "two", skip_serializing_if = "is_two")]
+    pub one_token_target_factor: f64,
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+fn is_two(x: &f64) -> bool {
+    *x == 2.0
 }
 
 impl KnHparams {
@@ -56,6 +72,12 @@ impl Hparams for KnHparams {
                 "{file}: fields `steps`/`batch_size`: steps ({}) must be a positive multiple of batch_size ({})",
                 h.steps,
                 h.batch_size
+            );
+        }
+        if !(h.one_token_target_factor.is_finite() && h.one_token_target_factor > 0.0) {
+            bail!(
+                "{file}: field `one_token_target_factor`: must be a positive number, got {}",
+                h.one_token_target_factor
             );
         }
         if h.refine {
@@ -286,15 +308,20 @@ impl Kn {
         // output weights by twice the embedding difference; a longer one by each token's
         // embedding once. (EasyEdit's code indexes the embeddings with the target's token *list*
         // on GPT and LLaMA models, so its one-token target is added once, its greedy token taken
-        // away twice; kedit follows the stated rule, which is symmetric.)
-        let factor = if target.len() == 1 { 2.0 } else { 1.0 };
+        // away twice: `one_token_target_factor: 1` reproduces that; the default, 2, is the
+        // stated rule, which is symmetric.)
+        let (add, take) = if target.len() == 1 {
+            (self.hparams.one_token_target_factor as f32, 2.0)
+        } else {
+            (1.0, 1.0)
+        };
         let d = lm.model.config.hidden_size;
         let mut row = vec![0f32; d];
         for (t, o) in target.iter().zip(&original) {
             let (et, eo) = (embed(*t)?, embed(*o)?);
             row.iter_mut()
                 .zip(et.iter().zip(&eo))
-                .for_each(|(r, (a, b))| *r += factor * (a - b));
+                .for_each(|(r, (a, b))| *r += add * a - take * b);
         }
         tracing::debug!(neurons = neurons.len(), "kn");
         let d_ff = lm.model.config.intermediate_size;

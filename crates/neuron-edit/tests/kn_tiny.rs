@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
+use kedit_editing::hparams::Hparams;
 use kedit_editing::{EditRequest, Editor};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, CausalLm, Cpu, Interventions, LanguageModel, Site, ToAutodiff};
@@ -180,6 +181,13 @@ fn kn_edit_is_reproducible_and_touches_only_chosen_rows() {
 /// The expected rows come from the embedding matrix and greedy decoding here, not from `Kn`.
 #[test]
 fn kn_edit_row_follows_easyedit_rule_for_one_and_many_target_tokens() {
+    // 2: methods.md's rule (the default); 1: EasyEdit's code on GPT/LLaMA.
+    for one_token_target_factor in [2.0f32, 1.0] {
+        kn_edit_row_case(one_token_target_factor);
+    }
+}
+
+fn kn_edit_row_case(one_token_target_factor: f32) {
     let probe = tiny();
     let one = [" Rome", " Paris", " Berlin", " the", " a"]
         .into_iter()
@@ -226,15 +234,22 @@ fn kn_edit_row_follows_easyedit_rule_for_one_and_many_target_tokens() {
             .unwrap();
         let d = lm.model.config.hidden_size;
         let e = |t: u32| &emb[t as usize * d..(t as usize + 1) * d];
-        let factor = if t_ids.len() == 1 { 2.0 } else { 1.0 };
-        let mut expected = vec![0f32; d];
+        // Written out per token in f64, not the way kn.rs sums.
+        let (add, take) = if t_ids.len() == 1 {
+            (one_token_target_factor as f64, 2.0)
+        } else {
+            (1.0, 1.0)
+        };
+        let mut expected = vec![0f64; d];
         for (t, g) in t_ids.iter().zip(&greedy) {
             for (x, (a, b)) in expected.iter_mut().zip(e(*t).iter().zip(e(*g))) {
-                *x += factor * (a - b);
+                *x += add * *a as f64 - take * *b as f64;
             }
         }
         let mut lm = lm;
-        let patch = kn(4, 4).apply(&mut lm, &[req]).unwrap();
+        let mut editor = kn(4, 4);
+        editor.hparams.one_token_target_factor = one_token_target_factor as f64;
+        let patch = editor.apply(&mut lm, &[req]).unwrap();
         let mut rows = 0;
         for entry in &patch.entries {
             for row in entry
@@ -244,14 +259,50 @@ fn kn_edit_row_follows_easyedit_rule_for_one_and_many_target_tokens() {
             {
                 rows += 1;
                 for (k, (got, want)) in row.iter().zip(&expected).enumerate() {
+                    let got = *got as f64;
                     assert!(
                         (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                        "target {target:?}, layer {}, dim {k}: {got} vs {want}",
+                        "factor {one_token_target_factor}, target {target:?}, layer {}, dim {k}: \
+                         {got} vs {want}",
                         entry.layer
                     );
                 }
             }
         }
         assert!(rows > 0, "target {target:?}: no neuron edited");
+    }
+}
+
+#[test]
+fn kn_hparams_default_the_one_token_factor_and_name_a_bad_one() {
+    let yaml = include_str!("../hparams/kn-smollm2.yaml");
+    assert_eq!(
+        KnHparams::from_yaml_str(yaml, "kn.yaml")
+            .unwrap()
+            .one_token_target_factor,
+        2.0
+    );
+    let one = KnHparams::from_yaml_str(&format!("{yaml}one_token_target_factor: 1\n"), "kn.yaml");
+    assert_eq!(one.as_ref().unwrap().one_token_target_factor, 1.0);
+    // At its default the key is left out of what run identities and patches record.
+    let key = |h: &KnHparams| {
+        serde_json::to_value(h)
+            .unwrap()
+            .get("one_token_target_factor")
+            .cloned()
+    };
+    assert_eq!(key(&KnHparams::smollm2()), None);
+    assert_eq!(key(&one.unwrap()), Some(serde_json::json!(1.0)));
+    for bad in ["0", "-1"] {
+        let e = KnHparams::from_yaml_str(
+            &format!("{yaml}one_token_target_factor: {bad}\n"),
+            "kn.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("kn.yaml: field `one_token_target_factor`") && !e.contains('\n'),
+            "{bad}: {e}"
+        );
     }
 }
