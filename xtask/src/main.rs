@@ -487,8 +487,8 @@ fn bench_fwd_bwd(pytorch: bool, repeats: usize, rounds: usize) -> Result<()> {
 const MEND_TRAIN_MINUTES: f64 = 6.5;
 
 /// The names `profile` knows, for `--profile`.
-const PROFILES: [&str; 7] = [
-    "smoke", "default", "contrast", "deep", "curve", "batch", "paper",
+const PROFILES: [&str; 8] = [
+    "smoke", "default", "contrast", "deep", "curve", "batch", "paper", "density",
 ];
 
 /// A bench-all profile: what the matrix covers.
@@ -514,6 +514,25 @@ struct Profile {
     /// --perplexity-tokens`; a curve cell reads it after every edit): the report's perplexity
     /// tables.
     perplexity_tokens: Option<usize>,
+    /// What a cell's groups are: same subject against different subjects (`--order`, two cells
+    /// per N), or the subject densities (`--density`, three cells per N).
+    conditions: Conditions,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Conditions {
+    Orders,
+    Densities,
+}
+
+impl Conditions {
+    /// The `kedit bench` flag and its values, one cell each.
+    fn flags(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Conditions::Orders => ("--order", &["homogeneous", "heterogeneous"]),
+            Conditions::Densities => ("--density", &["high", "medium", "low"]),
+        }
+    }
 }
 
 /// Seconds per 1000 held-out tokens read by SmolLM2 (release build, 2-core CPU; about 25 s for
@@ -555,6 +574,7 @@ fn profile(name: &str) -> Result<Profile> {
         // MEMIT, FT-M and MEND in batch too, and MEMIT-Merge (batch only).
         "smoke" => Profile {
             name: "smoke",
+            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "memit-merge", "ft-m", "mend"]),
             batch: true,
             sequential: true,
@@ -586,6 +606,7 @@ fn profile(name: &str) -> Result<Profile> {
         // `paper`.
         "default" => Profile {
             name: "default",
+            conditions: Conditions::Orders,
             methods: None,
             batch: false,
             sequential: true,
@@ -605,6 +626,7 @@ fn profile(name: &str) -> Result<Profile> {
         // in two pieces, then AlphaEdit's cells 7 min by resuming; benchmarks/README.md).
         "contrast" => Profile {
             name: "contrast",
+            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             sequential: true,
@@ -625,6 +647,7 @@ fn profile(name: &str) -> Result<Profile> {
         // "Perplexity after edits").
         "deep" => Profile {
             name: "deep",
+            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             sequential: true,
@@ -692,6 +715,7 @@ fn profile(name: &str) -> Result<Profile> {
         // `--curve` run of N = 8; batch: a run per N).
         "paper" => Profile {
             name: "paper",
+            conditions: Conditions::Orders,
             methods: None,
             batch: true,
             sequential: true,
@@ -714,6 +738,19 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
+        },
+        // The study's subject-density figures (fig2, fig12; paper.md §6.4): N = 6 edits made of
+        // 2 subjects × 3 records (high), 3 × 2 (medium) or 6 × 1 (low), sequential, the
+        // locate-then-edit methods (ROME, MEMIT) against FT-M, 6 groups per cell, on the main set
+        // (every subject has at least 3 records, so each density draws on the same subjects).
+        "density" => Profile {
+            name: "density",
+            methods: Some(&["rome", "memit", "ft-m"]),
+            conditions: Conditions::Densities,
+            series: main_series(vec![6]),
+            groups: 6,
+            speed: 1.2,
+            ..profile("default")?
         },
         other => {
             bail!("--profile {other}: expected one of {}", PROFILES.join(", "))
@@ -893,7 +930,8 @@ fn bench_all(
     for (m, strategies, sec) in &methods {
         for s in strategies {
             for (series, n, curve) in cells(&p.series, s) {
-                for order in ["homogeneous", "heterogeneous"] {
+                let (flag, values) = p.conditions.flags();
+                for order in values {
                     let mut args: Vec<std::ffi::OsString> = vec![
                         "bench".into(),
                         "--backend".into(),
@@ -906,8 +944,8 @@ fn bench_all(
                         (*s).into(),
                         "--design".into(),
                         "group".into(),
-                        "--order".into(),
-                        order.into(),
+                        flag.into(),
+                        (*order).into(),
                         "--n".into(),
                         n.to_string().into(),
                         "--groups".into(),
@@ -1027,7 +1065,8 @@ enum Chore {
     BenchAll {
         /// smoke: the pipeline in minutes (CI); default: every method, N = 2, 3 group pairs
         /// (≤ 30 min on 2 cores); contrast, deep, curve (SD against N = 1..8, sequential), batch
-        /// (SD against N, batch), paper: larger (benchmarks/README.md)
+        /// (SD against N, batch), density (S at 3, 2 and 1 edits per subject), paper: larger
+        /// (benchmarks/README.md)
         #[arg(long, default_value = "default", value_parser = PROFILES)]
         profile: String,
         /// Where the kedit processes run (cuda: a `--features cuda` build, one cell at a time)

@@ -82,7 +82,14 @@ pub struct DensityRow {
     pub strategy: Strategy,
     pub density: Density,
     pub n: usize,
+    pub groups: usize,
     pub summary: Summary,
+    /// 95 % bootstrap interval of S (points) over the groups.
+    pub ci: (f64, f64),
+    /// S − S(low density) in points, with its 95 % interval (the two densities' groups resampled
+    /// each on its own: their groups are drawn independently, so there are no pairs). None for
+    /// the low row, or where no low row has the same method, strategy and N.
+    pub vs_low: Option<(f64, (f64, f64))>,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +214,73 @@ fn bootstrap_ci(n: usize, mut stat: impl FnMut(&[usize]) -> f64) -> (f64, f64) {
     (percentile(&boots, 0.025), percentile(&boots, 0.975))
 }
 
+/// `bootstrap_ci` for a statistic of two independent samples of `n.0` and `n.1` items, each
+/// resampled on its own.
+fn bootstrap_ci_two(
+    n: (usize, usize),
+    mut stat: impl FnMut(&[usize], &[usize]) -> f64,
+) -> (f64, f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut boots: Vec<f64> = (0..2000)
+        .map(|_| {
+            let a: Vec<usize> = (0..n.0).map(|_| rng.random_range(0..n.0)).collect();
+            let b: Vec<usize> = (0..n.1).map(|_| rng.random_range(0..n.1)).collect();
+            stat(&a, &b)
+        })
+        .collect();
+    boots.sort_by(f64::total_cmp);
+    (percentile(&boots, 0.025), percentile(&boots, 0.975))
+}
+
+fn cell_groups<'a, 'b>(
+    g: &'b BTreeMap<(u64, usize), Vec<&'a ResultLine>>,
+) -> Vec<&'b Vec<&'a ResultLine>> {
+    g.values().collect()
+}
+
+/// Each density cell's lines, by group.
+type DensityCells<'a> =
+    BTreeMap<(String, Strategy, Density, usize), BTreeMap<(u64, usize), Vec<&'a ResultLine>>>;
+
+/// S (points) and its groups' lines for each density cell, then the rows.
+fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
+    let s_points = |groups: &[&Vec<&ResultLine>], idx: &[usize]| {
+        let ls: Vec<&ResultLine> = idx
+            .iter()
+            .flat_map(|&i| groups[i].iter().copied())
+            .collect();
+        100.0 * s_of(&ls).score
+    };
+    dens.iter()
+        .map(|((method, strategy, density, n), by_group)| {
+            let groups = cell_groups(by_group);
+            let all: Vec<usize> = (0..groups.len()).collect();
+            let ci = bootstrap_ci(groups.len(), |idx| s_points(&groups, idx));
+            let low = dens.get(&(method.clone(), *strategy, Density::Low, *n));
+            let vs_low = low.filter(|_| *density != Density::Low).map(|low| {
+                let low = cell_groups(low);
+                let low_all: Vec<usize> = (0..low.len()).collect();
+                let d = s_points(&groups, &all) - s_points(&low, &low_all);
+                let ci = bootstrap_ci_two((groups.len(), low.len()), |a, b| {
+                    s_points(&groups, a) - s_points(&low, b)
+                });
+                (d, ci)
+            });
+            let lines: Vec<&ResultLine> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+            DensityRow {
+                method: method.clone(),
+                strategy: *strategy,
+                density: *density,
+                n: *n,
+                groups: groups.len(),
+                summary: s_of(&lines),
+                ci,
+                vs_low,
+            }
+        })
+        .collect()
+}
+
 /// exp(mean of the logs): the mean of quantities spanning orders of magnitude.
 fn geometric_mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
     let n = xs.len() as f64;
@@ -216,10 +290,12 @@ fn geometric_mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
 pub fn build(lines: &[ResultLine]) -> Report {
     type GroupKey = (u64, usize);
     let mut cells: BTreeMap<Cell, [BTreeMap<GroupKey, Vec<&ResultLine>>; 2]> = BTreeMap::new();
-    let mut dens: BTreeMap<(String, Strategy, Density, usize), Vec<&ResultLine>> = BTreeMap::new();
+    let mut dens: DensityCells = BTreeMap::new();
     for l in lines {
         if let Some(d) = l.density {
             dens.entry((l.method.clone(), l.strategy, d, l.n))
+                .or_default()
+                .entry((l.seed, l.group))
                 .or_default()
                 .push(l);
             continue;
@@ -297,16 +373,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
             });
         }
     }
-    let density = dens
-        .into_iter()
-        .map(|((method, strategy, density, n), ls)| DensityRow {
-            method,
-            strategy,
-            density,
-            n,
-            summary: s_of(&ls),
-        })
-        .collect();
+    let density = density_rows(dens);
     let mut by_method: BTreeMap<&str, [Vec<f64>; 2]> = BTreeMap::new();
     for l in lines {
         if let Some(c) = l.key_cos_first {
@@ -482,23 +549,36 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "| method | strategy | N | density | cases | ES | PS | NS | S |"
+                "S with its 95 % bootstrap interval over groups; S − S(low) against the low-density \
+                 cell of the same method, strategy and N, the two cells' groups resampled each on \
+                 its own (they are drawn independently: no pairs).\n"
             );
-            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                o,
+                "| method | strategy | N | density | groups | cases | ES | PS | NS | S | 95 % | S − S(low) | 95 % |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &self.density {
                 let s = &r.summary;
+                let (d, dci) = match r.vs_low {
+                    Some((d, (lo, hi))) => (format!("{d:+.1}"), format!("[{lo:+.1}, {hi:+.1}]")),
+                    None => ("–".into(), "–".into()),
+                };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | [{:.1}, {:.1}] | {d} | {dci} |",
                     r.method,
                     r.strategy.name(),
                     r.n,
                     r.density.name(),
+                    r.groups,
                     s.cases,
                     s.es,
                     s.ps,
                     s.ns,
-                    100.0 * s.score
+                    100.0 * s.score,
+                    r.ci.0,
+                    r.ci.1,
                 );
             }
             o.push('\n');
@@ -763,12 +843,17 @@ impl Report {
                 t.ps, h.ns, t.ns, r.cell.of.map_or(String::new(), |o| o.to_string()), h.em, t.em
             );
         }
-        let mut dens = String::from("method,strategy,n,density,cases,es,ps,ns,score\n");
+        let mut dens = String::from(
+            "method,strategy,n,density,cases,es,ps,ns,score,groups,ci_low,ci_high,vs_low,vs_low_ci_low,vs_low_ci_high\n",
+        );
         for r in &self.density {
             let s = &r.summary;
+            let vs = r.vs_low.map_or(",,".into(), |(d, (lo, hi))| {
+                format!("{d:.3},{lo:.3},{hi:.3}")
+            });
             let _ = writeln!(
                 dens,
-                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{vs}",
                 r.method,
                 r.strategy.name(),
                 r.n,
@@ -777,7 +862,10 @@ impl Report {
                 s.es,
                 s.ps,
                 s.ns,
-                100.0 * s.score
+                100.0 * s.score,
+                r.groups,
+                r.ci.0,
+                r.ci.1,
             );
         }
         let mut keys =
@@ -1181,6 +1269,61 @@ mod tests {
                 nm: None,
             },
         }
+    }
+
+    /// Density cells: S per cell with an interval over its groups, and S − S(low) against the
+    /// low cell of the same method, strategy and N; groups are counted, not cases.
+    #[test]
+    fn density_rows_compare_each_density_with_low() {
+        let dense = |d: Density, group: usize, step: usize, es: f64| {
+            let mut l = line(Order::Homogeneous, step, es, 1.0, 1.0);
+            l.density = Some(d);
+            l.n = 2;
+            l.group = group;
+            l
+        };
+        let mut lines = Vec::new();
+        // High: group 0 keeps half its edits, group 1 all; low: every edit kept.
+        for step in 0..2 {
+            lines.push(dense(Density::High, 0, step, (step == 0) as u8 as f64));
+            lines.push(dense(Density::High, 1, step, 1.0));
+            for g in 0..3 {
+                lines.push(dense(Density::Low, g, step, 1.0));
+            }
+        }
+        let r = build(&lines);
+        assert_eq!(r.density.len(), 2);
+        let (high, low) = (&r.density[0], &r.density[1]);
+        assert_eq!((high.density, low.density), (Density::High, Density::Low));
+        assert_eq!((high.groups, high.summary.cases), (2, 4));
+        assert_eq!((low.groups, low.summary.cases), (3, 6));
+        // ES 0.75, PS = NS = 1: S = 3 / (4/3 + 2) = 0.9.
+        assert!((high.summary.score - 0.9).abs() < 1e-12, "{high:?}");
+        assert_eq!(low.vs_low, None);
+        assert_eq!(low.ci, (100.0, 100.0));
+        let (d, (lo, hi)) = high.vs_low.expect("a low cell to compare with");
+        assert!((d + 10.0).abs() < 1e-9, "{d}");
+        // Resamples of high's two groups give ES 0.5, 0.75 or 1: S − S(low) from −25 to 0.
+        assert!(
+            lo < d && d < hi && lo >= -25.0 - 1e-9 && hi <= 1e-9,
+            "{lo} {hi}"
+        );
+        assert!(high.ci.0 < 90.0 && high.ci.1 > 90.0, "{:?}", high.ci);
+        let md = r.markdown();
+        assert!(
+            md.contains("| m | sequential | 2 | high | 2 | 4 | 0.75 |"),
+            "{md}"
+        );
+        assert!(md.contains("| -10.0 | ["), "{md}");
+        let (_, csv) = r
+            .csv()
+            .into_iter()
+            .find(|(n, _)| n == "density.csv")
+            .unwrap();
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 3);
+        let width = rows[0].split(',').count();
+        assert!(rows.iter().all(|l| l.split(',').count() == width), "{csv}");
     }
 
     /// Ordinary perplexities print as before; a runaway one prints in scientific notation.
