@@ -990,7 +990,37 @@ impl Report {
             files.push((name, plot(&title, series, &SD_AXIS)));
         }
         files.extend(self.perplexity_svgs());
+        files.extend(self.density_svgs());
         files
+    }
+
+    /// S at each subject density as bars, a group of bars per method, 95 % whiskers: one SVG
+    /// per (strategy, N), as the study draws fig2 and fig12: `density-<strategy>-n<N>.svg`.
+    fn density_svgs(&self) -> Vec<(String, String)> {
+        let mut panels: BTreeMap<(Strategy, usize), Bars> = BTreeMap::new();
+        for r in &self.density {
+            panels
+                .entry((r.strategy, r.n))
+                .or_default()
+                .entry(&r.method)
+                .or_default()
+                .push((r.density, 100.0 * r.summary.score, r.ci));
+        }
+        panels
+            .into_iter()
+            .map(|((strategy, n), methods)| {
+                (
+                    format!("density-{}-n{n}.svg", strategy.name()),
+                    bars(
+                        &format!(
+                            "S by subject density: {} editing, N = {n} (edits per subject: high 3, medium 2, low 1)",
+                            strategy.name()
+                        ),
+                        methods,
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// The perplexity ratio homogeneous / heterogeneous against N, log scale, one SVG per
@@ -1180,6 +1210,69 @@ fn plot(title: &str, series: Vec<(String, Vec<Point>)>, axis: &Axis) -> String {
     o
 }
 
+/// Per method, its density cells: (density, S in points, 95 % interval).
+type Bars<'a> = BTreeMap<&'a str, Vec<(Density, f64, (f64, f64))>>;
+
+/// An SVG of S (points, 0–100) as bars: a group per method, a bar per density in the densities'
+/// order (high, medium, low) and colour, 95 % whiskers.
+fn bars(title: &str, methods: Bars) -> String {
+    let (left, top, bottom, bar, gap) = (60.0, 40.0, 50.0, 22.0, 30.0);
+    let per = methods.values().map(Vec::len).max().unwrap_or(1) as f64;
+    let group_w = per * bar + gap;
+    let legend_w = 120.0;
+    let plot_w = methods.len() as f64 * group_w + gap;
+    // ~7 px a character at 12 px: the title sets the width where the bars are few.
+    let w = (left + plot_w + legend_w).max(7.5 * title.chars().count() as f64 + left);
+    let h = 360.0;
+    let y = |v: f64| top + (100.0 - v) / 100.0 * (h - top - bottom);
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
+    );
+    for v in (0..=100).step_by(20) {
+        let v = v as f64;
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            left + plot_w, y(v), y(v), if v == 0.0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0);
+    }
+    // Navy for high, as fig2 draws it (paper.md §6.4), lighter as the density falls.
+    let color = |d: Density| match d {
+        Density::High => "#1f3b73",
+        Density::Medium => "#5b8fd1",
+        Density::Low => "#b7d3f2",
+    };
+    for (i, (method, mut cells)) in methods.into_iter().enumerate() {
+        cells.sort_by_key(|c| c.0);
+        let x0 = left + gap + i as f64 * group_w;
+        for (j, (d, s, (lo, hi))) in cells.iter().enumerate() {
+            let x = x0 + j as f64 * bar;
+            let mid = x + bar / 2.0 - 1.0;
+            let _ = writeln!(o, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/><line x1=\"{mid:.1}\" x2=\"{mid:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+                y(*s), bar - 2.0, y(0.0) - y(*s), color(*d), y(*lo), y(*hi));
+        }
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{method}</text>",
+            x0 + cells.len() as f64 * bar / 2.0,
+            h - bottom + 18.0
+        );
+    }
+    for (k, d) in [Density::High, Density::Medium, Density::Low]
+        .into_iter()
+        .enumerate()
+    {
+        let (lx, ly) = (left + plot_w + 10.0, top + 20.0 * k as f64);
+        let _ = writeln!(o, "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            ly - 6.0, color(d), lx + 20.0, ly + 4.0, d.name());
+    }
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">S (points) after the group's last edit, 95 % interval over groups</text>",
+        left + plot_w / 2.0,
+        h - 10.0
+    );
+    o.push_str("</svg>\n");
+    o
+}
+
 /// A series of SD rows: (view, method, strategy, design, the curve run's N or None).
 type SeriesKey<'a> = (View, &'a str, Strategy, Design, Option<usize>);
 
@@ -1315,6 +1408,18 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| -10.0 | ["), "{md}");
+        let svgs = r.svgs();
+        let svg = &svgs
+            .iter()
+            .find(|(n, _)| n == "density-sequential-n2.svg")
+            .expect("a density figure")
+            .1;
+        // A bar per cell (2), a legend key per density (3); S = 90 reaches 9/10 of the way up.
+        assert_eq!(svg.matches("<rect x=").count(), 2 + 3, "{svg}");
+        assert!(
+            svg.contains(">high</text>") && svg.ends_with("</svg>\n"),
+            "{svg}"
+        );
         let (_, csv) = r
             .csv()
             .into_iter()
