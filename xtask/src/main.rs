@@ -514,9 +514,6 @@ struct Profile {
     /// --perplexity-tokens`; a curve cell reads it after every edit): the report's perplexity
     /// tables.
     perplexity_tokens: Option<usize>,
-    /// What a cell's groups are: same subject against different subjects (`--order`, two cells
-    /// per N), or the subject densities (`--density`, three cells per N).
-    conditions: Conditions,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -539,7 +536,7 @@ impl Conditions {
 /// 8192, benchmarks/README.md, "Perplexity after edits").
 const PERPLEXITY_S_PER_1000: f64 = 3.1;
 
-/// Cells on one dataset: each N of `ns` for every method, strategy and order.
+/// Cells on one dataset: each N of `ns` for every method, strategy and condition.
 struct Series {
     data: &'static str,
     ns: Vec<usize>,
@@ -551,6 +548,9 @@ struct Series {
     /// subject of the data has the largest N's records, so that each N draws on the same subjects
     /// as a run of that N would.
     curve: bool,
+    /// What a cell's groups are: same subject against different subjects (`--order`, two cells
+    /// per N), or the subject densities (`--density`, three cells per N).
+    conditions: Conditions,
 }
 
 const MAIN_DATA: &str = "fixtures/s2rke-wikidata.json";
@@ -563,6 +563,7 @@ fn main_series(ns: Vec<usize>) -> Vec<Series> {
         ns,
         suffix: "",
         curve: false,
+        conditions: Conditions::Orders,
     }]
 }
 
@@ -574,7 +575,6 @@ fn profile(name: &str) -> Result<Profile> {
         // MEMIT, FT-M and MEND in batch too, and MEMIT-Merge (batch only).
         "smoke" => Profile {
             name: "smoke",
-            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "memit-merge", "ft-m", "mend"]),
             batch: true,
             sequential: true,
@@ -606,7 +606,6 @@ fn profile(name: &str) -> Result<Profile> {
         // `paper`.
         "default" => Profile {
             name: "default",
-            conditions: Conditions::Orders,
             methods: None,
             batch: false,
             sequential: true,
@@ -626,7 +625,6 @@ fn profile(name: &str) -> Result<Profile> {
         // in two pieces, then AlphaEdit's cells 7 min by resuming; benchmarks/README.md).
         "contrast" => Profile {
             name: "contrast",
-            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             sequential: true,
@@ -647,7 +645,6 @@ fn profile(name: &str) -> Result<Profile> {
         // "Perplexity after edits").
         "deep" => Profile {
             name: "deep",
-            conditions: Conditions::Orders,
             methods: Some(&["rome", "memit", "alphaedit", "ft-m", "mend"]),
             batch: false,
             sequential: true,
@@ -656,6 +653,7 @@ fn profile(name: &str) -> Result<Profile> {
                 ns: vec![8],
                 suffix: "",
                 curve: false,
+                conditions: Conditions::Orders,
             }],
             groups: 8,
             hparams: &[],
@@ -679,6 +677,7 @@ fn profile(name: &str) -> Result<Profile> {
                 ns: vec![8],
                 suffix: "",
                 curve: true,
+                conditions: Conditions::Orders,
             }],
             speed: 1.4,
             // How the cost to the model grows with N: each group read after each of its edits,
@@ -702,6 +701,7 @@ fn profile(name: &str) -> Result<Profile> {
                 ns: (2..=8).collect(),
                 suffix: "",
                 curve: false,
+                conditions: Conditions::Orders,
             }],
             // A batch optimises its requests' targets together: about half a sequential edit's
             // time per request (benchmarks/README.md, "MEMIT batch editing time").
@@ -712,10 +712,9 @@ fn profile(name: &str) -> Result<Profile> {
         // The paper's matrix, for a GPU: N = 2..7 on the main set (N = 6 and 7 have 12 and 2
         // subjects there, so each N has its own run), and N = 2..8 on the deep set, so that one
         // curve over N runs on the same subjects to the paper's largest N (sequential: one
-        // `--curve` run of N = 8; batch: a run per N).
+        // `--curve` run of N = 8; batch: a run per N); and the density figures' cells, N = 6..30.
         "paper" => Profile {
             name: "paper",
-            conditions: Conditions::Orders,
             methods: None,
             batch: true,
             sequential: true,
@@ -725,12 +724,22 @@ fn profile(name: &str) -> Result<Profile> {
                     ns: (2..=7).collect(),
                     suffix: "",
                     curve: false,
+                    conditions: Conditions::Orders,
                 },
                 Series {
                     data: DEEP_DATA,
                     ns: (2..=8).collect(),
                     suffix: "-deep",
                     curve: true,
+                    conditions: Conditions::Orders,
+                },
+                // The density figures' axis (fig2, fig12): N = 6..30 edits, 3, 2 or 1 per subject.
+                Series {
+                    data: MAIN_DATA,
+                    ns: vec![6, 12, 18, 24, 30],
+                    suffix: "",
+                    curve: false,
+                    conditions: Conditions::Densities,
                 },
             ],
             groups: 40,
@@ -746,8 +755,10 @@ fn profile(name: &str) -> Result<Profile> {
         "density" => Profile {
             name: "density",
             methods: Some(&["rome", "memit", "ft-m"]),
-            conditions: Conditions::Densities,
-            series: main_series(vec![6]),
+            series: vec![Series {
+                conditions: Conditions::Densities,
+                ..main_series(vec![6]).remove(0)
+            }],
             groups: 6,
             speed: 1.2,
             ..profile("default")?
@@ -930,7 +941,7 @@ fn bench_all(
     for (m, strategies, sec) in &methods {
         for s in strategies {
             for (series, n, curve) in cells(&p.series, s) {
-                let (flag, values) = p.conditions.flags();
+                let (flag, values) = series.conditions.flags();
                 for order in values {
                     let mut args: Vec<std::ffi::OsString> = vec![
                         "bench".into(),
@@ -1010,9 +1021,14 @@ fn bench_all(
         p.series
             .iter()
             .map(|s| format!(
-                "N = {:?}{} on {}",
+                "N = {:?}{}{} on {}",
                 s.ns,
                 if s.curve { " (sequential: a curve)" } else { "" },
+                if s.conditions == Conditions::Densities {
+                    " (subject densities)"
+                } else {
+                    ""
+                },
                 s.data
             ))
             .collect::<Vec<_>>()
@@ -1300,11 +1316,17 @@ mod tests {
         };
         assert_eq!(cells_of("curve", "sequential"), [(DEEP_DATA, 8, true)]);
         let paper = cells_of("paper", "sequential");
-        assert_eq!(paper.len(), 6 + 1, "main N = 2..7, deep one curve");
-        assert_eq!(paper.last(), Some(&(DEEP_DATA, 8, true)));
+        assert_eq!(
+            paper.len(),
+            6 + 1 + 5,
+            "main N = 2..7, deep one curve, densities N = 6..30"
+        );
+        assert_eq!(paper[6], (DEEP_DATA, 8, true));
         assert!(paper[..6].iter().all(|c| c.0 == MAIN_DATA && !c.2));
+        // Density groups' prefixes do not keep the density: every N a run of its own.
+        assert!(paper[7..].iter().all(|c| c.0 == MAIN_DATA && !c.2));
         let batch = cells_of("paper", "batch");
-        assert_eq!(batch.len(), 6 + 7);
+        assert_eq!(batch.len(), 6 + 7 + 5);
         assert!(batch.iter().all(|c| !c.2));
         assert_eq!(cells_of("deep", "sequential"), [(DEEP_DATA, 8, false)]);
     }
@@ -1513,13 +1535,27 @@ mod tests {
                     &std::fs::read_to_string(root().join(series.data)).unwrap(),
                 )
                 .unwrap();
-                let largest = data
+                let records: Vec<usize> = data
                     .as_array()
                     .unwrap()
                     .iter()
                     .map(|s| s["Star_Topology"].as_array().unwrap().len())
-                    .max()
-                    .unwrap();
+                    .collect();
+                let largest = *records.iter().max().unwrap();
+                if series.conditions == Conditions::Densities {
+                    // N / d subjects with d records each, for d = 3, 2, 1 (`make_plan`'s rule).
+                    for n in &series.ns {
+                        for d in [3, 2, 1] {
+                            let subjects = records.iter().filter(|&&r| r >= d).count();
+                            assert!(
+                                n % d == 0 && subjects >= n / d,
+                                "profile {name}: N = {n} at {d} per subject on {}",
+                                series.data
+                            );
+                        }
+                    }
+                    continue;
+                }
                 for n in &series.ns {
                     assert!(
                         *n <= largest,
