@@ -614,3 +614,71 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
         "{err}"
     );
 }
+
+/// Subject-density runs (`--density`): each group has N / d subjects with d records each, and the
+/// report gives each density's S against low density's, in density.csv and a bar figure.
+#[test]
+fn density_runs_reach_the_report_against_low_density() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let out = dir.path().join("runs");
+    for density in ["high", "medium", "low"] {
+        let mut args = bench_args(h.to_str().unwrap(), out.to_str().unwrap(), "homogeneous");
+        args[8] = "6"; // --n 6
+        args[10] = "2"; // --groups 2
+        args[11] = "--density";
+        args[12] = density;
+        let (ok, _, err) = kedit(&args);
+        assert!(ok, "{density}: {err}");
+    }
+    for (density, per) in [("high", 3), ("medium", 2), ("low", 1)] {
+        let file = out.join(format!(
+            "rome-sequential-group-density-{density}-n6-g2-s0.jsonl"
+        ));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 12, "{density}: 2 groups × 6 cases");
+        for g in 0..2 {
+            let mut per_subject = std::collections::HashMap::<&str, usize>::new();
+            for l in lines.iter().filter(|l| l["group"] == g) {
+                *per_subject
+                    .entry(l["subject_id"].as_str().unwrap())
+                    .or_default() += 1;
+            }
+            assert!(
+                per_subject.values().all(|&k| k == per) && per_subject.len() == 6 / per,
+                "{density} group {g}: {per_subject:?}"
+            );
+        }
+    }
+    let rep = dir.path().join("rep");
+    let (ok, md, err) = kedit(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for density in ["high", "medium", "low"] {
+        assert!(
+            md.contains(&format!("| rome | sequential | 6 | {density} | 2 | 12 |")),
+            "{md}"
+        );
+    }
+    let csv = std::fs::read_to_string(rep.join("density.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
+    // High and medium carry S − S(low) and its interval; low leaves them empty.
+    for l in csv.lines().skip(1) {
+        let filled = l.split(',').rev().take(3).filter(|v| !v.is_empty()).count();
+        assert_eq!(filled, if l.contains(",low,") { 0 } else { 3 }, "{l}");
+    }
+    let svg = std::fs::read_to_string(rep.join("density-sequential-n6.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(">rome</text>"),
+        "{svg}"
+    );
+}

@@ -1221,8 +1221,10 @@ fn bars(title: &str, methods: Bars) -> String {
     let group_w = per * bar + gap;
     let legend_w = 120.0;
     let plot_w = methods.len() as f64 * group_w + gap;
-    // ~7 px a character at 12 px: the title sets the width where the bars are few.
-    let w = (left + plot_w + legend_w).max(7.5 * title.chars().count() as f64 + left);
+    let caption = "S (points) after the group's last edit, 95 % interval over groups";
+    // ~7 px a character at 12 px: the title or the caption sets the width where bars are few.
+    let text_w = 7.5 * title.chars().count().max(caption.chars().count()) as f64;
+    let w = (left + plot_w + legend_w).max(left + text_w);
     let h = 360.0;
     let y = |v: f64| top + (100.0 - v) / 100.0 * (h - top - bottom);
     let mut o = format!(
@@ -1263,12 +1265,7 @@ fn bars(title: &str, methods: Bars) -> String {
         let _ = writeln!(o, "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
             ly - 6.0, color(d), lx + 20.0, ly + 4.0, d.name());
     }
-    let _ = writeln!(
-        o,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">S (points) after the group's last edit, 95 % interval over groups</text>",
-        left + plot_w / 2.0,
-        h - 10.0
-    );
+    let _ = writeln!(o, "<text x=\"{left}\" y=\"{}\">{caption}</text>", h - 10.0);
     o.push_str("</svg>\n");
     o
 }
