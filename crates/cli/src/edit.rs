@@ -313,13 +313,13 @@ impl RunOnBackend for Edit {
                 let s = kedit_eval::summarize(&m);
                 bar.suspend(|| {
                     tracing::info!(
-                        "{} {}/{batches} {}: es {:.2} ps {:.2} ns {:.2} ({:.1} s)",
+                        "{} {}/{batches} {}: es {} ps {} ns {} ({:.1} s)",
                         if size == 1 { "case" } else { "batch" },
                         i + 1,
                         chunk[0].case_id,
-                        s.es,
-                        s.ps,
-                        s.ns,
+                        rate(s.es),
+                        rate(s.ps),
+                        rate(s.ns),
                         t.elapsed().as_secs_f64()
                     )
                 });
@@ -419,6 +419,16 @@ impl RunOnBackend for Edit {
                 .with_context(|| format!("{}: cannot remove", dir.display()))?;
         }
         Ok(())
+    }
+}
+
+/// A rate for the log; `–` where the case has no prompt of that kind (a record without
+/// paraphrases or neighbourhood prompts), which the summary holds as NaN.
+fn rate(x: f64) -> String {
+    if x.is_nan() {
+        "–".into()
+    } else {
+        format!("{x:.2}")
     }
 }
 

@@ -277,7 +277,7 @@ enum Command {
     /// one JSON line per case to OUT/<method or label>-<plan>.jsonl. Rerun the same command to resume;
     /// a rerun with another model, dataset or hyperparameters is refused.
     #[command(
-        after_help = "Examples:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order heterogeneous --n 8 --groups 8 --perplexity-tokens 8192 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order homogeneous --n 8 --groups 8 --curve --perplexity-tokens 2048 --out results/curve"
+        after_help = "Examples:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order heterogeneous --n 8 --groups 8 --perplexity-tokens 8192 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order homogeneous --n 8 --groups 8 --curve --perplexity-tokens 2048 --out results/curve\n  kedit bench --model smollm2 --method rome --density high --n 6 --groups 6 --out results/density"
     )]
     Bench {
         #[command(flatten)]
