@@ -90,6 +90,11 @@ pub struct DensityRow {
     /// each on its own: their groups are drawn independently, so there are no pairs). None for
     /// the low row, or where no low row has the same method, strategy and N.
     pub vs_low: Option<(f64, (f64, f64))>,
+    /// Sequential cells: mean ES of the edits a later edit of the same subject followed in their
+    /// group (None where there are none: low density, or batch cells), and of the rest (each
+    /// subject's last edit). What the study's mechanism predicts: the first falls, the second not.
+    pub es_followed: Option<f64>,
+    pub es_last: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +272,18 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 (d, ci)
             });
             let lines: Vec<&ResultLine> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+            let (mut followed, mut last) = (Vec::new(), Vec::new());
+            if *strategy == Strategy::Sequential {
+                for g in &groups {
+                    for l in g.iter() {
+                        let later = g
+                            .iter()
+                            .any(|o| o.subject_id == l.subject_id && o.step > l.step);
+                        if later { &mut followed } else { &mut last }.push(l.metrics.es);
+                    }
+                }
+            }
+            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
             DensityRow {
                 method: method.clone(),
                 strategy: *strategy,
@@ -276,6 +293,8 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 summary: s_of(&lines),
                 ci,
                 vs_low,
+                es_followed: mean(&followed),
+                es_last: mean(&last),
             }
         })
         .collect()
@@ -551,13 +570,17 @@ impl Report {
                 o,
                 "S with its 95 % bootstrap interval over groups; S − S(low) against the low-density \
                  cell of the same method, strategy and N, the two cells' groups resampled each on \
-                 its own (they are drawn independently: no pairs).\n"
+                 its own (they are drawn independently: no pairs). ES split (sequential cells): \
+                 the edits a later edit of the same subject followed, then each subject's last.\n"
             );
             let _ = writeln!(
                 o,
-                "| method | strategy | N | density | groups | cases | ES | PS | NS | S | 95 % | S − S(low) | 95 % |"
+                "| method | strategy | N | density | groups | cases | ES | PS | NS | S | 95 % | S − S(low) | 95 % | ES, followed | ES, last |"
             );
-            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                o,
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
             for r in &self.density {
                 let s = &r.summary;
                 let (d, dci) = match r.vs_low {
@@ -566,7 +589,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | [{:.1}, {:.1}] | {d} | {dci} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | [{:.1}, {:.1}] | {d} | {dci} | {} | {} |",
                     r.method,
                     r.strategy.name(),
                     r.n,
@@ -579,6 +602,8 @@ impl Report {
                     100.0 * s.score,
                     r.ci.0,
                     r.ci.1,
+                    r.es_followed.map_or("–".into(), |x| format!("{x:.2}")),
+                    r.es_last.map_or("–".into(), |x| format!("{x:.2}")),
                 );
             }
             o.push('\n');
@@ -844,7 +869,7 @@ impl Report {
             );
         }
         let mut dens = String::from(
-            "method,strategy,n,density,cases,es,ps,ns,score,groups,ci_low,ci_high,vs_low,vs_low_ci_low,vs_low_ci_high\n",
+            "method,strategy,n,density,cases,es,ps,ns,score,groups,ci_low,ci_high,es_followed,es_last,vs_low,vs_low_ci_low,vs_low_ci_high\n",
         );
         for r in &self.density {
             let s = &r.summary;
@@ -853,7 +878,7 @@ impl Report {
             });
             let _ = writeln!(
                 dens,
-                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{vs}",
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{},{},{vs}",
                 r.method,
                 r.strategy.name(),
                 r.n,
@@ -866,6 +891,8 @@ impl Report {
                 r.groups,
                 r.ci.0,
                 r.ci.1,
+                r.es_followed.map_or(String::new(), |x| format!("{x:.4}")),
+                r.es_last.map_or(String::new(), |x| format!("{x:.4}")),
             );
         }
         let mut keys =
@@ -1378,7 +1405,10 @@ mod tests {
             lines.push(dense(Density::High, 0, step, (step == 0) as u8 as f64));
             lines.push(dense(Density::High, 1, step, 1.0));
             for g in 0..3 {
-                lines.push(dense(Density::Low, g, step, 1.0));
+                // Low density: a subject of its own per edit.
+                let mut l = dense(Density::Low, g, step, 1.0);
+                l.subject_id = format!("s{g}-{step}");
+                lines.push(l);
             }
         }
         let r = build(&lines);
@@ -1405,6 +1435,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| -10.0 | ["), "{md}");
+        // High's subject "s" repeats in each group: step 0 is followed (ES 1 in group 0, 1 in
+        // group 1), step 1 is the last (0 and 1).
+        assert_eq!((high.es_followed, high.es_last), (Some(1.0), Some(0.5)));
+        assert_eq!((low.es_followed, low.es_last), (None, Some(1.0)));
         let svgs = r.svgs();
         let svg = &svgs
             .iter()
