@@ -750,11 +750,12 @@ fn profile(name: &str) -> Result<Profile> {
         },
         // The study's subject-density figures (fig2, fig12; paper.md §6.4): N = 6 edits made of
         // 2 subjects × 3 records (high), 3 × 2 (medium) or 6 × 1 (low), sequential, the
-        // locate-then-edit methods (ROME, MEMIT) against FT-M, 6 groups per cell, on the main set
-        // (every subject has at least 3 records, so each density draws on the same subjects).
+        // locate-then-edit methods (ROME, MEMIT; AlphaEdit, which spares earlier edits' keys)
+        // against FT-M, 6 groups per cell, on the main set (every subject has at least 3
+        // records, so each density draws on the same subjects).
         "density" => Profile {
             name: "density",
-            methods: Some(&["rome", "memit", "ft-m"]),
+            methods: Some(&["rome", "memit", "alphaedit", "ft-m"]),
             series: vec![Series {
                 conditions: Conditions::Densities,
                 ..main_series(vec![6]).remove(0)
