@@ -95,6 +95,9 @@ pub struct DensityRow {
     /// subject's last edit). What the study's mechanism predicts: the first falls, the second not.
     pub es_followed: Option<f64>,
     pub es_last: Option<f64>,
+    /// 95 % bootstrap interval over groups of `es_followed − es_last` (paired: each group's
+    /// followed and last edits are resampled together).
+    pub es_split_ci: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,18 +275,44 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 (d, ci)
             });
             let lines: Vec<&ResultLine> = groups.iter().flat_map(|g| g.iter().copied()).collect();
-            let (mut followed, mut last) = (Vec::new(), Vec::new());
-            if *strategy == Strategy::Sequential {
-                for g in &groups {
-                    for l in g.iter() {
-                        let later = g
-                            .iter()
-                            .any(|o| o.subject_id == l.subject_id && o.step > l.step);
-                        if later { &mut followed } else { &mut last }.push(l.metrics.es);
-                    }
-                }
-            }
-            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            // Per group: the ES of its edits a later same-subject edit followed, and of the rest.
+            let split: Vec<(Vec<f64>, Vec<f64>)> = if *strategy == Strategy::Sequential {
+                groups
+                    .iter()
+                    .map(|g| {
+                        let (mut followed, mut last) = (Vec::new(), Vec::new());
+                        for l in g.iter() {
+                            let later = g
+                                .iter()
+                                .any(|o| o.subject_id == l.subject_id && o.step > l.step);
+                            if later { &mut followed } else { &mut last }.push(l.metrics.es);
+                        }
+                        (followed, last)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // `followed`: the first side of each group's split, else the second.
+            let mean_of = |idx: &[usize], followed: bool| {
+                let v: Vec<f64> = idx
+                    .iter()
+                    .flat_map(|&i| {
+                        let (f, l) = &split[i];
+                        if followed { f } else { l }.iter().copied()
+                    })
+                    .collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            let every: Vec<usize> = (0..split.len()).collect();
+            let es_followed = mean_of(&every, true);
+            let es_last = mean_of(&every, false);
+            // Paired within groups: a group holds both kinds wherever it holds the first.
+            let es_split_ci = es_followed.map(|_| {
+                bootstrap_ci(split.len(), |idx| {
+                    mean_of(idx, true).unwrap_or(f64::NAN) - mean_of(idx, false).unwrap_or(f64::NAN)
+                })
+            });
             DensityRow {
                 method: method.clone(),
                 strategy: *strategy,
@@ -293,8 +322,9 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 summary: s_of(&lines),
                 ci,
                 vs_low,
-                es_followed: mean(&followed),
-                es_last: mean(&last),
+                es_followed,
+                es_last,
+                es_split_ci,
             }
         })
         .collect()
@@ -571,15 +601,16 @@ impl Report {
                 "S with its 95 % bootstrap interval over groups; S − S(low) against the low-density \
                  cell of the same method, strategy and N, the two cells' groups resampled each on \
                  its own (they are drawn independently: no pairs). ES split (sequential cells): \
-                 the edits a later edit of the same subject followed, then each subject's last.\n"
+                 the edits a later edit of the same subject followed, then each subject's last, \
+                 and the 95 % interval of their difference over groups (paired within groups).\n"
             );
             let _ = writeln!(
                 o,
-                "| method | strategy | N | density | groups | cases | ES | PS | NS | S | 95 % | S − S(low) | 95 % | ES, followed | ES, last |"
+                "| method | strategy | N | density | groups | cases | ES | PS | NS | S | 95 % | S − S(low) | 95 % | ES, followed | ES, last | 95 % of the difference |"
             );
             let _ = writeln!(
                 o,
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for r in &self.density {
                 let s = &r.summary;
@@ -589,7 +620,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | [{:.1}, {:.1}] | {d} | {dci} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | [{:.1}, {:.1}] | {d} | {dci} | {} | {} | {} |",
                     r.method,
                     r.strategy.name(),
                     r.n,
@@ -604,6 +635,8 @@ impl Report {
                     r.ci.1,
                     r.es_followed.map_or("–".into(), |x| format!("{x:.2}")),
                     r.es_last.map_or("–".into(), |x| format!("{x:.2}")),
+                    r.es_split_ci
+                        .map_or("–".into(), |(lo, hi)| format!("[{lo:+.2}, {hi:+.2}]")),
                 );
             }
             o.push('\n');
@@ -869,7 +902,7 @@ impl Report {
             );
         }
         let mut dens = String::from(
-            "method,strategy,n,density,cases,es,ps,ns,score,groups,ci_low,ci_high,es_followed,es_last,vs_low,vs_low_ci_low,vs_low_ci_high\n",
+            "method,strategy,n,density,cases,es,ps,ns,score,groups,ci_low,ci_high,es_followed,es_last,es_split_ci_low,es_split_ci_high,vs_low,vs_low_ci_low,vs_low_ci_high\n",
         );
         for r in &self.density {
             let s = &r.summary;
@@ -878,7 +911,7 @@ impl Report {
             });
             let _ = writeln!(
                 dens,
-                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{},{},{vs}",
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{},{},{},{vs}",
                 r.method,
                 r.strategy.name(),
                 r.n,
@@ -893,6 +926,8 @@ impl Report {
                 r.ci.1,
                 r.es_followed.map_or(String::new(), |x| format!("{x:.4}")),
                 r.es_last.map_or(String::new(), |x| format!("{x:.4}")),
+                r.es_split_ci
+                    .map_or(",".into(), |(lo, hi)| format!("{lo:.4},{hi:.4}")),
             );
         }
         let mut keys =
@@ -1439,6 +1474,10 @@ mod tests {
         // group 1), step 1 is the last (0 and 1).
         assert_eq!((high.es_followed, high.es_last), (Some(1.0), Some(0.5)));
         assert_eq!((low.es_followed, low.es_last), (None, Some(1.0)));
+        assert_eq!(low.es_split_ci, None);
+        // Resampled groups: (1 − 0) or (1 − 1), so the difference lies in [0, 1].
+        let (lo, hi) = high.es_split_ci.unwrap();
+        assert!(lo >= 0.0 && hi <= 1.0 && lo < hi, "{lo} {hi}");
         let svgs = r.svgs();
         let svg = &svgs
             .iter()
