@@ -882,7 +882,7 @@ fn bench_all(
     let registered = registry.as_array().context("kedit methods --json")?;
     check_methods(&p, registered)?;
     let methods = matrix_methods(&p, registered);
-    // The matrix: method × strategy (batch only where the method has a batch update) × order × N,
+    // The matrix: method × strategy (batch only where the method has a batch update) × condition × N,
     // one `kedit bench` process per cell, `jobs` of them side by side.
     let runs_dir = root.join("results/runs").join(p.name);
     let logs_dir = root.join("results/logs").join(p.name);
@@ -943,7 +943,7 @@ fn bench_all(
         for s in strategies {
             for (series, n, curve) in cells(&p.series, s) {
                 let (flag, values) = series.conditions.flags();
-                for order in values {
+                for condition in values {
                     let mut args: Vec<std::ffi::OsString> = vec![
                         "bench".into(),
                         "--backend".into(),
@@ -957,7 +957,7 @@ fn bench_all(
                         "--design".into(),
                         "group".into(),
                         flag.into(),
-                        (*order).into(),
+                        (*condition).into(),
                         "--n".into(),
                         n.to_string().into(),
                         "--groups".into(),
@@ -979,7 +979,7 @@ fn bench_all(
                     }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
                     let label = format!(
-                        "{m}{} {s} {order} N={n}{}",
+                        "{m}{} {s} {condition} N={n}{}",
                         series.suffix,
                         if curve { " curve" } else { "" }
                     );

@@ -211,19 +211,12 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// The 95 % percentile interval of `stat` over 2000 resamples (fixed seed) of `n` items drawn
 /// with replacement, each resample passed as the drawn items' indices.
 fn bootstrap_ci(n: usize, mut stat: impl FnMut(&[usize]) -> f64) -> (f64, f64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut boots: Vec<f64> = (0..2000)
-        .map(|_| {
-            let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
-            stat(&idx)
-        })
-        .collect();
-    boots.sort_by(f64::total_cmp);
-    (percentile(&boots, 0.025), percentile(&boots, 0.975))
+    bootstrap_ci_two((n, 0), |a, _| stat(a))
 }
 
 /// `bootstrap_ci` for a statistic of two independent samples of `n.0` and `n.1` items, each
-/// resampled on its own.
+/// resampled on its own (the first sample's draws come first, so with `n.1 = 0` this is
+/// `bootstrap_ci`'s stream exactly).
 fn bootstrap_ci_two(
     n: (usize, usize),
     mut stat: impl FnMut(&[usize], &[usize]) -> f64,
