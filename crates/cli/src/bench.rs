@@ -279,19 +279,20 @@ impl RunOnBackend for BenchArgs {
             serde_json::to_string_pretty(&plan)?,
         )
         .with_context(|| format!("{}: cannot write the plan", self.out.display()))?;
-        let mut editor = methods::editor(
-            &self.method,
-            self.hparams.as_deref(),
-            self.archive.as_deref(),
-            &lm,
-        )?;
         let held_out = self
             .perplexity_tokens
             .map(|n| crate::edit::held_out_ids(&lm, n))
             .transpose()?;
         let secs = run_plan(
             &mut lm,
-            editor.as_mut(),
+            |lm: &LanguageModel<B>| {
+                methods::editor(
+                    &self.method,
+                    self.hparams.as_deref(),
+                    self.archive.as_deref(),
+                    lm,
+                )
+            },
             &label,
             &cases,
             &plan,

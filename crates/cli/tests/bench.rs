@@ -137,7 +137,8 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
 
 /// AlphaEdit keeps the keys of a group's edits for the group's later edits; the benchmark puts
 /// the model back after each group and must reset the editor with it: a group's results are the
-/// same whether it runs after another group or alone (`--shard 2/2` runs only the second).
+/// same whether it runs after another group or alone (`--shard 2/2` runs only the second). A
+/// resume of a finished run builds no editor at all.
 #[test]
 fn a_stateful_editor_starts_every_group_afresh() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +170,17 @@ context_template_length_params: [[3, 2]]\nnullspace_threshold: 1.0e+3\nL2: 1.0e-
     let after_group_0 = run("full", None);
     assert_eq!(after_group_0.len(), 2, "group 1's two cases");
     assert_eq!(run("alone", Some("2/2")), after_group_0);
+
+    // A resume with every line written prepares no editor: the statistics it would read are not
+    // recomputed (on SmolLM2, AlphaEdit's null spaces alone cost minutes).
+    let stats = dir.path().join("home/stats");
+    assert!(stats.is_dir(), "the first run computed statistics");
+    std::fs::remove_dir_all(&stats).unwrap();
+    assert_eq!(run("full", None), after_group_0);
+    assert!(!stats.exists(), "a finished cell must not build its editor");
+    // With work left it does.
+    assert_eq!(run("again", Some("2/2")), after_group_0);
+    assert!(stats.is_dir());
 }
 
 /// `--curve` scores a group after every edit: its lines after all N edits are an ordinary run's,

@@ -206,12 +206,15 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 /// Run `plan` (the groups of `shard`), appending to `results`. With `held_out` (token ids), each
 /// group's edited model is also read on those tokens wherever its lines are scored (after its
 /// last edit; in a `curve` plan after every edit), and the unedited model once (at the first
-/// group with work left). Returns the seconds spent editing,
-/// evaluating and reading the held-out text for the groups that had work left.
+/// group with work left). `make_editor` is called on the unedited model at the first group with
+/// work left, and not at all when every line is written: preparing an editor can cost minutes
+/// (covariance statistics, AlphaEdit's null spaces), which a resume of a finished cell should not
+/// pay. Returns the seconds spent editing, evaluating and reading the held-out text for the groups
+/// that had work left.
 #[allow(clippy::too_many_arguments)]
 pub fn run_plan<B: Backend>(
     lm: &mut LanguageModel<B>,
-    editor: &mut dyn Editor<B>,
+    make_editor: impl FnOnce(&LanguageModel<B>) -> Result<Box<dyn Editor<B>>>,
     method: &str,
     cases: &[EditCase],
     plan: &Plan,
@@ -239,6 +242,8 @@ pub fn run_plan<B: Backend>(
     let snapshot = Snapshot::take(&lm.model);
     let started = std::time::Instant::now();
     let mut worked = 0usize;
+    let mut make_editor = Some(make_editor);
+    let mut editor: Option<Box<dyn Editor<B>>> = None;
     for g in groups {
         let group: Vec<&EditCase> = g
             .case_ids
@@ -273,6 +278,13 @@ pub fn run_plan<B: Backend>(
         if let (Some(ids), None) = (held_out, unedited) {
             unedited = Some(crate::perplexity::perplexity(lm, ids, window)?.perplexity);
         }
+        if let Some(make) = make_editor.take() {
+            editor = Some(make(lm)?);
+        }
+        let editor = editor
+            .as_mut()
+            .expect("made at the first group with work")
+            .as_mut();
         // Keys on the unedited model: how much each edit shares the first edit's key.
         let mut keys = Vec::with_capacity(group.len());
         for c in &group {
@@ -336,6 +348,9 @@ pub fn run_plan<B: Backend>(
         bar.inc(group.len() as u64);
     }
     bar.finish();
+    if editor.is_none() {
+        tracing::info!("every result line was already written: nothing to run");
+    }
     tracing::debug!(groups = worked, "run done");
     Ok(started.elapsed().as_secs_f64())
 }
