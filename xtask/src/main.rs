@@ -762,6 +762,9 @@ fn profile(name: &str) -> Result<Profile> {
             }],
             groups: 6,
             speed: 1.2,
+            // The figures' fifth panel: each group's edited model on held-out text, half of
+            // `deep`'s tokens (about 12 s a group).
+            perplexity_tokens: Some(4096),
             ..profile("default")?
         },
         other => {

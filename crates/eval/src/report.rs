@@ -98,6 +98,27 @@ pub struct DensityRow {
     /// 95 % bootstrap interval over groups of `es_followed − es_last` (paired: each group's
     /// followed and last edits are resampled together).
     pub es_split_ci: Option<(f64, f64)>,
+    /// Held-out perplexity after each group's edits, where the run measured it (`kedit bench
+    /// --perplexity-tokens`): the density figures' fifth panel.
+    pub perplexity: Option<DensityPerplexity>,
+}
+
+/// A density cell's held-out perplexity over its groups that carry it, compared as logs (a
+/// broken group can weigh orders of magnitude, see [`PerplexityRow`]).
+#[derive(Debug, Clone)]
+pub struct DensityPerplexity {
+    pub groups: usize,
+    pub tokens: usize,
+    pub unedited: f64,
+    /// Geometric mean over groups, with its 95 % bootstrap interval.
+    pub edited: f64,
+    pub ci: (f64, f64),
+    /// The worst group.
+    pub max: f64,
+    /// Geometric mean against the low-density cell's (same method, strategy, N and tokens), with
+    /// a 95 % interval from resampling each cell's groups on its own (no pairs, as for S). None
+    /// for the low row, or where no low row has it.
+    pub vs_low: Option<(f64, (f64, f64))>,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +288,12 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 });
                 (d, ci)
             });
+            let perplexity = density_perplexity(
+                &groups,
+                low.filter(|_| *density != Density::Low)
+                    .map(cell_groups)
+                    .as_deref(),
+            );
             let lines: Vec<&ResultLine> = groups.iter().flat_map(|g| g.iter().copied()).collect();
             // Per group: the ES of its edits a later same-subject edit followed, and of the rest.
             let split: Vec<(Vec<f64>, Vec<f64>)> = if *strategy == Strategy::Sequential {
@@ -318,9 +345,51 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 es_followed,
                 es_last,
                 es_split_ci,
+                perplexity,
             }
         })
         .collect()
+}
+
+/// A density cell's perplexity over its groups that carry it (on the first such group's tokens),
+/// against `low`'s groups on the same tokens (`low`: the low cell, None for the low row itself);
+/// `None` where no group carries it.
+fn density_perplexity(
+    groups: &[&Vec<&ResultLine>],
+    low: Option<&[&Vec<&ResultLine>]>,
+) -> Option<DensityPerplexity> {
+    let of = |g: &&Vec<&ResultLine>| g.iter().find_map(|l| l.perplexity);
+    let first = groups.iter().find_map(of)?;
+    let logs = |gs: &[&Vec<&ResultLine>]| -> Vec<f64> {
+        gs.iter()
+            .filter_map(of)
+            .filter(|p| p.tokens == first.tokens)
+            .map(|p| p.edited.ln())
+            .collect()
+    };
+    let mine = logs(groups);
+    let mean = |v: &[f64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
+    let all: Vec<usize> = (0..mine.len()).collect();
+    let ci = bootstrap_ci(mine.len(), |idx| mean(&mine, idx));
+    // A low cell without readings on these tokens compares with nothing.
+    let low = low.map(logs).filter(|v| !v.is_empty());
+    let vs_low = low.map(|low| {
+        let low_all: Vec<usize> = (0..low.len()).collect();
+        let d = mean(&mine, &all) - mean(&low, &low_all);
+        let ci = bootstrap_ci_two((mine.len(), low.len()), |a, b| {
+            mean(&mine, a) - mean(&low, b)
+        });
+        (d.exp(), (ci.0.exp(), ci.1.exp()))
+    });
+    Some(DensityPerplexity {
+        groups: mine.len(),
+        tokens: first.tokens,
+        unedited: first.unedited,
+        edited: mean(&mine, &all).exp(),
+        ci: (ci.0.exp(), ci.1.exp()),
+        max: mine.iter().copied().fold(f64::NEG_INFINITY, f64::max).exp(),
+        vs_low,
+    })
 }
 
 /// exp(mean of the logs): the mean of quantities spanning orders of magnitude.
@@ -633,6 +702,7 @@ impl Report {
                 );
             }
             o.push('\n');
+            self.density_perplexity_markdown(&mut o);
         }
         if !self.keys.is_empty() {
             let _ = writeln!(
@@ -717,6 +787,55 @@ impl Report {
                 strategy.name(),
                 design.name(),
                 cols.join(" | ")
+            );
+        }
+        o.push('\n');
+    }
+
+    /// The density cells' perplexity, where their runs measured it.
+    fn density_perplexity_markdown(&self, o: &mut String) {
+        if self.density.iter().all(|r| r.perplexity.is_none()) {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "### Held-out perplexity by subject density (`--perplexity-tokens`)\n"
+        );
+        let _ = writeln!(
+            o,
+            "Each group's edited model on held-out text after its last edit: the geometric mean \
+             over groups with its 95 % bootstrap interval, the worst group, and the ratio to the \
+             low-density cell of the same method, strategy and N (geometric means; the two \
+             cells' groups resampled each on its own).\n"
+        );
+        let _ = writeln!(
+            o,
+            "| method | strategy | N | density | groups | tokens | unedited | edited | 95 % | worst group | ÷ low | 95 % |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.density {
+            let Some(p) = &r.perplexity else { continue };
+            let (d, dci) = match p.vs_low {
+                Some((d, (lo, hi))) => (
+                    fixed_or_sci(d, 3),
+                    format!("[{}, {}]", fixed_or_sci(lo, 3), fixed_or_sci(hi, 3)),
+                ),
+                None => ("–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | [{}, {}] | {} | {d} | {dci} |",
+                r.method,
+                r.strategy.name(),
+                r.n,
+                r.density.name(),
+                p.groups,
+                p.tokens,
+                fixed_or_sci(p.unedited, 1),
+                fixed_or_sci(p.edited, 1),
+                fixed_or_sci(p.ci.0, 1),
+                fixed_or_sci(p.ci.1, 1),
+                fixed_or_sci(p.max, 1),
             );
         }
         o.push('\n');
@@ -937,6 +1056,33 @@ impl Report {
             ("density.csv".into(), dens),
             ("keys.csv".into(), keys),
         ];
+        if self.density.iter().any(|r| r.perplexity.is_some()) {
+            let mut ppl = String::from(
+                "method,strategy,n,density,groups,tokens,unedited,edited,ci_low,ci_high,max,vs_low,vs_low_ci_low,vs_low_ci_high\n",
+            );
+            for r in &self.density {
+                let Some(p) = &r.perplexity else { continue };
+                let vs = p.vs_low.map_or(",,".into(), |(d, (lo, hi))| {
+                    format!("{d:.6},{lo:.6},{hi:.6}")
+                });
+                let _ = writeln!(
+                    ppl,
+                    "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{vs}",
+                    r.method,
+                    r.strategy.name(),
+                    r.n,
+                    r.density.name(),
+                    p.groups,
+                    p.tokens,
+                    p.unedited,
+                    p.edited,
+                    p.ci.0,
+                    p.ci.1,
+                    p.max
+                );
+            }
+            files.push(("density-perplexity.csv".into(), ppl));
+        }
         if !self.perplexity.is_empty() {
             let mut ppl = String::from("method,strategy,design,n,of,groups,tokens,unedited,homogeneous,heterogeneous,max_homogeneous,max_heterogeneous,ratio,ci_low,ci_high,update_norm_homogeneous,update_norm_heterogeneous\n");
             for r in &self.perplexity {
@@ -1050,9 +1196,12 @@ impl Report {
     }
 
     /// S at each subject density as bars, a group of bars per method, 95 % whiskers: one SVG
-    /// per (strategy, N), as the study draws fig2 and fig12: `density-<strategy>-n<N>.svg`.
+    /// per (strategy, N), as the study draws fig2 and fig12: `density-<strategy>-n<N>.svg`. And
+    /// their perplexity panel where the runs measured it, the unedited model's as a dashed line:
+    /// `density-perplexity-<strategy>-n<N>.svg`.
     fn density_svgs(&self) -> Vec<(String, String)> {
         let mut panels: BTreeMap<(Strategy, usize), Bars> = BTreeMap::new();
+        let mut ppl: BTreeMap<(Strategy, usize), (Bars, f64, f64)> = BTreeMap::new();
         for r in &self.density {
             panels
                 .entry((r.strategy, r.n))
@@ -1060,22 +1209,44 @@ impl Report {
                 .entry(&r.method)
                 .or_default()
                 .push((r.density, 100.0 * r.summary.score, r.ci));
+            if let Some(p) = &r.perplexity {
+                let (bars, hi, unedited) =
+                    ppl.entry((r.strategy, r.n))
+                        .or_insert((Bars::new(), p.unedited, p.unedited));
+                bars.entry(&r.method)
+                    .or_default()
+                    .push((r.density, p.edited, p.ci));
+                *hi = hi.max(p.ci.1);
+                *unedited = p.unedited;
+            }
         }
-        panels
+        let title = |what: &str, strategy: Strategy, n: usize| {
+            format!(
+                "{what} by subject density: {} editing, N = {n} (edits per subject: high 3, medium 2, low 1)",
+                strategy.name()
+            )
+        };
+        let mut files: Vec<(String, String)> = panels
             .into_iter()
             .map(|((strategy, n), methods)| {
                 (
                     format!("density-{}-n{n}.svg", strategy.name()),
-                    bars(
-                        &format!(
-                            "S by subject density: {} editing, N = {n} (edits per subject: high 3, medium 2, low 1)",
-                            strategy.name()
-                        ),
-                        methods,
-                    ),
+                    bars(&title("S", strategy, n), methods, &BarAxis::SCORE),
                 )
             })
-            .collect()
+            .collect();
+        for ((strategy, n), (methods, hi, unedited)) in ppl {
+            let axis = BarAxis::up_to(
+                hi,
+                "Held-out perplexity after the group's last edit (geometric mean over groups, 95 % interval)",
+                Some((unedited, "unedited")),
+            );
+            files.push((
+                format!("density-perplexity-{}-n{n}.svg", strategy.name()),
+                bars(&title("Perplexity", strategy, n), methods, &axis),
+            ));
+        }
+        files
     }
 
     /// The perplexity ratio homogeneous / heterogeneous against N, log scale, one SVG per
@@ -1265,30 +1436,70 @@ fn plot(title: &str, series: Vec<(String, Vec<Point>)>, axis: &Axis) -> String {
     o
 }
 
-/// Per method, its density cells: (density, S in points, 95 % interval).
+/// Per method, its density cells: (density, value, 95 % interval).
 type Bars<'a> = BTreeMap<&'a str, Vec<(Density, f64, (f64, f64))>>;
 
-/// An SVG of S (points, 0–100) as bars: a group per method, a bar per density in the densities'
-/// order (high, medium, low) and colour, 95 % whiskers.
-fn bars(title: &str, methods: Bars) -> String {
+/// A bar figure's value axis (`Axis` is the line figures'): linear from 0 to `max`, a gridline every `step`, the caption under
+/// the plot, and a dashed reference line with its label (the unedited model's perplexity).
+struct BarAxis {
+    max: f64,
+    step: f64,
+    caption: &'static str,
+    reference: Option<(f64, &'static str)>,
+}
+
+impl BarAxis {
+    /// S in points.
+    const SCORE: BarAxis = BarAxis {
+        max: 100.0,
+        step: 20.0,
+        caption: "S (points) after the group's last edit, 95 % interval over groups",
+        reference: None,
+    };
+
+    /// Round `hi` up to a multiple of a power of ten (halved where that leaves fewer than four
+    /// gridlines), as the axis top.
+    fn up_to(hi: f64, caption: &'static str, reference: Option<(f64, &'static str)>) -> BarAxis {
+        let hi = if hi.is_finite() && hi > 0.0 { hi } else { 1.0 };
+        let mut step = 10f64.powf(hi.log10().floor());
+        if (hi / step).ceil() < 4.0 {
+            step /= 2.0;
+        }
+        BarAxis {
+            max: (hi / step).ceil() * step,
+            step,
+            caption,
+            reference,
+        }
+    }
+}
+
+/// An SVG of a value per density as bars: a group per method, a bar per density in the
+/// densities' order (high, medium, low) and colour, 95 % whiskers.
+fn bars(title: &str, methods: Bars, axis: &BarAxis) -> String {
     let (left, top, bottom, bar, gap) = (60.0, 40.0, 50.0, 22.0, 30.0);
     let per = methods.values().map(Vec::len).max().unwrap_or(1) as f64;
     let group_w = per * bar + gap;
     let legend_w = 120.0;
     let plot_w = methods.len() as f64 * group_w + gap;
-    let caption = "S (points) after the group's last edit, 95 % interval over groups";
+    let caption = axis.caption;
     // ~7 px a character at 12 px: the title or the caption sets the width where bars are few.
     let text_w = 7.5 * title.chars().count().max(caption.chars().count()) as f64;
     let w = (left + plot_w + legend_w).max(left + text_w);
     let h = 360.0;
-    let y = |v: f64| top + (100.0 - v) / 100.0 * (h - top - bottom);
+    let y = |v: f64| top + (axis.max - v) / axis.max * (h - top - bottom);
     let mut o = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
     );
-    for v in (0..=100).step_by(20) {
-        let v = v as f64;
-        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+    let ticks = (axis.max / axis.step).round() as usize;
+    for k in 0..=ticks {
+        let v = k as f64 * axis.step;
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>",
             left + plot_w, y(v), y(v), if v == 0.0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0);
+    }
+    if let Some((v, label)) = axis.reference {
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"5,4\"/><text x=\"{}\" y=\"{:.1}\" fill=\"#c0392b\">{label}</text>",
+            left + plot_w, y(v), y(v), left + 4.0, y(v) - 4.0);
     }
     // Navy for high, as fig2 draws it (paper.md §6.4), lighter as the density falls.
     let color = |d: Density| match d {
@@ -1492,6 +1703,104 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let width = rows[0].split(',').count();
         assert!(rows.iter().all(|l| l.split(',').count() == width), "{csv}");
+    }
+
+    /// A density cell's perplexity: geometric mean over its groups, the worst group, and the
+    /// ratio to the low cell's geometric mean; groups read on other tokens are left out; cells
+    /// without readings give no table, CSV or figure.
+    #[test]
+    fn density_perplexity_is_read_against_low_density() {
+        let reading = |edited: f64, tokens: usize| GroupPerplexity {
+            edited,
+            unedited: 20.0,
+            tokens,
+            update_norm: None,
+        };
+        let dense = |d: Density, group: usize, p: Option<GroupPerplexity>| {
+            let mut l = line(Order::Homogeneous, 0, 1.0, 1.0, 1.0);
+            l.density = Some(d);
+            l.n = 1;
+            l.group = group;
+            l.perplexity = p;
+            l
+        };
+        let without: Vec<ResultLine> = (0..2).map(|g| dense(Density::High, g, None)).collect();
+        let r = build(&without);
+        assert!(r.density[0].perplexity.is_none());
+        assert!(!r.markdown().contains("perplexity by subject density"));
+        assert!(r.csv().iter().all(|(n, _)| n != "density-perplexity.csv"));
+        assert!(r
+            .svgs()
+            .iter()
+            .all(|(n, _)| !n.starts_with("density-perplexity")));
+
+        // High: 40 and 90 (geometric mean 60), a third group on other tokens; low: 30 and 30.
+        let lines = vec![
+            dense(Density::High, 0, Some(reading(40.0, 512))),
+            dense(Density::High, 1, Some(reading(90.0, 512))),
+            dense(Density::High, 2, Some(reading(1e6, 256))),
+            dense(Density::Low, 0, Some(reading(30.0, 512))),
+            dense(Density::Low, 1, Some(reading(30.0, 512))),
+        ];
+        let r = build(&lines);
+        let (high, low) = (&r.density[0], &r.density[1]);
+        let p = high.perplexity.as_ref().unwrap();
+        assert_eq!((p.groups, p.tokens, p.unedited), (2, 512, 20.0));
+        assert!((p.edited - 60.0).abs() < 1e-9, "{p:?}");
+        assert!((p.max - 90.0).abs() < 1e-9, "{p:?}");
+        // Resamples of high's groups: 40, 60 or 90.
+        assert!(
+            p.ci.0 >= 40.0 - 1e-9 && p.ci.1 <= 90.0 + 1e-9 && p.ci.0 < p.ci.1,
+            "{p:?}"
+        );
+        let (ratio, (lo, hi)) = p.vs_low.unwrap();
+        assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
+        assert!(lo < ratio && ratio < hi && lo >= 4.0 / 3.0 - 1e-9 && hi <= 3.0 + 1e-9);
+        let lp = low.perplexity.as_ref().unwrap();
+        assert!(
+            (lp.edited - 30.0).abs() < 1e-9 && lp.vs_low.is_none(),
+            "{lp:?}"
+        );
+        let md = r.markdown();
+        assert!(
+            md.contains("| m | sequential | 1 | high | 2 | 512 | 20.0 | 60.0 | ["),
+            "{md}"
+        );
+        assert!(md.contains("| 90.0 | 2.000 | ["), "{md}");
+        let (_, csv) = r
+            .csv()
+            .into_iter()
+            .find(|(n, _)| n == "density-perplexity.csv")
+            .expect("a CSV");
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 3, "{csv}");
+        let width = rows[0].split(',').count();
+        assert!(rows.iter().all(|l| l.split(',').count() == width), "{csv}");
+        let svgs = r.svgs();
+        let svg = &svgs
+            .iter()
+            .find(|(n, _)| n == "density-perplexity-sequential-n1.svg")
+            .expect("a perplexity figure")
+            .1;
+        // Two bars, three legend keys; the unedited model's dashed line.
+        assert_eq!(svg.matches("<rect x=").count(), 2 + 3, "{svg}");
+        assert!(
+            svg.contains("stroke-dasharray") && svg.contains(">unedited</text>"),
+            "{svg}"
+        );
+    }
+
+    /// The bar figures' axis tops: a multiple of a power of ten at or above the highest value.
+    #[test]
+    fn bar_axes_round_up() {
+        let top = |hi| {
+            let a = BarAxis::up_to(hi, "", None);
+            (a.max, a.step)
+        };
+        assert_eq!(top(63.0), (70.0, 10.0));
+        assert_eq!(top(21.0), (25.0, 5.0));
+        assert_eq!(top(100.0), (100.0, 50.0));
+        assert_eq!(top(0.0), (1.0, 0.5));
     }
 
     /// Ordinary perplexities print as before; a runaway one prints in scientific notation.
