@@ -628,7 +628,8 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
 }
 
 /// Subject-density runs (`--density`): each group has N / d subjects with d records each, and the
-/// report gives each density's S against low density's, in density.csv and a bar figure.
+/// report gives each density's S against low density's, in density.csv and a bar figure, and its
+/// held-out perplexity against low density's (`--perplexity-tokens`).
 #[test]
 fn density_runs_reach_the_report_against_low_density() {
     let dir = tempfile::tempdir().unwrap();
@@ -641,6 +642,7 @@ fn density_runs_reach_the_report_against_low_density() {
         args[10] = "2"; // --groups 2
         args[11] = "--density";
         args[12] = density;
+        args.extend(["--perplexity-tokens", "64"]);
         let (ok, _, err) = kedit(&args);
         assert!(ok, "{density}: {err}");
     }
@@ -693,4 +695,20 @@ fn density_runs_reach_the_report_against_low_density() {
         svg.starts_with("<svg") && svg.contains(">rome</text>"),
         "{svg}"
     );
+    // The perplexity panel: a row per density over both groups, the ratio to low beside high
+    // and medium.
+    for density in ["high", "medium", "low"] {
+        assert!(
+            md.contains(&format!("| rome | sequential | 6 | {density} | 2 | 64 |")),
+            "{md}"
+        );
+    }
+    let csv = std::fs::read_to_string(rep.join("density-perplexity.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
+    for l in csv.lines().skip(1) {
+        let filled = l.split(',').rev().take(3).filter(|v| !v.is_empty()).count();
+        assert_eq!(filled, if l.contains(",low,") { 0 } else { 3 }, "{l}");
+    }
+    let svg = std::fs::read_to_string(rep.join("density-perplexity-sequential-n6.svg")).unwrap();
+    assert!(svg.contains(">unedited</text>"), "{svg}");
 }
