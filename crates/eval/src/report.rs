@@ -1201,7 +1201,7 @@ impl Report {
     /// `density-perplexity-<strategy>-n<N>.svg`.
     fn density_svgs(&self) -> Vec<(String, String)> {
         let mut panels: BTreeMap<(Strategy, usize), Bars> = BTreeMap::new();
-        let mut ppl: BTreeMap<(Strategy, usize), (Bars, f64, f64)> = BTreeMap::new();
+        let mut ppl: BTreeMap<(Strategy, usize), (Bars, f64, f64, f64)> = BTreeMap::new();
         for r in &self.density {
             panels
                 .entry((r.strategy, r.n))
@@ -1210,12 +1210,16 @@ impl Report {
                 .or_default()
                 .push((r.density, 100.0 * r.summary.score, r.ci));
             if let Some(p) = &r.perplexity {
-                let (bars, hi, unedited) =
-                    ppl.entry((r.strategy, r.n))
-                        .or_insert((Bars::new(), p.unedited, p.unedited));
+                let (bars, lo, hi, unedited) = ppl.entry((r.strategy, r.n)).or_insert((
+                    Bars::new(),
+                    p.unedited,
+                    p.unedited,
+                    p.unedited,
+                ));
                 bars.entry(&r.method)
                     .or_default()
                     .push((r.density, p.edited, p.ci));
+                *lo = lo.min(p.ci.0);
                 *hi = hi.max(p.ci.1);
                 *unedited = p.unedited;
             }
@@ -1231,14 +1235,15 @@ impl Report {
             .map(|((strategy, n), methods)| {
                 (
                     format!("density-{}-n{n}.svg", strategy.name()),
-                    bars(&title("S", strategy, n), methods, &BarAxis::SCORE),
+                    bars(&title("S", strategy, n), methods, &BarAxis::score()),
                 )
             })
             .collect();
-        for ((strategy, n), (methods, hi, unedited)) in ppl {
-            let axis = BarAxis::up_to(
+        for ((strategy, n), (methods, lo, hi, unedited)) in ppl {
+            let axis = BarAxis::decades(
+                lo,
                 hi,
-                "Held-out perplexity after the group's last edit (geometric mean over groups, 95 % interval)",
+                "Held-out perplexity after the group's last edit, log scale (geometric mean over groups, 95 % interval)",
                 Some((unedited, "unedited")),
             );
             files.push((
@@ -1439,35 +1444,42 @@ fn plot(title: &str, series: Vec<(String, Vec<Point>)>, axis: &Axis) -> String {
 /// Per method, its density cells: (density, value, 95 % interval).
 type Bars<'a> = BTreeMap<&'a str, Vec<(Density, f64, (f64, f64))>>;
 
-/// A bar figure's value axis (`Axis` is the line figures'): linear from 0 to `max`, a gridline every `step`, the caption under
-/// the plot, and a dashed reference line with its label (the unedited model's perplexity).
+/// A bar figure's value axis (`Axis` is the line figures'): its gridlines, bottom first (the axis
+/// spans the first to the last; bars rise from the first), linear or logarithmic, the caption
+/// under the plot, and a dashed reference line with its label (the unedited model's perplexity).
 struct BarAxis {
-    max: f64,
-    step: f64,
+    ticks: Vec<f64>,
+    log: bool,
     caption: &'static str,
     reference: Option<(f64, &'static str)>,
 }
 
 impl BarAxis {
-    /// S in points.
-    const SCORE: BarAxis = BarAxis {
-        max: 100.0,
-        step: 20.0,
-        caption: "S (points) after the group's last edit, 95 % interval over groups",
-        reference: None,
-    };
-
-    /// Round `hi` up to a multiple of a power of ten (halved where that leaves fewer than four
-    /// gridlines), as the axis top.
-    fn up_to(hi: f64, caption: &'static str, reference: Option<(f64, &'static str)>) -> BarAxis {
-        let hi = if hi.is_finite() && hi > 0.0 { hi } else { 1.0 };
-        let mut step = 10f64.powf(hi.log10().floor());
-        if (hi / step).ceil() < 4.0 {
-            step /= 2.0;
-        }
+    /// S in points, 0 to 100.
+    fn score() -> BarAxis {
         BarAxis {
-            max: (hi / step).ceil() * step,
-            step,
+            ticks: (0..=100).step_by(20).map(f64::from).collect(),
+            log: false,
+            caption: "S (points) after the group's last edit, 95 % interval over groups",
+            reference: None,
+        }
+    }
+
+    /// Logarithmic, whole decades from at or below `lo` to at or above `hi` (at least one):
+    /// perplexities of edited models span orders of magnitude (a broken group weighs 10⁶).
+    fn decades(
+        lo: f64,
+        hi: f64,
+        caption: &'static str,
+        reference: Option<(f64, &'static str)>,
+    ) -> BarAxis {
+        let finite = |x: f64, or: f64| if x.is_finite() && x > 0.0 { x } else { or };
+        let hi = finite(hi, 10.0);
+        let a = finite(lo, 1.0).min(hi).log10().floor() as i32;
+        let b = (hi.log10().ceil() as i32).max(a + 1);
+        BarAxis {
+            ticks: (a..=b).map(|k| 10f64.powi(k)).collect(),
+            log: true,
             caption,
             reference,
         }
@@ -1487,19 +1499,34 @@ fn bars(title: &str, methods: Bars, axis: &BarAxis) -> String {
     let text_w = 7.5 * title.chars().count().max(caption.chars().count()) as f64;
     let w = (left + plot_w + legend_w).max(left + text_w);
     let h = 360.0;
-    let y = |v: f64| top + (axis.max - v) / axis.max * (h - top - bottom);
+    let scale = |v: f64| if axis.log { v.log10() } else { v };
+    let (lo, hi) = (axis.ticks[0], axis.ticks[axis.ticks.len() - 1]);
+    // Clamped to the plot: a whisker may reach past the last decade, or an infinite perplexity.
+    let y = |v: f64| {
+        let y = top + (scale(hi) - scale(v)) / (scale(hi) - scale(lo)) * (h - top - bottom);
+        if y.is_nan() {
+            h - bottom
+        } else {
+            y.clamp(top, h - bottom)
+        }
+    };
     let mut o = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
     );
-    let ticks = (axis.max / axis.step).round() as usize;
-    for k in 0..=ticks {
-        let v = k as f64 * axis.step;
-        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>",
-            left + plot_w, y(v), y(v), if v == 0.0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0);
+    for (k, &v) in axis.ticks.iter().enumerate() {
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left + plot_w, y(v), y(v), if k == 0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0, fixed_or_sci(v, 0));
     }
     if let Some((v, label)) = axis.reference {
-        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"5,4\"/><text x=\"{}\" y=\"{:.1}\" fill=\"#c0392b\">{label}</text>",
-            left + plot_w, y(v), y(v), left + 4.0, y(v) - 4.0);
+        // Labelled right of the plot, below the legend's three rows; inside it, at the left,
+        // where the line runs level with them.
+        let (lx, ly) = if y(v) > top + 60.0 {
+            (left + plot_w + 10.0, y(v) + 4.0)
+        } else {
+            (left + 4.0, y(v) - 4.0)
+        };
+        let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"5,4\"/><text x=\"{lx}\" y=\"{ly:.1}\" fill=\"#c0392b\">{label}</text>",
+            left + plot_w, y(v), y(v));
     }
     // Navy for high, as fig2 draws it (paper.md §6.4), lighter as the density falls.
     let color = |d: Density| match d {
@@ -1510,11 +1537,11 @@ fn bars(title: &str, methods: Bars, axis: &BarAxis) -> String {
     for (i, (method, mut cells)) in methods.into_iter().enumerate() {
         cells.sort_by_key(|c| c.0);
         let x0 = left + gap + i as f64 * group_w;
-        for (j, (d, s, (lo, hi))) in cells.iter().enumerate() {
+        for (j, (d, s, (whisker_lo, whisker_hi))) in cells.iter().enumerate() {
             let x = x0 + j as f64 * bar;
             let mid = x + bar / 2.0 - 1.0;
             let _ = writeln!(o, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/><line x1=\"{mid:.1}\" x2=\"{mid:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
-                y(*s), bar - 2.0, y(0.0) - y(*s), color(*d), y(*lo), y(*hi));
+                y(*s), bar - 2.0, y(lo) - y(*s), color(*d), y(*whisker_lo), y(*whisker_hi));
         }
         let _ = writeln!(
             o,
@@ -1790,17 +1817,15 @@ mod tests {
         );
     }
 
-    /// The bar figures' axis tops: a multiple of a power of ten at or above the highest value.
+    /// The perplexity figures' axis: whole decades around the values, at least one.
     #[test]
-    fn bar_axes_round_up() {
-        let top = |hi| {
-            let a = BarAxis::up_to(hi, "", None);
-            (a.max, a.step)
-        };
-        assert_eq!(top(63.0), (70.0, 10.0));
-        assert_eq!(top(21.0), (25.0, 5.0));
-        assert_eq!(top(100.0), (100.0, 50.0));
-        assert_eq!(top(0.0), (1.0, 0.5));
+    fn bar_axes_span_decades() {
+        let ticks = |lo, hi| BarAxis::decades(lo, hi, "", None).ticks;
+        assert_eq!(ticks(20.0, 90.0), [10.0, 100.0]);
+        assert_eq!(ticks(40.0, 1.5e4), [10.0, 100.0, 1e3, 1e4, 1e5]);
+        assert_eq!(ticks(100.0, 100.0), [100.0, 1e3]);
+        assert_eq!(ticks(73.0, f64::INFINITY), [10.0, 100.0]);
+        assert_eq!(BarAxis::score().ticks, [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
     }
 
     /// Ordinary perplexities print as before; a runaway one prints in scientific notation.
