@@ -214,7 +214,7 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 #[allow(clippy::too_many_arguments)]
 pub fn run_plan<B: Backend>(
     lm: &mut LanguageModel<B>,
-    make_editor: impl FnOnce(&LanguageModel<B>) -> Result<Box<dyn Editor<B>>>,
+    mut make_editor: impl FnMut(&LanguageModel<B>) -> Result<Box<dyn Editor<B>>>,
     method: &str,
     cases: &[EditCase],
     plan: &Plan,
@@ -242,7 +242,6 @@ pub fn run_plan<B: Backend>(
     let snapshot = Snapshot::take(&lm.model);
     let started = std::time::Instant::now();
     let mut worked = 0usize;
-    let mut make_editor = Some(make_editor);
     let mut editor: Option<Box<dyn Editor<B>>> = None;
     for g in groups {
         let group: Vec<&EditCase> = g
@@ -278,8 +277,8 @@ pub fn run_plan<B: Backend>(
         if let (Some(ids), None) = (held_out, unedited) {
             unedited = Some(crate::perplexity::perplexity(lm, ids, window)?.perplexity);
         }
-        if let Some(make) = make_editor.take() {
-            editor = Some(make(lm)?);
+        if editor.is_none() {
+            editor = Some(make_editor(lm)?);
         }
         let editor = editor
             .as_mut()

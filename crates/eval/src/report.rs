@@ -278,22 +278,20 @@ fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
             let groups = cell_groups(by_group);
             let all: Vec<usize> = (0..groups.len()).collect();
             let ci = bootstrap_ci(groups.len(), |idx| s_points(&groups, idx));
-            let low = dens.get(&(method.clone(), *strategy, Density::Low, *n));
-            let vs_low = low.filter(|_| *density != Density::Low).map(|low| {
-                let low = cell_groups(low);
+            // The low cell's groups, for every row but the low one.
+            let low = dens
+                .get(&(method.clone(), *strategy, Density::Low, *n))
+                .filter(|_| *density != Density::Low)
+                .map(cell_groups);
+            let vs_low = low.as_ref().map(|low| {
                 let low_all: Vec<usize> = (0..low.len()).collect();
-                let d = s_points(&groups, &all) - s_points(&low, &low_all);
+                let d = s_points(&groups, &all) - s_points(low, &low_all);
                 let ci = bootstrap_ci_two((groups.len(), low.len()), |a, b| {
-                    s_points(&groups, a) - s_points(&low, b)
+                    s_points(&groups, a) - s_points(low, b)
                 });
                 (d, ci)
             });
-            let perplexity = density_perplexity(
-                &groups,
-                low.filter(|_| *density != Density::Low)
-                    .map(cell_groups)
-                    .as_deref(),
-            );
+            let perplexity = density_perplexity(&groups, low.as_deref());
             let lines: Vec<&ResultLine> = groups.iter().flat_map(|g| g.iter().copied()).collect();
             // Per group: the ES of its edits a later same-subject edit followed, and of the rest.
             let split: Vec<(Vec<f64>, Vec<f64>)> = if *strategy == Strategy::Sequential {
@@ -1210,7 +1208,7 @@ impl Report {
                 .or_default()
                 .push((r.density, 100.0 * r.summary.score, r.ci));
             if let Some(p) = &r.perplexity {
-                let (bars, lo, hi, unedited) = ppl.entry((r.strategy, r.n)).or_insert((
+                let (bars, lo, hi, _) = ppl.entry((r.strategy, r.n)).or_insert((
                     Bars::new(),
                     p.unedited,
                     p.unedited,
@@ -1221,7 +1219,6 @@ impl Report {
                     .push((r.density, p.edited, p.ci));
                 *lo = lo.min(p.ci.0);
                 *hi = hi.max(p.ci.1);
-                *unedited = p.unedited;
             }
         }
         let title = |what: &str, strategy: Strategy, n: usize| {
