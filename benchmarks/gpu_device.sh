@@ -95,7 +95,7 @@ fi
 
 # The binaries find fixtures, data and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
-for b in tests/tiny_llama bin/gpu-edit; do
+for b in tests/models_tiny bin/gpu-edit; do
     [ -f "$STAGE/$b" ] || continue
     built=$(strings "$STAGE/$b" | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/\(crates/models\|benchmarks/\.\./fixtures\)' | sort -u | head -1)
     root=${built%/crates/models}
@@ -141,7 +141,7 @@ bench() { # $1: model; $2: MEMIT batch
 }
 smollm2_tests=(smollm2 rome_smollm2)
 # The model substrate first, the CLI (many processes) last: what a short call reaches is the core.
-tiny_first=(tiny_llama families prefix presplit patch rome_tiny memit alphaedit stats ft_tiny kn_tiny mend_tiny)
+tiny_first=(models_tiny patch locate_edit_tiny gradient_edit_tiny kn_tiny)
 for phase in "$@"; do
     echo "=== $phase ($(date -u +%T))"
     case $phase in

@@ -134,7 +134,7 @@ fn fact_token_last<B: Backend>(device: &B::Device, _dev: TestDevice) {
 
 #[test]
 fn unknown_fact_token_is_named() {
-    let text = include_str!("../hparams/rome-smollm2.yaml")
+    let text = include_str!("../../hparams/rome-smollm2.yaml")
         .replace("fact_token: subject_last", "fact_token: subject_first");
     let e = RomeHparams::from_yaml_str(&text, "h.yaml")
         .unwrap_err()

@@ -1,10 +1,8 @@
 //! Bad input gives one line naming the file or flag, and a non-zero exit.
 
-mod common;
-
 use std::path::Path;
 
-use common::{fixture, kedit, kedit_with_home, paris_request};
+use crate::common::{fixture, kedit, kedit_with_home, paris_request};
 
 fn assert_one_line_error(args: &[&str], must_name: &str) {
     let (ok, _, err) = kedit(args);

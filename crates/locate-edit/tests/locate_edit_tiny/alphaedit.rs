@@ -3,10 +3,8 @@
 //! spared until the editor is reset, a resumed run's replay leaves the editor as the edit did,
 //! and its hyperparameters are checked with one-line errors.
 
-mod common;
-
+use crate::common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
 use burn::tensor::backend::Backend;
-use common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::alphaedit::NullSpace;
 use kedit_locate_edit::stats::{self, SecondMoment};

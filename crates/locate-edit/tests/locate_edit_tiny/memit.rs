@@ -2,12 +2,10 @@
 //! edit on the tiny random Llama (targets reached, one entry per layer, reproducible patch,
 //! deterministic); MEMIT-Merge's one offset per subject.
 
-mod common;
-
 use std::path::PathBuf;
 
+use crate::common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
 use burn::tensor::backend::Backend;
-use common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
 use kedit_editing::{EditRequest, Editor};
 use kedit_locate_edit::kv::{at_lookup, request_keys, template_prompts, Average, FactToken};
 use kedit_locate_edit::solve::solve_keys;

@@ -7,7 +7,7 @@ use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, LanguageModel};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 fn fixture(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

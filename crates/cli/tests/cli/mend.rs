@@ -1,9 +1,7 @@
 //! `kedit mend train` and `kedit edit --method mend` on the tiny Llama: an archive is trained,
 //! used, and refused (one line, non-zero exit) for a model it was not trained for.
 
-mod common;
-
-use common::{fixture, kedit, mend_training_files as training_files};
+use crate::common::{fixture, kedit, mend_training_files as training_files};
 
 #[test]
 fn mend_trains_edits_and_refuses_another_models_archive() {

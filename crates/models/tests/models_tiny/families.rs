@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::{ids_of, max_rel_logit_error};
 use burn::tensor::backend::Backend;
-use common::{ids_of, max_rel_logit_error};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel};
 use serde_json::Value;
-
-mod common;
 
 fn fixture(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,13 +2,13 @@
 //! moments and resumed ends with the same results file as an uninterrupted run; bad input gives a
 //! one-line error and leaves results alone; the report has SD rows, CSV and SVG.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{fixture, kedit};
+use crate::common::{fixture, kedit};
 
 const HPARAMS: &str = "alg_name: ROME\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 3\nv_lr: 0.5\n\
 v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_adjustment: false\ncontext_template_length_params: [[3, 2]]\n";

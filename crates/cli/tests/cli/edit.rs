@@ -1,8 +1,8 @@
 //! `kedit edit` and `kedit keys` on the tiny checkpoint: report shape, and one-line errors.
 
-mod common;
+use crate::common;
 
-use common::{fixture, kedit};
+use crate::common::{fixture, kedit};
 
 const HPARAMS: &str = "alg_name: ROME\nmodel_name: tiny\nlayers: [0]\nfact_token: subject_last\nv_num_grad_steps: 5\nv_lr: 0.5\n\
 v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_adjustment: false\ncontext_template_length_params: [[3, 2]]\n";
@@ -118,7 +118,7 @@ fn edit_and_keys(family: &str) {
 fn keys_of_prompts_that_begin_with_the_subject_are_identical() {
     let dir = tempfile::tempdir().unwrap();
     let h = dir.path().join("h.yaml");
-    let bundled = include_str!("../../locate-edit/hparams/rome-smollm2.yaml");
+    let bundled = include_str!("../../../locate-edit/hparams/rome-smollm2.yaml");
     assert!(bundled.contains("mom2_adjustment: true"));
     // The key is read before C⁻¹ is applied: no statistics needed.
     std::fs::write(
@@ -237,7 +237,7 @@ fn module_names_of_another_family_are_a_one_line_error() {
 /// The bundled FT file (EasyEdit's form: `rewrite_module_tmp` names `….down_proj.weight`) at the
 /// tiny Llama's layer 0.
 fn tiny_ft_hparams(dir: &std::path::Path) -> std::path::PathBuf {
-    let bundled = include_str!("../../gradient-edit/hparams/ft-smollm2.yaml");
+    let bundled = include_str!("../../../gradient-edit/hparams/ft-smollm2.yaml");
     assert!(bundled.contains("down_proj.weight"));
     let file = dir.join("ft.yaml");
     std::fs::write(&file, bundled.replace("layers: [20]", "layers: [0]")).unwrap();
@@ -656,7 +656,7 @@ fn results_do_not_depend_on_the_thread_count() {
     let requests = common::paris_request(dir.path());
     // The bundled ROME hparams with statistics from 2048 tokens (each run computes its own;
     // C is 1536 × 1536) and 8 v* steps: the same code paths, in CI's time.
-    let bundled = include_str!("../../locate-edit/hparams/rome-smollm2.yaml");
+    let bundled = include_str!("../../../locate-edit/hparams/rome-smollm2.yaml");
     assert!(bundled.contains("mom2_n_samples: 100000") && bundled.contains("v_num_grad_steps: 25"));
     let h = dir.path().join("h.yaml");
     std::fs::write(
