@@ -5,6 +5,7 @@
 
 mod common;
 mod families;
+mod gradients;
 mod prefix;
 mod presplit;
 mod tiny_llama;

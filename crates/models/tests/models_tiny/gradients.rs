@@ -1,9 +1,12 @@
 //! Gradients through the editing surface against central finite differences, in f64.
 //!
-//! Its own test binary: Burn 0.21 keys the default float dtype by device, and `NdArray<f32>`
+//! In a process of its own: Burn 0.21 keys the default float dtype by device, and `NdArray<f32>`
 //! and `NdArray<f64>` share the CPU device, so f64 must be set before any other test touches it.
+//! The test runs this binary again with only itself selected (a binary of its own cost CI a
+//! minute and a half to build).
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{activation, backend::Backend, DType, Int, Tensor, TensorData};
@@ -46,6 +49,25 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// family (Llama, GPT-2, GPT-J).
 #[test]
 fn gradients_match_finite_differences() {
+    const CHILD: &str = "KEDIT_TEST_F64_PROCESS";
+    if std::env::var_os(CHILD).is_none() {
+        // The test's name in this binary: its module path without the crate's name.
+        let module = module_path!().split_once("::").unwrap().1;
+        let name = format!("{module}::gradients_match_finite_differences");
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &name, "--test-threads", "1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the f64 process: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     let dev = Default::default();
     let _ = burn::tensor::backend::set_default_float_dtype::<F64>(&dev, DType::F64);
     for name in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
