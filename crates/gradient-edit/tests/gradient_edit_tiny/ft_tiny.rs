@@ -1,22 +1,21 @@
 //! FT-L / FT-M on the tiny random Llama: the edit takes, the L∞ box holds, same inputs give the
 //! same patch, EasyEdit's YAML keys load.
 
-use std::path::PathBuf;
-
 use burn::tensor::backend::Backend;
-use kedit_editing::{EditRequest, Editor, Patch};
+use kedit_editing::{Editor, Patch};
 use kedit_gradient_edit::ft::{Hparams, NormConstraint};
 use kedit_gradient_edit::{Ft, FtHparams, Objective};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel};
+
+use crate::common::{fixture, request};
 
 fn tiny() -> LanguageModel<Cpu> {
     tiny_on(&Default::default())
 }
 
 fn tiny_on<B: Backend>(device: &B::Device) -> LanguageModel<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama");
-    LanguageModel::load_hf(&dir, device).unwrap()
+    LanguageModel::load_hf(&fixture("tiny-llama"), device).unwrap()
 }
 
 fn hparams() -> FtHparams {
@@ -24,16 +23,6 @@ fn hparams() -> FtHparams {
     h.layers = vec![0, 1];
     h.lr = 0.01;
     h
-}
-
-fn request() -> EditRequest {
-    EditRequest {
-        prompt: "The capital of {} is".into(),
-        subject: "France".into(),
-        relation: "P36".into(),
-        target_new: "Rome".into(),
-        target_true: "Paris".into(),
-    }
 }
 
 fn margin<B: Backend>(lm: &LanguageModel<B>) -> f32 {

@@ -8,18 +8,14 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kedit_editing::hparams::Hparams;
-use kedit_editing::{EditRequest, Editor};
+use kedit_editing::Editor;
 use kedit_gradient_edit::mend::{factors, Archive, Mend, MendHparams};
 use kedit_gradient_edit::mend_train::{train, TrainOptions};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, CausalLm, Cpu, Interventions, LanguageModel, ToAutodiff};
 use sha2::{Digest, Sha256};
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(p)
-}
+use crate::common::{fixture, request};
 
 fn load(name: &str) -> LanguageModel<Cpu> {
     load_on(name, &Default::default())
@@ -41,16 +37,6 @@ fn hparams() -> MendHparams {
     h.val_steps = 4;
     h.lr = 1e-3;
     h
-}
-
-fn request() -> EditRequest {
-    EditRequest {
-        prompt: "The capital of {} is".into(),
-        subject: "France".into(),
-        relation: "P36".into(),
-        target_new: "Rome".into(),
-        target_true: "Paris".into(),
-    }
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
