@@ -125,8 +125,17 @@ fn with_blas<T>(device: usize, f: impl FnOnce(&Blas) -> T) -> T {
     })
 }
 
-/// `a @ b` (f32, `[batch.., m, k] @ [batch.., k, n]`, equal batch dimensions) with one cuBLAS
-/// SGEMM (strided-batched); another dtype goes to cubek's `Auto` kernel.
+/// Whether one operand's batch dimensions suit a strided-batched SGEMM producing `out_batch`:
+/// the output's own (one matrix per output matrix) or all ones (one matrix for every output
+/// matrix, read with batch stride 0). A broadcast along some batch dimensions only (`[2, 1]`
+/// against `[2, 3]`) has no single batch stride.
+pub(crate) fn batch_fits(batch: &[usize], out_batch: &[usize]) -> bool {
+    batch == out_batch || batch.iter().all(|&s| s == 1)
+}
+
+/// `a @ b` (f32, `[batch.., m, k] @ [batch.., k, n]`, each operand's batch dimensions the
+/// output's or all ones) with one cuBLAS SGEMM (strided-batched); another dtype, or a broadcast
+/// along some batch dimensions only, goes to cubek's `Auto` kernel.
 pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
     if a.dtype != DType::F32 || b.dtype != DType::F32 {
         return crate::kernel::cuda::auto(a, b);
@@ -137,7 +146,16 @@ pub fn matmul(a: FloatTensor<Gpu>, b: FloatTensor<Gpu>) -> FloatTensor<Gpu> {
         a.meta.shape()[d - 1],
         b.meta.shape()[d - 1],
     );
-    let batch: usize = a.meta.shape()[..d - 2].iter().product();
+    // The output's batch dimensions: Burn broadcasts a size-1 dimension against the other's.
+    let out_batch: Vec<usize> = (0..d - 2)
+        .map(|i| a.meta.shape()[i].max(b.meta.shape()[i]))
+        .collect();
+    if !batch_fits(&a.meta.shape()[..d - 2], &out_batch)
+        || !batch_fits(&b.meta.shape()[..d - 2], &out_batch)
+    {
+        return crate::kernel::cuda::auto(a, b);
+    }
+    let batch: usize = out_batch.iter().product();
     // The empty cases before any copy or allocation they would not use.
     if m == 0 || n == 0 || batch == 0 {
         return init_matmul_output(&a, &b, DType::F32);
@@ -233,5 +251,16 @@ mod tests {
         // Vectors: a single row or column reads either way without a copy.
         assert!(operand(&[1, 7], &[7, 1]).is_some());
         assert!(operand(&[7, 1], &[1, 1]).is_some());
+    }
+
+    #[test]
+    fn batches_fit_a_strided_batch_or_go_to_auto() {
+        // The output's own batch, or one matrix for all (stride 0), on either side.
+        assert!(batch_fits(&[2, 3], &[2, 3]));
+        assert!(batch_fits(&[1, 1], &[2, 3]));
+        assert!(batch_fits(&[], &[]));
+        // A broadcast along one batch dimension only has no single batch stride.
+        assert!(!batch_fits(&[2, 1], &[2, 3]));
+        assert!(!batch_fits(&[1, 3], &[2, 3]));
     }
 }
