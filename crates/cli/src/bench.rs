@@ -330,12 +330,15 @@ impl RunOnBackend for BenchArgs {
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Results directory (every *.jsonl under it)
-    pub dir: PathBuf,
+    /// Results directories (every *.jsonl under each; several make one report: a sequential
+    /// run beside a batch run for the key figure's two panels). The runs should share a model
+    /// and dataset: results lines do not say which they came from
+    #[arg(required = true, num_args = 1.., value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
     /// Formats to write, comma-separated: md, csv, svg
     #[arg(long, value_delimiter = ',', default_value = "md,csv,svg")]
     pub format: Vec<String>,
-    /// Where to write the reports (default: DIR)
+    /// Where to write the reports (default: DIR, when there is one)
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -346,9 +349,13 @@ pub fn report(args: ReportArgs) -> Result<()> {
             bail!("--format {f}: expected md, csv or svg");
         }
     }
-    let lines = report::load_dir(&args.dir)?;
+    let out = match (&args.out, args.dirs.as_slice()) {
+        (Some(out), _) => out.clone(),
+        (None, [dir]) => dir.clone(),
+        (None, _) => bail!("--out: required with more than one results directory"),
+    };
+    let lines = report::load_dirs(&args.dirs)?;
     let r = report::build(&lines);
-    let out = args.out.unwrap_or(args.dir.clone());
     std::fs::create_dir_all(&out)?;
     let md = r.markdown();
     let mut files: Vec<(String, String)> = Vec::new();
@@ -356,9 +363,13 @@ pub fn report(args: ReportArgs) -> Result<()> {
         files.push((
             "report.md".into(),
             format!(
-                "# S2RKE report\n\nFrom {} result lines under `{}`.\n\n{md}",
+                "# S2RKE report\n\nFrom {} result lines under {}.\n\n{md}",
                 lines.len(),
-                args.dir.display()
+                args.dirs
+                    .iter()
+                    .map(|d| format!("`{}`", d.display()))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         ));
     }

@@ -286,9 +286,10 @@ enum Command {
         args: bench::BenchArgs,
     },
     /// Tables (Markdown, CSV) and SVG plots of S and SD = S(homogeneous) − S(heterogeneous), with
-    /// 95 % bootstrap intervals over groups, from the results under DIR.
+    /// 95 % bootstrap intervals over groups, key cosine against ES group by group (the study's
+    /// fig5), from the results under DIR (several DIRs make one report).
     #[command(
-        after_help = "Example:\n  kedit report results/runs --format md,csv,svg --out results"
+        after_help = "Examples:\n  kedit report results/runs --format md,csv,svg --out results\n  kedit report runs/deep runs/batch --out reports/deep-and-batch"
     )]
     Report {
         #[command(flatten)]

@@ -9,6 +9,7 @@
 //! - S: harmonic mean of ES, PS, NS over the case means.
 
 pub mod bench;
+pub mod key_efficacy;
 pub mod perplexity;
 pub mod report;
 

@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::bench::{GroupPerplexity, ResultLine, Results};
+use crate::key_efficacy::{self, KeyPoint};
 use crate::{summarize, Summary};
 
 /// Which cases of a group are scored (both after the group's last edit).
@@ -179,11 +180,21 @@ pub struct Report {
     pub unpaired: Vec<UnpairedRow>,
     pub density: Vec<DensityRow>,
     pub keys: Vec<KeyRow>,
+    /// A point per group for the key-cosine-against-efficacy figure ([`crate::key_efficacy`]).
+    pub key_points: Vec<KeyPoint>,
     pub perplexity: Vec<PerplexityRow>,
 }
 
 /// Every `*.jsonl` results file under `dir` (recursively), sorted by path.
 pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
+    load_dirs(std::slice::from_ref(&dir.to_path_buf()))
+}
+
+/// Every `*.jsonl` results file under each of `dirs` (recursively), each file once however many
+/// of `dirs` reach it, sorted by path. Two files holding the same line (the same method, cell,
+/// group, scoring and case: one run's results copied, or a profile rerun into another folder)
+/// are an error naming both, since the tables would count that group twice.
+pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<ResultLine>> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         for e in std::fs::read_dir(d).with_context(|| format!("{}: cannot read", d.display()))? {
             let p = e?.path();
@@ -195,15 +206,52 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
         }
         Ok(())
     }
-    let mut files = Vec::new();
-    walk(dir, &mut files)?;
-    files.sort();
-    if files.is_empty() {
-        anyhow::bail!("{}: no *.jsonl results files", dir.display());
+    let mut files: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for dir in dirs {
+        let mut found = Vec::new();
+        walk(dir, &mut found)?;
+        if found.is_empty() {
+            anyhow::bail!("{}: no *.jsonl results files", dir.display());
+        }
+        for f in found {
+            let real = f
+                .canonicalize()
+                .with_context(|| format!("{}: cannot resolve", f.display()))?;
+            files.entry(real).or_insert(f);
+        }
     }
+    let mut files: Vec<PathBuf> = files.into_values().collect();
+    files.sort();
+    type Identity = (String, Strategy, Design, Order, Option<Density>, usize, u64);
+    let mut seen: BTreeMap<(Identity, crate::bench::LineKey), usize> = BTreeMap::new();
     let mut lines = Vec::new();
-    for f in files {
-        lines.extend(Results::read(&f)?);
+    for (i, f) in files.iter().enumerate() {
+        for l in Results::read(f)? {
+            let id = (
+                l.method.clone(),
+                l.strategy,
+                l.design,
+                l.order,
+                l.density,
+                l.n,
+                l.seed,
+            );
+            if let Some(&j) = seen.get(&(id.clone(), l.key())) {
+                if j != i {
+                    anyhow::bail!(
+                        "{} and {}: both hold {} {} group {} case {} (one run's results twice?); report them apart",
+                        files[j].display(),
+                        f.display(),
+                        l.method,
+                        l.order.name(),
+                        l.group,
+                        l.metrics.case_id
+                    );
+                }
+            }
+            seen.insert((id, l.key()), i);
+            lines.push(l);
+        }
     }
     Ok(lines)
 }
@@ -503,6 +551,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
         unpaired,
         density,
         keys,
+        key_points: key_efficacy::points(lines),
         perplexity,
     }
 }
@@ -719,7 +768,9 @@ impl Report {
                     k.method, k.same.0, k.same.1, k.different.0, k.different.1
                 );
             }
+            o.push('\n');
         }
+        key_efficacy::markdown(&self.key_points, &mut o);
         o
     }
 
@@ -1054,6 +1105,9 @@ impl Report {
             ("density.csv".into(), dens),
             ("keys.csv".into(), keys),
         ];
+        if !self.key_points.is_empty() {
+            files.push(("keys-es.csv".into(), key_efficacy::csv(&self.key_points)));
+        }
         if self.density.iter().any(|r| r.perplexity.is_some()) {
             let mut ppl = String::from(
                 "method,strategy,n,density,groups,tokens,unedited,edited,ci_low,ci_high,max,vs_low,vs_low_ci_low,vs_low_ci_high\n",
@@ -1190,6 +1244,7 @@ impl Report {
         }
         files.extend(self.perplexity_svgs());
         files.extend(self.density_svgs());
+        files.extend(key_efficacy::svgs(&self.key_points));
         files
     }
 

@@ -133,6 +133,47 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     );
     let svg = std::fs::read_to_string(rep.join("sd-rome.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // The key figure (fig5): a point per group of each order, from the lines' key cosines.
+    assert!(
+        out.contains("### Key cosine against efficacy, group by group"),
+        "{out}"
+    );
+    let points = std::fs::read_to_string(rep.join("keys-es.csv")).unwrap();
+    assert_eq!(points.lines().count(), 1 + 2 * 5, "{points}");
+    let fig = std::fs::read_to_string(rep.join("keys-es-rome-n3.svg")).unwrap();
+    assert_eq!(fig.matches("<circle").count(), 10 + 2, "points and legend");
+
+    // Several folders make one report: the homogeneous run in `killed`, the heterogeneous one
+    // alone in `het`, give the same tables as `full`.
+    let het = dir.path().join("het");
+    std::fs::create_dir(&het).unwrap();
+    for e in std::fs::read_dir(&full).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_str().unwrap().contains("heterogeneous") {
+            std::fs::copy(&p, het.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let (k, t) = (killed.to_str().unwrap(), het.to_str().unwrap());
+    let rep2 = dir.path().join("rep2");
+    let (ok, _, err) = kedit(&["report", k, t, "--out", rep2.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in ["sd.csv", "keys-es.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(rep2.join(f)).unwrap(),
+            std::fs::read_to_string(rep.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // ... but only with --out, and not when two folders hold the same run: `full` and `killed`
+    // both hold the homogeneous run, whose groups would count twice.
+    let (ok, _, err) = kedit(&["report", k, t]);
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("--out"),
+        "{err}"
+    );
+    let (ok, _, err) = kedit(&["report", full.to_str().unwrap(), k, "--out", t]);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("full/") && err.contains("killed/"), "{err}");
 }
 
 /// AlphaEdit keeps the keys of a group's edits for the group's later edits; the benchmark puts
