@@ -529,6 +529,12 @@ impl Conditions {
 /// 8192, benchmarks/README.md, "Perplexity after edits").
 const PERPLEXITY_S_PER_1000: f64 = 3.1;
 
+/// Held-out tokens a series' cells read after each group's edits: the profile's, else the
+/// series' own.
+fn perplexity_tokens_of(p: &Profile, series: &Series) -> Option<usize> {
+    p.perplexity_tokens.or(series.perplexity_tokens)
+}
+
 /// Cells on one dataset: each N of `ns` for every method, strategy and condition.
 struct Series {
     data: &'static str,
@@ -544,6 +550,10 @@ struct Series {
     /// What a cell's groups are: same subject against different subjects (`--order`, two cells
     /// per N), or the subject densities (`--density`, three cells per N).
     conditions: Conditions,
+    /// Held-out tokens read after each group's edits in this series' cells, where the profile's
+    /// `perplexity_tokens` does not set them for every series (the paper profile reads
+    /// perplexity for the density figures' panel only).
+    perplexity_tokens: Option<usize>,
 }
 
 const MAIN_DATA: &str = "fixtures/s2rke-wikidata.json";
@@ -557,6 +567,7 @@ fn main_series(ns: Vec<usize>) -> Vec<Series> {
         suffix: "",
         curve: false,
         conditions: Conditions::Orders,
+        perplexity_tokens: None,
     }]
 }
 
@@ -647,6 +658,7 @@ fn profile(name: &str) -> Result<Profile> {
                 suffix: "",
                 curve: false,
                 conditions: Conditions::Orders,
+                perplexity_tokens: None,
             }],
             groups: 8,
             hparams: &[],
@@ -671,6 +683,7 @@ fn profile(name: &str) -> Result<Profile> {
                 suffix: "",
                 curve: true,
                 conditions: Conditions::Orders,
+                perplexity_tokens: None,
             }],
             speed: 1.4,
             // How the cost to the model grows with N: each group read after each of its edits,
@@ -695,6 +708,7 @@ fn profile(name: &str) -> Result<Profile> {
                 suffix: "",
                 curve: false,
                 conditions: Conditions::Orders,
+                perplexity_tokens: None,
             }],
             // A batch optimises its requests' targets together: about half a sequential edit's
             // time per request (benchmarks/README.md, "MEMIT batch editing time").
@@ -718,6 +732,7 @@ fn profile(name: &str) -> Result<Profile> {
                     suffix: "",
                     curve: false,
                     conditions: Conditions::Orders,
+                    perplexity_tokens: None,
                 },
                 Series {
                     data: DEEP_DATA,
@@ -725,14 +740,17 @@ fn profile(name: &str) -> Result<Profile> {
                     suffix: "-deep",
                     curve: true,
                     conditions: Conditions::Orders,
+                    perplexity_tokens: None,
                 },
-                // The density figures' axis (fig2, fig12): N = 6..30 edits, 3, 2 or 1 per subject.
+                // The density figures' axis (fig2, fig12): N = 6..30 edits, 3, 2 or 1 per subject,
+                // with their perplexity panel (the density profile's 4096 tokens a group).
                 Series {
                     data: MAIN_DATA,
                     ns: vec![6, 12, 18, 24, 30],
                     suffix: "",
                     curve: false,
                     conditions: Conditions::Densities,
+                    perplexity_tokens: Some(4096),
                 },
             ],
             groups: 40,
@@ -751,6 +769,7 @@ fn profile(name: &str) -> Result<Profile> {
             methods: Some(&["rome", "memit", "alphaedit", "ft-m"]),
             series: vec![Series {
                 conditions: Conditions::Densities,
+                perplexity_tokens: None,
                 ..main_series(vec![6]).remove(0)
             }],
             groups: 6,
@@ -970,7 +989,8 @@ fn bench_all(
                     if !series.suffix.is_empty() {
                         args.extend(["--label".into(), format!("{m}{}", series.suffix).into()]);
                     }
-                    if let Some(t) = p.perplexity_tokens {
+                    let perplexity_tokens = perplexity_tokens_of(&p, series);
+                    if let Some(t) = perplexity_tokens {
                         args.extend(["--perplexity-tokens".into(), t.to_string().into()]);
                     }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
@@ -994,7 +1014,7 @@ fn bench_all(
                         // edit (a curve: after each of its N edits).
                         estimate_s: (n * p.groups) as f64 * sec * p.speed
                             + 8.0
-                            + p.perplexity_tokens.map_or(0.0, |t| {
+                            + perplexity_tokens.map_or(0.0, |t| {
                                 let readings = p.groups * if curve { n } else { 1 } + 1;
                                 readings as f64 * t as f64 / 1000.0 * PERPLEXITY_S_PER_1000
                             }),
@@ -1337,6 +1357,17 @@ mod tests {
         assert_eq!(batch.len(), 6 + 7 + 5);
         assert!(batch.iter().all(|c| !c.2));
         assert_eq!(cells_of("deep", "sequential"), [(DEEP_DATA, 8, false)]);
+        // The paper profile reads perplexity in its density cells (the density figures' panel)
+        // only; the density profile in all of its cells.
+        let p = profile("paper").unwrap();
+        let tokens: Vec<Option<usize>> = p
+            .series
+            .iter()
+            .map(|s| perplexity_tokens_of(&p, s))
+            .collect();
+        assert_eq!(tokens, [None, None, Some(4096)]);
+        let d = profile("density").unwrap();
+        assert_eq!(perplexity_tokens_of(&d, &d.series[0]), Some(4096));
     }
 
     /// Each file is rebuilt from its chunks in order, no part is over the cap, every part but the
