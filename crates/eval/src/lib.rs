@@ -12,6 +12,7 @@ pub mod bench;
 pub mod key_efficacy;
 pub mod perplexity;
 pub mod report;
+pub mod s_bars;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;

@@ -1244,6 +1244,7 @@ impl Report {
         }
         files.extend(self.perplexity_svgs());
         files.extend(self.density_svgs());
+        files.extend(crate::s_bars::svgs(&self.sd));
         files.extend(key_efficacy::svgs(&self.key_points));
         files
     }
@@ -2136,7 +2137,12 @@ mod tests {
                 "sd-k.svg",
                 "sd-m.svg",
                 "sd-sequential-group-all.svg",
-                "sd-sequential-group-first.svg"
+                "sd-sequential-group-first.svg",
+                // S's bars and SD's line, a figure per method and view (fig13's kind).
+                "s-k-sequential-group-all.svg",
+                "s-k-sequential-group-first.svg",
+                "s-m-sequential-group-all.svg",
+                "s-m-sequential-group-first.svg"
             ]
         );
         let svgs = build(&lines).svgs();
@@ -2150,9 +2156,16 @@ mod tests {
         );
         // A method's own figure keeps a line per view.
         assert!(svgs[1].1.contains(">sequential group view all</text>"));
-        // One method, or one N: no shared figure.
+        // One method, or one N: no shared figure (one N: no S figure either).
         let one_method: Vec<_> = lines.iter().filter(|l| l.method == "m").cloned().collect();
-        assert_eq!(names(&one_method), ["sd-m.svg"]);
+        assert_eq!(
+            names(&one_method),
+            [
+                "sd-m.svg",
+                "s-m-sequential-group-all.svg",
+                "s-m-sequential-group-first.svg"
+            ]
+        );
         let one_n: Vec<_> = lines.iter().filter(|l| l.n == 2).cloned().collect();
         assert_eq!(names(&one_n), ["sd-k.svg", "sd-m.svg"]);
     }
