@@ -244,9 +244,7 @@ fn figure(method: &str, n: usize, panels: &BTreeMap<Strategy, Vec<&KeyPoint>>) -
         .map(|p| p.cs)
         .fold(0.0f64, f64::min);
     let lo = ((lo * 10.0).floor() / 10.0).max(-1.0);
-    let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
-    );
+    let mut o = crate::report::svg_open(w, h, left, &title);
     for (i, (strategy, ps)) in panels.iter().enumerate() {
         let x0 = left + i as f64 * (pw + gap);
         let x = |es: f64| x0 + es * pw;

@@ -1356,6 +1356,13 @@ impl Report {
     }
 }
 
+/// An SVG's opening: its size, a white background and the title at `left`.
+pub(crate) fn svg_open(w: f64, h: f64, left: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
+    )
+}
+
 /// A plotted value at one N, with its 95 % interval.
 struct Point {
     n: usize,
@@ -1427,10 +1434,7 @@ fn plot(title: &str, series: Vec<(String, Vec<Point>)>, axis: &Axis) -> String {
     );
     let x = |n: f64| left + (n - n0) / (n1 - n0) * (w - left - right);
     let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
-    let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"14\">{title}</text>\n",
-        left
-    );
+    let mut o = svg_open(w, h, left, title);
     // Gridlines at a round step, and the zero line (no difference) always.
     let step = axis
         .steps
@@ -1563,9 +1567,7 @@ fn bars(title: &str, methods: Bars, axis: &BarAxis) -> String {
             y.clamp(top, h - bottom)
         }
     };
-    let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
-    );
+    let mut o = svg_open(w, h, left, title);
     for (k, &v) in axis.ticks.iter().enumerate() {
         let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             left + plot_w, y(v), y(v), if k == 0 { "black" } else { "#ddd" }, left - 6.0, y(v) + 4.0, fixed_or_sci(v, 0));

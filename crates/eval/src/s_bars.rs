@@ -73,9 +73,7 @@ fn figure(title: &str, rows: &[&SdRow]) -> String {
     let (lo, hi) = sd_range(rows);
     let yd = |d: f64| top + (hi - d) / (hi - lo) * plot_h;
     let x_right = left + plot_w;
-    let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
-    );
+    let mut o = crate::report::svg_open(w, h, left, title);
     for k in 0..=5 {
         let s = 20.0 * k as f64;
         let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{x_right}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{s:.0}</text>",
