@@ -11,6 +11,13 @@
 //! of the group's edits (view `all`), and the first edit's own ES is kept beside it. Methods
 //! that write under no key (FT, MEND, KN) have no points. Density and bracket cells are left
 //! out: their later edits mix subjects by design, so a group's mean cosine says less.
+//!
+//! Whether keys come from the unedited model or at edit time (the same ambiguity) makes no
+//! difference here: every locate-then-edit method in kedit writes only MLP output matrices
+//! (`down_proj`; PMET optimises an attention δ but does not write it), and the key at the first
+//! edited layer is that matrix's input, computed by the layers below and the layer's own
+//! attention and up/gate projections, which no edit of the group touches. (At MEMIT's later
+//! layers it would differ.)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
