@@ -494,3 +494,30 @@ model_parallel: false\nnll_loss_factor: 1\nmodel_parallel: false";
     let h = MemitHparams::from_yaml_str(pmet, "pmet-llama-7b.yaml").unwrap();
     assert_eq!(h.nll_loss_factor, Some(1.0));
 }
+
+/// The key figure reads keys on the unedited model (kedit-eval's `key_efficacy`): at the first
+/// edited layer that is also the key at edit time, since edits write only `down_proj` and the
+/// key is its input. At a later layer, the earlier layer's edit reaches the key.
+#[test]
+fn first_layer_keys_are_the_same_after_the_edits() {
+    let reqs = requests();
+    let mut lm = tiny();
+    let h = hparams();
+    let mut editor = Memit::new(h.clone()).with_second_moments(identity_moments(&lm, &h.layers));
+    let before = editor.layer_keys(&lm, &reqs[0]).unwrap();
+    editor.apply(&mut lm, &reqs).unwrap();
+    let after = editor.layer_keys(&lm, &reqs[0]).unwrap();
+    assert_eq!(
+        (before[0].0, after[0].0, before[1].0),
+        (0, 0, 1),
+        "layers 0 and 1"
+    );
+    assert_eq!(
+        before[0].1, after[0].1,
+        "the first edited layer's key, bit for bit"
+    );
+    assert_ne!(
+        before[1].1, after[1].1,
+        "layer 1's key moves with layer 0's edit"
+    );
+}
