@@ -87,9 +87,17 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 /// Pearson's correlation, `None` where either variable is constant (a cell whose same-subject
-/// groups all keep every edit has no ES variance to explain) or there are fewer than 3 points.
+/// groups all keep every edit has no ES variance to explain) or there are fewer than 3 distinct
+/// points (through 2, r is ±1 whatever they are: a bootstrap resample of few groups often has
+/// only 2).
 pub fn pearson(xy: &[(f64, f64)]) -> Option<f64> {
-    if xy.len() < 3 {
+    let mut distinct: Vec<(f64, f64)> = Vec::new();
+    for &p in xy {
+        if !distinct.contains(&p) {
+            distinct.push(p);
+        }
+    }
+    if distinct.len() < 3 {
         return None;
     }
     let n = xy.len() as f64;
@@ -132,6 +140,10 @@ pub fn pearson_ci(xy: &[(f64, f64)]) -> Option<(f64, Option<(f64, f64)>)> {
     Some((r, Some((at(0.025), at(0.975)))))
 }
 
+/// Fewer same-subject groups than this get no correlation: with 3 (the default profile's), r
+/// and its resamples are mostly ±1 or undefined.
+pub const MIN_GROUPS_FOR_R: usize = 5;
+
 type Cell<'a> = (&'a str, Strategy, usize);
 
 fn cells(points: &[KeyPoint]) -> BTreeMap<Cell<'_>, [Vec<&KeyPoint>; 2]> {
@@ -145,9 +157,9 @@ fn cells(points: &[KeyPoint]) -> BTreeMap<Cell<'_>, [Vec<&KeyPoint>; 2]> {
 }
 
 /// The table: per method, strategy and N, each side's groups, mean CS and mean ES, and the
-/// correlation of CS with ES within the same-subject groups, with its interval (do the groups
-/// whose keys are more alike keep fewer edits, beyond the split by subject? With 8–12 groups a
-/// cell, the interval is wide).
+/// correlation of CS with ES within the same-subject groups, with its interval, from
+/// [`MIN_GROUPS_FOR_R`] groups (do the groups whose keys are more alike keep fewer edits, beyond
+/// the split by subject? With 8–12 groups a cell, the interval is wide).
 pub fn markdown(points: &[KeyPoint], o: &mut String) {
     if points.is_empty() {
         return;
@@ -174,7 +186,10 @@ pub fn markdown(points: &[KeyPoint], o: &mut String) {
     };
     for ((method, strategy, n), [same, other]) in cells(points) {
         let xy: Vec<(f64, f64)> = same.iter().map(|p| (p.cs, p.es)).collect();
-        let r = match pearson_ci(&xy) {
+        let r = match (xy.len() >= MIN_GROUPS_FOR_R)
+            .then(|| pearson_ci(&xy))
+            .flatten()
+        {
             None => "–".to_owned(),
             Some((r, None)) => format!("{r:+.2}"),
             Some((r, Some((lo, hi)))) => format!("{r:+.2} [{lo:+.2}, {hi:+.2}]"),
@@ -421,6 +436,11 @@ mod tests {
     fn pearson_is_undefined_without_variance() {
         assert_eq!(pearson(&[(0.9, 1.0), (0.8, 1.0), (0.7, 1.0)]), None);
         assert_eq!(pearson(&[(0.9, 0.0), (0.8, 1.0)]), None);
+        // Four points at two places: r would be ±1 whatever they are.
+        assert_eq!(
+            pearson(&[(0.9, 0.0), (0.8, 1.0), (0.9, 0.0), (0.8, 1.0)]),
+            None
+        );
         let r = pearson(&[(0.9, 0.0), (0.8, 0.5), (0.7, 1.0)]).unwrap();
         assert!((r + 1.0).abs() < 1e-12);
         let r = pearson(&[(1.0, 1.0), (2.0, 3.0), (3.0, 2.0)]).unwrap();
@@ -439,10 +459,14 @@ mod tests {
             r > 0.99 && lo <= r && r <= hi && lo > 0.98,
             "{r} [{lo}, {hi}]"
         );
-        // Four noisy points: an interval that spans most of [-1, 1].
-        let (r, ci) = pearson_ci(&[(0.0, 0.0), (1.0, 2.0), (2.0, 1.0), (3.0, 3.0)]).unwrap();
-        let (lo, hi) = ci.unwrap();
-        assert!(lo <= r && r <= hi && hi - lo > 1.0, "{r} [{lo}, {hi}]");
+        // Four noisy points: a wide interval around r, many times the tight one's width.
+        let (r4, ci4) = pearson_ci(&[(0.0, 0.0), (1.0, 2.0), (2.0, 1.0), (3.0, 3.0)]).unwrap();
+        let (lo4, hi4) = ci4.unwrap();
+        assert!(lo4 <= r4 && r4 <= hi4, "{r4} [{lo4}, {hi4}]");
+        assert!(
+            hi4 - lo4 > 20.0 * (hi - lo),
+            "[{lo4}, {hi4}] against [{lo}, {hi}]"
+        );
         // Constant ES: no r, no interval.
         assert_eq!(pearson_ci(&[(0.9, 1.0), (0.8, 1.0), (0.7, 1.0)]), None);
     }
