@@ -1070,7 +1070,7 @@ fn bench_all(
         .arg(&out))?;
     println!("{report}");
     println!(
-        "bench-all ({}) done in {:.1} min: {}/report.md, *.csv, sd-<method>.svg",
+        "bench-all ({}) done in {:.1} min: {}/report.md, *.csv, *.svg",
         p.name,
         started.elapsed().as_secs_f64() / 60.0,
         out.display()
