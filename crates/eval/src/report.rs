@@ -185,11 +185,6 @@ pub struct Report {
     pub perplexity: Vec<PerplexityRow>,
 }
 
-/// Every `*.jsonl` results file under `dir` (recursively), sorted by path.
-pub fn load_dir(dir: &Path) -> Result<Vec<ResultLine>> {
-    load_dirs(std::slice::from_ref(&dir.to_path_buf()))
-}
-
 /// Every `*.jsonl` results file under each of `dirs` (recursively), each file once however many
 /// of `dirs` reach it, sorted by path. Two files holding the same line (the same method, cell,
 /// group, scoring and case: one run's results copied, or a profile rerun into another folder)
