@@ -331,8 +331,8 @@ impl RunOnBackend for BenchArgs {
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// Results directories (every *.jsonl under each; several make one report: a sequential
-    /// run beside a batch run for the key figure's two panels). The runs should share a model
-    /// and dataset: results lines do not say which they came from
+    /// run beside a batch run for the key figure's two panels). Runs on different models (as
+    /// their .run.json files say) are refused
     #[arg(required = true, num_args = 1.., value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
     /// Formats to write, comma-separated: md, csv, svg
@@ -341,6 +341,31 @@ pub struct ReportArgs {
     /// Where to write the reports (default: DIR, when there is one)
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The results files' runs were made on one model, where their `<file>.run.json` says (results
+/// lines do not name it): tables over two models' groups would compare neither.
+fn one_model(files: &[PathBuf]) -> Result<()> {
+    let mut first: Option<(String, PathBuf)> = None;
+    for f in files {
+        let run = f.with_extension("run.json");
+        let Ok(text) = std::fs::read_to_string(&run) else {
+            continue;
+        };
+        let id: RunIdentity = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a run identity", run.display()))?;
+        match &first {
+            None => first = Some((id.model, run)),
+            Some((model, at)) if *model != id.model => bail!(
+                "{} and {}: runs on two models ({model} and {}); report them apart",
+                at.display(),
+                run.display(),
+                id.model
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
@@ -354,7 +379,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
         (None, [dir]) => dir.clone(),
         (None, _) => bail!("--out: required with more than one results directory"),
     };
-    let lines = report::load_dirs(&args.dirs)?;
+    let files = report::results_files(&args.dirs)?;
+    one_model(&files)?;
+    let lines = report::load_files(&files)?;
     let r = report::build(&lines);
     std::fs::create_dir_all(&out)?;
     let md = r.markdown();

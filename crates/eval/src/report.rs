@@ -186,10 +186,8 @@ pub struct Report {
 }
 
 /// Every `*.jsonl` results file under each of `dirs` (recursively), each file once however many
-/// of `dirs` reach it, sorted by path. Two files holding the same line (the same method, cell,
-/// group, scoring and case: one run's results copied, or a profile rerun into another folder)
-/// are an error naming both, since the tables would count that group twice.
-pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<ResultLine>> {
+/// of `dirs` reach it, sorted by path.
+pub fn results_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         for e in std::fs::read_dir(d).with_context(|| format!("{}: cannot read", d.display()))? {
             let p = e?.path();
@@ -217,6 +215,13 @@ pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<ResultLine>> {
     }
     let mut files: Vec<PathBuf> = files.into_values().collect();
     files.sort();
+    Ok(files)
+}
+
+/// The lines of `files` ([`results_files`]). Two files holding the same line (the same method,
+/// cell, group, scoring and case: one run's results copied, or a profile rerun into another
+/// folder) are an error naming both, since the tables would count that group twice.
+pub fn load_files(files: &[PathBuf]) -> Result<Vec<ResultLine>> {
     type Identity = (String, Strategy, Design, Order, Option<Density>, usize, u64);
     let mut seen: BTreeMap<(Identity, crate::bench::LineKey), usize> = BTreeMap::new();
     let mut lines = Vec::new();

@@ -174,6 +174,22 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     let (ok, _, err) = kedit(&["report", full.to_str().unwrap(), k, "--out", t]);
     assert!(!ok && err.trim().lines().count() == 1, "{err}");
     assert!(err.contains("full/") && err.contains("killed/"), "{err}");
+    // Nor when the runs were made on two models, as their run identities say.
+    let run = std::fs::read_dir(&het)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with(".run.json"))
+        .unwrap();
+    let mut id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+    id["model"] = "another-model".into();
+    std::fs::write(&run, id.to_string()).unwrap();
+    let (ok, _, err) = kedit(&["report", k, t, "--out", rep2.to_str().unwrap()]);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("two models") && err.contains("another-model"),
+        "{err}"
+    );
 }
 
 /// AlphaEdit keeps the keys of a group's edits for the group's later edits; the benchmark puts
