@@ -22,11 +22,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use kedit_s2rke_data::plan::{Design, Order, Strategy};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
 use crate::bench::ResultLine;
+use crate::report::{bootstrap_draws, percentile};
+use kedit_s2rke_data::plan::{Design, Order, Strategy};
 
 /// One group: its mean key cosine with the first edit and its efficacy after its last edit.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,26 +116,21 @@ pub fn pearson(xy: &[(f64, f64)]) -> Option<f64> {
     Some(sxy / (sxx * syy).sqrt())
 }
 
-/// Pearson's r with a 95 % percentile interval from 2000 resamples of the points (fixed seed);
+/// Pearson's r with a 95 % percentile interval from the report's 2000 resamples of the points;
 /// resamples without variance in a variable are skipped, and with fewer than half of them left
 /// there is no interval. `None` where r itself is undefined.
 pub fn pearson_ci(xy: &[(f64, f64)]) -> Option<(f64, Option<(f64, f64)>)> {
     let r = pearson(xy)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut boots: Vec<f64> = (0..2000)
-        .filter_map(|_| {
-            let sample: Vec<(f64, f64)> = (0..xy.len())
-                .map(|_| xy[rng.random_range(0..xy.len())])
-                .collect();
-            pearson(&sample)
-        })
-        .collect();
+    let boots = bootstrap_draws(xy.len(), |idx| {
+        pearson(&idx.iter().map(|&i| xy[i]).collect::<Vec<_>>())
+    });
     if boots.len() < 1000 {
         return Some((r, None));
     }
-    boots.sort_by(f64::total_cmp);
-    let at = |q: f64| boots[((boots.len() - 1) as f64 * q).round() as usize];
-    Some((r, Some((at(0.025), at(0.975)))))
+    Some((
+        r,
+        Some((percentile(&boots, 0.025), percentile(&boots, 0.975))),
+    ))
 }
 
 /// Fewer same-subject groups than this get no correlation: with 3 (the default profile's), r
@@ -345,7 +338,7 @@ fn figure(method: &str, n: usize, panels: &BTreeMap<Strategy, Vec<&KeyPoint>>) -
 }
 
 /// The study's colours: red for same-subject, blue for different-subject groups.
-fn color(order: Order) -> &'static str {
+pub(crate) const fn color(order: Order) -> &'static str {
     match order {
         Order::Homogeneous => "#d62728",
         Order::Heterogeneous => "#1f77b4",

@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use kedit_s2rke_data::plan::{Design, Strategy};
+use kedit_s2rke_data::plan::{Design, Order, Strategy};
 
+use crate::key_efficacy::color;
 use crate::report::{SdRow, View};
 
 type Key<'a> = (&'a str, Strategy, Design, View, Option<usize>);
@@ -165,8 +166,8 @@ fn figure(title: &str, rows: &[&SdRow]) -> String {
 }
 
 /// Same-subject red and different-subject blue, as the key figure draws them.
-const SAME: &str = "#d62728";
-const OTHER: &str = "#1f77b4";
+const SAME: &str = color(Order::Homogeneous);
+const OTHER: &str = color(Order::Heterogeneous);
 
 #[cfg(test)]
 mod tests {
