@@ -341,6 +341,11 @@ pub struct ReportArgs {
     /// Where to write the reports (default: DIR, when there is one)
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// How S averages a cell's cases (the paper does not say): `cell`, the harmonic mean of the
+    /// mean ES, PS and NS (ROME's way), or `case`, the mean of each case's harmonic mean (a case
+    /// whose edit failed scores 0)
+    #[arg(long, default_value = "cell", value_name = "cell|case")]
+    pub s_mean: kedit_eval::ScoreMean,
 }
 
 /// The results files' runs were made on one model, where their `<file>.run.json` says (results
@@ -382,7 +387,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     let files = report::results_files(&args.dirs)?;
     one_model(&files)?;
     let lines = report::load_files(&files)?;
-    let r = report::build(&lines);
+    let r = report::build_as(&lines, args.s_mean);
     std::fs::create_dir_all(&out)?;
     let md = r.markdown();
     let mut files: Vec<(String, String)> = Vec::new();
@@ -390,13 +395,19 @@ pub fn report(args: ReportArgs) -> Result<()> {
         files.push((
             "report.md".into(),
             format!(
-                "# S2RKE report\n\nFrom {} result lines under {}.\n\n{md}",
+                "# S2RKE report\n\nFrom {} result lines under {}. S: {}.\n\n{md}",
                 lines.len(),
                 args.dirs
                     .iter()
                     .map(|d| format!("`{}`", d.display()))
                     .collect::<Vec<_>>()
-                    .join(" and ")
+                    .join(" and "),
+                match args.s_mean {
+                    kedit_eval::ScoreMean::Cell =>
+                        "the harmonic mean of each cell's mean ES, PS and NS (`--s-mean cell`, ROME's way)",
+                    kedit_eval::ScoreMean::Case =>
+                        "the mean over each cell's cases of each case's harmonic mean of ES, PS and NS (`--s-mean case`)",
+                }
             ),
         ));
     }

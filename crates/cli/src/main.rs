@@ -289,7 +289,7 @@ enum Command {
     /// 95 % bootstrap intervals over groups, key cosine against ES group by group (the study's
     /// fig5), from the results under DIR (several DIRs make one report).
     #[command(
-        after_help = "Examples:\n  kedit report results/runs --format md,csv,svg --out results\n  kedit report runs/deep runs/batch --out reports/deep-and-batch"
+        after_help = "Examples:\n  kedit report results/runs --format md,csv,svg --out results\n  kedit report runs/deep runs/batch --out reports/deep-and-batch\n  kedit report results/runs --s-mean case --out results/s-per-case"
     )]
     Report {
         #[command(flatten)]

@@ -6,7 +6,9 @@
 //! - PS: the same on each paraphrase prompt, averaged over them.
 //! - NS: on each neighbourhood prompt, p(target_true) > p(target_new), averaged.
 //! - EM / PM / NM: the matching mean probability differences.
-//! - S: harmonic mean of ES, PS, NS over the case means.
+//! - S: harmonic mean of ES, PS, NS over the case means ([`ScoreMean::Cell`], ROME's way), or
+//!   the mean over cases of each case's harmonic mean ([`ScoreMean::Case`]): the paper does not
+//!   say which (paper.md, ambiguity 4), so `kedit report --s-mean` offers both.
 
 pub mod bench;
 pub mod key_efficacy;
@@ -116,15 +118,64 @@ fn mean(xs: impl Iterator<Item = Option<f64>>) -> f64 {
     }
 }
 
-pub fn summarize(m: &[CaseMetrics]) -> Summary {
-    let es = mean(m.iter().map(|c| Some(c.es)));
-    let ps = mean(m.iter().map(|c| c.ps));
-    let ns = mean(m.iter().map(|c| c.ns));
-    let parts: Vec<f64> = [es, ps, ns].into_iter().filter(|x| !x.is_nan()).collect();
-    let score = if parts.contains(&0.0) {
+/// How S is averaged over a cell's cases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScoreMean {
+    /// The harmonic mean of the cell's mean ES, PS and NS (ROME's and EasyEdit's summaries).
+    #[default]
+    Cell,
+    /// The mean over cases of each case's harmonic mean of its ES, PS and NS: a case whose edit
+    /// failed (ES 0) scores 0, whatever its PS and NS.
+    Case,
+}
+
+impl ScoreMean {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreMean::Cell => "cell",
+            ScoreMean::Case => "case",
+        }
+    }
+}
+
+impl std::str::FromStr for ScoreMean {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cell" => Ok(ScoreMean::Cell),
+            "case" => Ok(ScoreMean::Case),
+            _ => Err(format!("expected cell or case, got {s:?}")),
+        }
+    }
+}
+
+/// The harmonic mean of the parts that are there (not NaN); 0 when one is 0.
+fn harmonic(parts: [f64; 3]) -> f64 {
+    let parts: Vec<f64> = parts.into_iter().filter(|x| !x.is_nan()).collect();
+    if parts.contains(&0.0) {
         0.0
     } else {
         parts.len() as f64 / parts.iter().map(|x| 1.0 / x).sum::<f64>()
+    }
+}
+
+/// Means over cases, and S of the case means ([`ScoreMean::Cell`]).
+pub fn summarize(m: &[CaseMetrics]) -> Summary {
+    summarize_as(m, ScoreMean::Cell)
+}
+
+/// Means over cases, and S averaged as `how` says.
+pub fn summarize_as(m: &[CaseMetrics], how: ScoreMean) -> Summary {
+    let es = mean(m.iter().map(|c| Some(c.es)));
+    let ps = mean(m.iter().map(|c| c.ps));
+    let ns = mean(m.iter().map(|c| c.ns));
+    let score = match how {
+        ScoreMean::Cell => harmonic([es, ps, ns]),
+        ScoreMean::Case => mean(m.iter().map(|c| {
+            let or_nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
+            Some(harmonic([c.es, or_nan(c.ps), or_nan(c.ns)]))
+        })),
     };
     Summary {
         cases: m.len(),
@@ -189,6 +240,10 @@ mod tests {
         let s = summarize(&[c(1.0, 0.5, 1.0), c(1.0, 0.5, 0.0)]);
         assert_eq!((s.es, s.ps, s.ns), (1.0, 0.5, 0.5));
         assert!((s.score - 3.0 / (1.0 + 2.0 + 2.0)).abs() < 1e-12);
+        // Per case: 3/(1 + 2 + 1) = 0.75 and 0 (its NS is 0), mean 0.375.
+        let per_case = summarize_as(&[c(1.0, 0.5, 1.0), c(1.0, 0.5, 0.0)], ScoreMean::Case);
+        assert_eq!((per_case.es, per_case.ps, per_case.ns), (s.es, s.ps, s.ns));
+        assert!((per_case.score - 0.375).abs() < 1e-12, "{}", per_case.score);
         let (wins, margin) = compare(&[0.2, 0.1], &[0.1, 0.3]).unwrap();
         assert_eq!(wins, 0.5);
         assert!((margin + 0.05).abs() < 1e-12);

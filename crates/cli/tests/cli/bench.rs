@@ -133,6 +133,22 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     );
     let svg = std::fs::read_to_string(rep.join("sd-rome.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // S averaged per case instead (`--s-mean case`): the report says which it is.
+    let rep_case = dir.path().join("rep-case");
+    let (ok, _, err) = kedit(&[
+        "report",
+        full.to_str().unwrap(),
+        "--s-mean",
+        "case",
+        "--format",
+        "md",
+        "--out",
+        rep_case.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let said = |d: &std::path::Path| std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert!(said(&rep).contains("(`--s-mean cell`, ROME's way)"));
+    assert!(said(&rep_case).contains("(`--s-mean case`)"));
     // The key figure (fig5): a point per group of each order, from the lines' key cosines.
     assert!(
         out.contains("### Key cosine against efficacy, group by group"),

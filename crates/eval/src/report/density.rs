@@ -18,13 +18,13 @@ pub(super) type DensityCells<'a> =
     BTreeMap<(String, Strategy, Density, usize), BTreeMap<(u64, usize), Vec<&'a ResultLine>>>;
 
 /// S (points) and its groups' lines for each density cell, then the rows.
-pub(super) fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
+pub(super) fn density_rows(dens: DensityCells, how: ScoreMean) -> Vec<DensityRow> {
     let s_points = |groups: &[&Vec<&ResultLine>], idx: &[usize]| {
         let ls: Vec<&ResultLine> = idx
             .iter()
             .flat_map(|&i| groups[i].iter().copied())
             .collect();
-        100.0 * s_of(&ls).score
+        100.0 * s_of(&ls, how).score
     };
     dens.iter()
         .map(|((method, strategy, density, n), by_group)| {
@@ -90,7 +90,7 @@ pub(super) fn density_rows(dens: DensityCells) -> Vec<DensityRow> {
                 density: *density,
                 n: *n,
                 groups: groups.len(),
-                summary: s_of(&lines),
+                summary: s_of(&lines, how),
                 ci,
                 vs_low,
                 es_followed,

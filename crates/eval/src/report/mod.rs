@@ -17,7 +17,7 @@ use kedit_s2rke_data::plan::{Density, Design, Order, Strategy};
 
 use crate::bench::{GroupPerplexity, ResultLine, Results};
 use crate::key_efficacy::{self, KeyPoint};
-use crate::{summarize, Summary};
+use crate::{summarize_as, ScoreMean, Summary};
 
 mod bootstrap;
 mod csv;
@@ -192,6 +192,8 @@ pub struct Report {
     /// A point per group for the key-cosine-against-efficacy figure ([`crate::key_efficacy`]).
     pub key_points: Vec<KeyPoint>,
     pub perplexity: Vec<PerplexityRow>,
+    /// How S was averaged over each cell's cases.
+    pub score_mean: ScoreMean,
 }
 
 /// Every `*.jsonl` results file under each of `dirs` (recursively), each file once however many
@@ -265,8 +267,11 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<ResultLine>> {
     Ok(lines)
 }
 
-fn s_of(lines: &[&ResultLine]) -> Summary {
-    summarize(&lines.iter().map(|l| l.metrics.clone()).collect::<Vec<_>>())
+fn s_of(lines: &[&ResultLine], how: ScoreMean) -> Summary {
+    summarize_as(
+        &lines.iter().map(|l| l.metrics.clone()).collect::<Vec<_>>(),
+        how,
+    )
 }
 
 /// S(same subject) − S(different subjects) in points. Equal S reached from different ES/PS/NS
@@ -287,7 +292,13 @@ fn geometric_mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
     (xs.map(f64::ln).sum::<f64>() / n).exp()
 }
 
+/// The report with S as ROME averages it ([`ScoreMean::Cell`]).
 pub fn build(lines: &[ResultLine]) -> Report {
+    build_as(lines, ScoreMean::Cell)
+}
+
+/// The report with S averaged over each cell's cases as `how` says.
+pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
     type GroupKey = (u64, usize);
     let mut cells: BTreeMap<Cell, [BTreeMap<GroupKey, Vec<&ResultLine>>; 2]> = BTreeMap::new();
     let mut dens: DensityCells = BTreeMap::new();
@@ -336,7 +347,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
                     cell: cell.clone(),
                     order,
                     groups: alone.len(),
-                    summary: s_of(&lines),
+                    summary: s_of(&lines, how),
                 });
             }
         }
@@ -355,7 +366,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
                     .flat_map(|g| side[g].iter().copied())
                     .filter(|l| view.keeps(l))
                     .collect();
-                s_of(&v)
+                s_of(&v, how)
             };
             let (h, t) = (pick(homo, &groups), pick(hetero, &groups));
             let ci = bootstrap_ci(groups.len(), |idx| {
@@ -373,7 +384,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
             });
         }
     }
-    let density = density_rows(dens);
+    let density = density_rows(dens, how);
     let mut by_method: BTreeMap<&str, [Vec<f64>; 2]> = BTreeMap::new();
     for l in lines {
         if let Some(c) = l.key_cos_first {
@@ -396,6 +407,7 @@ pub fn build(lines: &[ResultLine]) -> Report {
         keys,
         key_points: key_efficacy::points(lines),
         perplexity,
+        score_mean: how,
     }
 }
 

@@ -537,3 +537,32 @@ fn the_tables_carry_each_sides_mean_margin() {
         .unwrap_or_else(|| panic!("{csv}"));
     assert!(all.ends_with(",,0.5000,0.8000"), "{all}");
 }
+
+/// `--s-mean case`: a failed edit (ES 0) zeroes its own case's S, not the cell's; the same lines
+/// can then reverse SD's sign. Homogeneous: one edit failed outright (ES 0), one perfect;
+/// heterogeneous: both succeeded with PS and NS 0.5.
+#[test]
+fn s_averaged_per_case_can_reverse_sd() {
+    let lines = [
+        line(Order::Homogeneous, 0, 0.0, 1.0, 1.0),
+        line(Order::Homogeneous, 1, 1.0, 1.0, 1.0),
+        line(Order::Heterogeneous, 0, 1.0, 0.5, 0.5),
+        line(Order::Heterogeneous, 1, 1.0, 0.5, 0.5),
+    ];
+    let all = |r: &Report| r.sd.iter().find(|r| r.view == View::All).unwrap().clone();
+    let cell = all(&build(&lines));
+    // Cell means: homogeneous 0.5, 1, 1 → S 3/4 = 0.75; heterogeneous 1, 0.5, 0.5 → S 3/5.
+    assert!((cell.homogeneous.score - 0.75).abs() < 1e-12);
+    assert!((cell.sd - 15.0).abs() < 1e-9, "{}", cell.sd);
+    let case = all(&build_as(&lines, ScoreMean::Case));
+    // Per case: homogeneous (0 + 1) / 2 = 0.5; heterogeneous 3/5 each.
+    assert!((case.homogeneous.score - 0.5).abs() < 1e-12);
+    assert!((case.heterogeneous.score - 0.6).abs() < 1e-12);
+    assert!((case.sd + 10.0).abs() < 1e-9, "{}", case.sd);
+    // The means of ES, PS and NS do not depend on it.
+    assert_eq!(case.homogeneous.es, cell.homogeneous.es);
+    assert_eq!(
+        build_as(&lines, ScoreMean::Case).score_mean,
+        ScoreMean::Case
+    );
+}
