@@ -601,11 +601,20 @@ pub(crate) fn bench_all(
         .arg("--out")
         .arg(&out))?;
     println!("{report}");
+    // The paper's other reading of S (per case; paper.md, ambiguity 4), from the same lines:
+    // seconds, and the main job then answers whether its SD depends on the reading.
+    let per_case = out.join("s-per-case");
+    run(Command::new(&kedit)
+        .arg("report")
+        .arg(&runs_dir)
+        .args(["--s-mean", "case", "--format", "md,csv", "--out"])
+        .arg(&per_case))?;
     println!(
-        "bench-all ({}) done in {:.1} min: {}/report.md, *.csv, *.svg",
+        "bench-all ({}) done in {:.1} min: {}/report.md, *.csv, *.svg; S per case: {}/report.md",
         p.name,
         started.elapsed().as_secs_f64() / 60.0,
-        out.display()
+        out.display(),
+        per_case.display()
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! - `bench-all [--profile smoke|default|contrast|deep|curve|batch|paper] [--backend cpu|cuda] [--cargo-profile release|dev] [--jobs N]`:
 //!   the main job, the S2RKE matrix (every registered method × strategy × homogeneous/heterogeneous
 //!   × N) on the default model and the committed data; runs in results/runs/<profile>/, reports
-//!   in results/ (`--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
+//!   in results/ (S per case in results/s-per-case/; `--cargo-profile dev`: the build `cargo test` made, as CI runs the smoke profile;
 //!   `--jobs N`: cells run side by side, by default one per core on the CPU, one on a GPU; the
 //!   deep and smoke profiles also read each group's edited model on held-out text)
 //! - `bench-fwd-bwd [--pytorch] [--repeats N] [--rounds R]`: the ROME-shaped forward+backward
@@ -223,7 +223,8 @@ struct Cli {
 enum Chore {
     /// The main job: the S2RKE matrix (every registered method × strategy ×
     /// homogeneous/heterogeneous × N) on the default model and the committed data; runs under
-    /// results/runs/<profile>/ (rerun to resume), reports in results/.
+    /// results/runs/<profile>/ (rerun to resume), reports in results/ (and with S averaged per
+    /// case in results/s-per-case/).
     #[command(
         after_help = "Examples:\n  cargo xtask bench-all\n  cargo xtask bench-all --profile contrast\n  cargo xtask bench-all --profile smoke --cargo-profile dev"
     )]
