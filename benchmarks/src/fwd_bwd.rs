@@ -24,9 +24,19 @@ const BACKEND: &str = "kedit (burn-ndarray + OpenBLAS)";
 #[cfg(all(not(feature = "flex"), not(feature = "openblas")))]
 const BACKEND: &str = "kedit (burn-ndarray, matrixmultiply)";
 
+const USAGE: &str = "fwd-bwd: one ROME-shaped forward+backward step on SmolLM2 (21 prompts, \
+a delta at layer 4's MLP output), timed; prints a JSON line with the median wall time.
+
+Usage: fwd-bwd [--repeats N (5)] [--forward-only] [--from-layer]
+Example: fwd-bwd --repeats 5 --from-layer";
+
 fn main() -> Result<()> {
     kedit_models::allocator::retain_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
+    let Some(args) =
+        kedit_benchmarks::cli_args(USAGE, &["--repeats"], &["--forward-only", "--from-layer"])?
+    else {
+        return Ok(());
+    };
     let repeats: usize = args
         .iter()
         .position(|a| a == "--repeats")

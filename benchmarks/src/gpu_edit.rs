@@ -27,6 +27,14 @@ use kedit_locate_edit::stats::SecondMoment;
 use kedit_locate_edit::{z, Memit, MemitHparams, Rome, RomeHparams, Variant};
 use kedit_models::{LanguageModel, ModelSpec};
 
+const USAGE: &str = "gpu-edit: times ROME edits and a MEMIT batch on one model and backend, \
+with ROME's memory-bandwidth floor measured in the same run; writes the workload the PyTorch side \
+(benchmarks/gpu_edit_torch.py) repeats. Prints one JSON line.
+
+Usage: gpu-edit [--model smollm2|random:llama2-7b|random:gptj-6b|...] [--backend cpu|cuda]
+                [--rome-edits N (5)] [--memit-batch K (100)] [--workload FILE]
+Example: gpu-edit --model random:llama2-7b --backend cuda --rome-edits 3 --memit-batch 0";
+
 struct Args {
     model: String,
     backend: String,
@@ -35,24 +43,35 @@ struct Args {
     workload: Option<String>,
 }
 
-fn args() -> Result<Args> {
-    let a: Vec<String> = std::env::args().collect();
+fn args() -> Result<Option<Args>> {
+    let valued = [
+        "--model",
+        "--backend",
+        "--rome-edits",
+        "--memit-batch",
+        "--workload",
+    ];
+    let Some(a) = kedit_benchmarks::cli_args(USAGE, &valued, &[])? else {
+        return Ok(None);
+    };
     let opt = |f: &str| a.iter().position(|x| x == f).and_then(|i| a.get(i + 1));
     let num = |f: &str, d: usize| -> Result<usize> {
         opt(f).map_or(Ok(d), |s| s.parse().with_context(|| format!("{f} {s}")))
     };
-    Ok(Args {
+    Ok(Some(Args {
         model: opt("--model").cloned().unwrap_or("smollm2".into()),
         backend: opt("--backend").cloned().unwrap_or("cpu".into()),
         rome_edits: num("--rome-edits", 5)?,
         memit_batch: num("--memit-batch", 100)?,
         workload: opt("--workload").cloned(),
-    })
+    }))
 }
 
 fn main() -> Result<()> {
     kedit_models::allocator::retain_freed_memory();
-    let a = args()?;
+    let Some(a) = args()? else {
+        return Ok(());
+    };
     match a.backend.as_str() {
         "cpu" => run::<kedit_models::Cpu>(&a, &Default::default()),
         #[cfg(feature = "cuda")]
@@ -173,7 +192,7 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
         memit_h.seed,
     )?;
     let snapshot = Snapshot::take(&lm.model);
-    let (mut times, mut steps) = (Vec::new(), Vec::new());
+    let (mut times, mut steps, mut positions) = (Vec::new(), Vec::new(), Vec::new());
     for r in &reqs[..a.rome_edits.min(reqs.len())] {
         let s0 = z::STEPS.load(Ordering::Relaxed);
         let t = Instant::now();
@@ -181,9 +200,20 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
         B::sync(device).ok();
         times.push(t.elapsed().as_secs_f64());
         steps.push(z::STEPS.load(Ordering::Relaxed) - s0);
+        positions.push(*z::SUFFIX_POSITIONS.lock().expect("not poisoned"));
         snapshot.clone().restore(&mut lm.model);
     }
     let floors: Vec<f64> = steps.iter().map(|&s| 2.0 * bytes * s as f64 / bw).collect();
+    // The products' arithmetic: each v* step multiplies every suffix position (padding
+    // included, as run) by each weight above the edit layer twice, forward and for the input
+    // gradient (the weights are constants), 2 FLOP each; attention over the cached prefix is
+    // left out. Over the edit's time (key and update included), a lower bound on the rate.
+    let tflop: Vec<f64> = positions
+        .iter()
+        .zip(&steps)
+        .map(|(&(rows, _), &s)| 4.0 * rows as f64 * (bytes / 4.0) * s as f64 / 1e12)
+        .collect();
+    let tflop_per_s: Vec<f64> = tflop.iter().zip(&times).map(|(f, t)| f / t).collect();
     let rome_median = median(&times);
     let floor_median = median(&floors);
 
@@ -231,7 +261,8 @@ fn run<B: Backend>(a: &Args, device: &B::Device) -> Result<()> {
             "rome": {"layer": layer, "edits": times.len(), "times_s": times, "steps": steps,
                 "median_s": rome_median, "templates_s": templates_s,
                 "bytes_per_step": 2.0 * bytes, "floor_s": floors, "floor_median_s": floor_median,
-                "ratio_to_floor": rome_median / floor_median},
+                "ratio_to_floor": rome_median / floor_median,
+                "suffix_positions": positions, "tflop": tflop, "tflop_per_s": tflop_per_s},
             "memit": memit})
     );
     Ok(())

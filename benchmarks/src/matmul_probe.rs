@@ -92,11 +92,10 @@ struct Case {
 
 fn main() -> Result<()> {
     kedit_models::allocator::retain_freed_memory();
-    let a: Vec<String> = std::env::args().collect();
-    if a.iter().any(|x| x == "--help" || x == "-h") {
-        println!("{USAGE}");
+    let valued = ["--m", "--reps", "--only", "--deadline"];
+    let Some(a) = kedit_benchmarks::cli_args(USAGE, &valued, &[])? else {
         return Ok(());
-    }
+    };
     let opt = |f: &str| a.iter().position(|x| x == f).and_then(|i| a.get(i + 1));
     let ms: Vec<usize> = match opt("--m") {
         Some(s) => s

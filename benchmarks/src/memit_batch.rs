@@ -14,9 +14,18 @@ use kedit_editing::{Editor, Snapshot};
 use kedit_locate_edit::{stats, Memit, MemitHparams};
 use kedit_models::fetch;
 
+const USAGE: &str = "memit-batch: MEMIT batch edits on SmolLM2 as `kedit edit --method memit \
+--batch` runs them, one apply per batch size on the unedited model, the time split into targets \
+and layer updates; prints one JSON line per size.
+
+Usage: memit-batch [--sizes 1,10,100]
+Example: memit-batch --sizes 1,10";
+
 fn main() -> Result<()> {
     kedit_models::allocator::retain_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
+    let Some(args) = kedit_benchmarks::cli_args(USAGE, &["--sizes"], &[])? else {
+        return Ok(());
+    };
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--sizes")

@@ -13,9 +13,18 @@ use kedit_editing::{Editor, Snapshot};
 use kedit_locate_edit::{stats, Rome, RomeHparams, Variant};
 use kedit_models::fetch;
 
+const USAGE: &str = "rome-edit: one ROME edit on SmolLM2 as `kedit edit` runs it, on the first \
+record of each of the first N subjects, each on the unedited model; prints a JSON line with \
+every time, the median and each edit's v* steps.
+
+Usage: rome-edit [--edits N (5)]
+Example: rome-edit --edits 5";
+
 fn main() -> Result<()> {
     kedit_models::allocator::retain_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
+    let Some(args) = kedit_benchmarks::cli_args(USAGE, &["--edits"], &[])? else {
+        return Ok(());
+    };
     let n: usize = args
         .iter()
         .position(|a| a == "--edits")

@@ -18,6 +18,11 @@ use crate::kv::{host, lookup, norm, FactToken, Prompt};
 /// timing harnesses that relate an edit's time to the work it did.
 pub static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The last optimisation's suffix positions per step: (rows × the longest suffix, as run; the
+/// suffixes' own tokens, without padding). The step's arithmetic grows with them, for timing
+/// harnesses that relate a step's time to its work.
+pub static SUFFIX_POSITIONS: std::sync::Mutex<(usize, usize)> = std::sync::Mutex::new((0, 0));
+
 /// What to optimise and how (EasyEdit's `v_*` keys).
 #[derive(Debug, Clone)]
 pub struct ZSpec {
@@ -189,6 +194,10 @@ pub fn optimize_shared<B: Backend>(
         .map(|(s, p)| s.len() - p)
         .max()
         .expect("rows");
+    if let Ok(mut p) = SUFFIX_POSITIONS.lock() {
+        let tokens = seqs.iter().zip(&prefix).map(|(s, p)| s.len() - p).sum();
+        *p = (seqs.len() * suffix_len, tokens);
+    }
     let cache = model.prefix_cache(layer, h_in.clone(), &prefix, suffix_len);
     let h_suf = suffixes(&h_in, &prefix, suffix_len);
     let delta_pos: Vec<(usize, usize)> = (0..seqs.len()).map(|i| (i, 0)).collect();
