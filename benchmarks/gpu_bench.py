@@ -36,12 +36,20 @@ def record(path, line):
         f.write(json.dumps(line) + "\n")
 
 
+def rate(side):
+    """The median edit's TFLOP/s (each side counts its own products' arithmetic), or – for lines
+    from before the count."""
+    r = side.get("tflop_per_s")
+    return "{:.3g}".format(sorted(r)[len(r) // 2]) if r else "–"
+
+
 def table(rows):
     lines = [
         "| model | device | kedit matmul | ROME s/edit kedit | v* steps | floor s | kedit ÷ floor "
         "| ROME s/edit PyTorch f32 | kedit ÷ PyTorch | PyTorch TF32 s/edit "
+        "| TFLOP/s kedit | TFLOP/s PyTorch f32 "
         "| MEMIT 100: kedit s | PyTorch s | kedit ÷ PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, t, t32 in rows:
         kr, tr = k["rome"], t["rome"]
@@ -51,10 +59,11 @@ def table(rows):
                                                    km["time_s"] / tm["time_s"])
                if km and tm else "| – | – | – |")
         lines.append(
-            "| {} | {} | {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.2f} | {} {}".format(
-                k["model"], t["card"], k.get("matmul", "TF32"), kr["median_s"],
-                sorted(kr["steps"])[len(kr["steps"]) // 2], kr["floor_median_s"],
-                kr["ratio_to_floor"], tr["median_s"], kr["median_s"] / tr["median_s"], tf32, mem))
+            "| {} | {} | {} | {:.3f} | {} | {:.3f} | {:.1f} | {:.3f} | {:.2f} | {} | {} | {} {}"
+            .format(k["model"], t["card"], k.get("matmul", "TF32"), kr["median_s"],
+                    sorted(kr["steps"])[len(kr["steps"]) // 2], kr["floor_median_s"],
+                    kr["ratio_to_floor"], tr["median_s"], kr["median_s"] / tr["median_s"], tf32,
+                    rate(kr), rate(tr), mem))
     return "\n".join(lines)
 
 

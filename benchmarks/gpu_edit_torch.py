@@ -11,6 +11,7 @@ Usage: gpu_edit_torch.py --workload W.json [--device cuda|cpu] [--gguf SmolLM2.g
 import argparse
 import json
 import os
+import re
 import time
 
 import torch
@@ -28,6 +29,9 @@ LLAMA = {
     "llama-tiny": dict(vocab_size=320, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
 }
+# Each v* optimisation's positions (rows × the padded length), in the order they ran.
+V_POSITIONS = []
+
 GPTJ = {"gptj-6b": dict(vocab_size=50400, n_embd=4096, n_inner=16384, n_layer=28, n_head=16,
                         rotary_dim=64, n_positions=2048)}
 
@@ -52,6 +56,17 @@ def build(spec, device, gguf):
         encode = lambda s: t.encode(s, add_special_tokens=False).ids
     model.eval().requires_grad_(False)
     return model, encode
+
+
+def matmul_params(model, from_layer=0):
+    """The weights the products multiply in the blocks from `from_layer` up, and the output head:
+    2 FLOP per position and weight forward, 2 more for the input gradient backward."""
+    n = 0
+    for name, p in model.named_parameters():
+        m = re.search(r"\.(?:layers|h)\.(\d+)\.", name)
+        if m and int(m.group(1)) >= from_layer and p.dim() == 2:
+            n += p.numel()
+    return n + model.get_output_embeddings().weight.numel()
 
 
 def mlp(model, layer):
@@ -118,6 +133,7 @@ def optimise_v(model, encode, layer, templates, req, h, steps, device):
     pos.append((len(texts), subject_last(encode, kl, req["subject"])))
     texts.append(kl_ids)
     ids, mask = pad(texts, device)
+    V_POSITIONS.append(ids.numel())
     rows = torch.tensor([r for r, _ in pos], device=device)
     cols = torch.tensor([c for _, c in pos], device=device)
     module, _ = mlp(model, layer)
@@ -227,13 +243,21 @@ def main():
             for l, s in zip(layers, saved):
                 mlp(model, l)[1].weight.copy_(s)
 
+    # Each step runs the whole model forward on every position; all but the last also run the
+    # blocks from the edit layer up backward (as kedit's `tflop` counts its own, attention left
+    # out; the key's forward pass and the update are in the time, not in the count).
+    p_all, p_above = matmul_params(model), matmul_params(model, layer)
+    tflop = [(2 * n * p_all * st + 2 * n * p_above * (st - 1)) / 1e12
+             for n, st in zip(V_POSITIONS, rh["steps"])]
     s = sorted(times)
     print(json.dumps({"benchmark": "gpu-edit", "side": "pytorch", "model": w["model"],
                       "device": dev, "torch": torch.__version__,
                       "matmul": "TF32" if a.tf32 and dev == "cuda" else "f32",
                       "card": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                       "load_s": load_s, "rome": {"layer": layer, "edits": len(times),
-                      "times_s": times, "steps": rh["steps"], "median_s": s[len(s) // 2]},
+                      "times_s": times, "steps": rh["steps"], "median_s": s[len(s) // 2],
+                      "positions": V_POSITIONS[: len(times)], "tflop": tflop,
+                      "tflop_per_s": [f / t for f, t in zip(tflop, times)]},
                       "memit": memit}))
 
 
