@@ -402,12 +402,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
                     .map(|d| format!("`{}`", d.display()))
                     .collect::<Vec<_>>()
                     .join(" and "),
-                match args.s_mean {
-                    kedit_eval::ScoreMean::Cell =>
-                        "the harmonic mean of each cell's mean ES, PS and NS (`--s-mean cell`, ROME's way)",
-                    kedit_eval::ScoreMean::Case =>
-                        "the mean over each cell's cases of each case's harmonic mean of ES, PS and NS (`--s-mean case`)",
-                }
+                r.score_mean.describe()
             ),
         ));
     }

@@ -130,10 +130,15 @@ pub enum ScoreMean {
 }
 
 impl ScoreMean {
-    pub fn name(self) -> &'static str {
+    /// What S is, as a report says it.
+    pub fn describe(self) -> &'static str {
         match self {
-            ScoreMean::Cell => "cell",
-            ScoreMean::Case => "case",
+            ScoreMean::Cell => {
+                "the harmonic mean of each cell's mean ES, PS and NS (`--s-mean cell`, ROME's way)"
+            }
+            ScoreMean::Case => {
+                "the mean over each cell's cases of each case's harmonic mean of ES, PS and NS (`--s-mean case`)"
+            }
         }
     }
 }
