@@ -12,8 +12,8 @@ use crate::{jobs, root, run, target_dir, use_openblas};
 const MEND_TRAIN_MINUTES: f64 = 6.5;
 
 /// The names `profile` knows, for `--profile`.
-pub(crate) const PROFILES: [&str; 8] = [
-    "smoke", "default", "contrast", "deep", "curve", "batch", "paper", "density",
+pub(crate) const PROFILES: [&str; 9] = [
+    "smoke", "default", "contrast", "deep", "curve", "batch", "paper", "density", "fluency",
 ];
 
 /// A bench-all profile: what the matrix covers.
@@ -39,7 +39,14 @@ struct Profile {
     /// --perplexity-tokens`; a curve cell reads it after every edit): the report's perplexity
     /// tables.
     perplexity_tokens: Option<usize>,
+    /// Each scored case's rewrite prompt continued to this many tokens by the edited and the
+    /// unedited model (`kedit bench --fluency`): the report's fluency table.
+    fluency: Option<usize>,
 }
+
+/// Seconds per generated token of a fluency reading on SmolLM2 (one batched decoding step reads
+/// every weight: ~0.15 s on a 2-core CPU, benchmarks/README.md, "Generation fluency").
+const FLUENCY_S_PER_TOKEN: f64 = 0.16;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Conditions {
@@ -135,6 +142,8 @@ fn profile(name: &str) -> Result<Profile> {
             mend_minutes: 1.0,
             // The perplexity path through the pipeline, report table included, in seconds.
             perplexity_tokens: Some(256),
+            // And the fluency path: short texts (about 3 s a reading).
+            fluency: Some(24),
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
         // hyperparameters: sequential editing (the paper's sequential panel), N = 2 (the first
@@ -151,6 +160,7 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
+            fluency: None,
         },
         // The study's central contrast with intervals narrow enough to read on a laptop: two
         // locate-then-edit methods (ROME, MEMIT) against a fine-tuning and a hypernetwork editor
@@ -172,6 +182,7 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.3,
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
+            fluency: None,
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
@@ -199,6 +210,7 @@ fn profile(name: &str) -> Result<Profile> {
             // What 8 edits cost the model at large, same subject against different subjects
             // (the paper's density figures show perplexity beside NS): about 25 s per group.
             perplexity_tokens: Some(8192),
+            fluency: None,
         },
         // The paper's sequential figure, SD against N (fig4), with its methods (ROME, MEMIT,
         // PMET, FT, KN, MEND) and AlphaEdit on the deep set: N = 1 to 8 from one sequential run of
@@ -290,6 +302,7 @@ fn profile(name: &str) -> Result<Profile> {
             speed: 1.0,
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
+            fluency: None,
         },
         // The study's subject-density figures (fig2, fig12; paper.md §6.4): N = 6 edits made of
         // 2 subjects × 3 records (high), 3 × 2 (medium) or 6 × 1 (low), sequential, the
@@ -309,6 +322,20 @@ fn profile(name: &str) -> Result<Profile> {
             // The figures' fifth panel: each group's edited model on held-out text, half of
             // `deep`'s tokens (about 12 s a group).
             perplexity_tokens: Some(4096),
+            ..profile("default")?
+        },
+        // Generation fluency (ROME's GE, EasyEdit's `fluency`; the study reports none): what
+        // the edits do to the text the model writes from the edited prompts, same subject
+        // against different subjects. The study's six methods, sequential, N = 3, 4 matched
+        // group pairs per cell; every case's rewrite prompt continued to 100 tokens by the
+        // edited model and by the unedited one (about 15 s a reading on a 2-core CPU).
+        "fluency" => Profile {
+            name: "fluency",
+            methods: Some(&["rome", "memit", "pmet", "ft-m", "mend", "kn"]),
+            series: main_series(vec![3]),
+            groups: 4,
+            speed: 1.3,
+            fluency: Some(100),
             ..profile("default")?
         },
         other => {
@@ -525,6 +552,9 @@ pub(crate) fn bench_all(
                     if let Some(t) = perplexity_tokens {
                         args.extend(["--perplexity-tokens".into(), t.to_string().into()]);
                     }
+                    if let Some(len) = p.fluency {
+                        args.extend(["--fluency".into(), len.to_string().into()]);
+                    }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
                     let label = format!(
                         "{m}{} {s} {condition} N={n}{}",
@@ -549,6 +579,14 @@ pub(crate) fn bench_all(
                             + perplexity_tokens.map_or(0.0, |t| {
                                 let readings = p.groups * if curve { n } else { 1 } + 1;
                                 readings as f64 * t as f64 / 1000.0 * PERPLEXITY_S_PER_1000
+                            })
+                            // Fluency: each group's unedited cases, then its edited model
+                            // wherever it is scored; prompts of about 8 tokens.
+                            + p.fluency.map_or(0.0, |len| {
+                                let readings = p.groups * (if curve { n } else { 1 } + 1);
+                                readings as f64
+                                    * len.saturating_sub(8) as f64
+                                    * FLUENCY_S_PER_TOKEN
                             }),
                     });
                 }

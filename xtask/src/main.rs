@@ -73,7 +73,7 @@ fn record(file: &Path, out: &str) -> Result<()> {
     Ok(())
 }
 
-/// A venv with transformers, torch (CPU use) and gguf, made once under target/.
+/// A venv with transformers, torch (CPU use), gguf and NLTK, made once under target/.
 fn venv() -> Result<PathBuf> {
     let dir = root().join(".venv");
     let py = dir.join("bin/python");
@@ -88,7 +88,16 @@ fn venv() -> Result<PathBuf> {
             "transformers>=5",
             "gguf",
             "accelerate",
+            "nltk",
         ]))?;
+    }
+    // A venv made before the fluency reference joined lacks NLTK.
+    let has_nltk = Command::new(&py)
+        .args(["-c", "import nltk"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_nltk {
+        run(Command::new(&py).args(["-m", "pip", "install", "-q", "nltk"]))?;
     }
     Ok(py)
 }
@@ -399,10 +408,12 @@ fn main() -> Result<()> {
         Chore::Reference => {
             let py = venv()?;
             let gguf = smollm2()?;
-            print!(
-                "{}",
-                run(Command::new(&py).arg(root().join("fixtures/reference/memit_solve.py")))?
-            );
+            for script in ["memit_solve.py", "fluency.py"] {
+                print!(
+                    "{}",
+                    run(Command::new(&py).arg(root().join("fixtures/reference").join(script)))?
+                );
+            }
             run(Command::new(py)
                 .arg(root().join("fixtures/reference/make_reference.py"))
                 .arg(gguf))

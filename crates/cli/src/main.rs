@@ -277,7 +277,7 @@ enum Command {
     /// one JSON line per case to OUT/<method or label>-<plan>.jsonl. Rerun the same command to resume;
     /// a rerun with another model, dataset or hyperparameters is refused.
     #[command(
-        after_help = "Examples:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order heterogeneous --n 8 --groups 8 --perplexity-tokens 8192 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order homogeneous --n 8 --groups 8 --curve --perplexity-tokens 2048 --out results/curve\n  kedit bench --model smollm2 --method rome --density high --n 6 --groups 6 --out results/density"
+        after_help = "Examples:\n  kedit bench --model smollm2 --method rome --strategy sequential --design group --order homogeneous --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --hparams crates/locate-edit/hparams/rome-smollm2-last.yaml --label rome-last --n 3 --groups 4 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order heterogeneous --n 8 --groups 8 --perplexity-tokens 8192 --out results/runs\n  kedit bench --model smollm2 --method rome --data fixtures/s2rke-wikidata-deep.json --order homogeneous --n 8 --groups 8 --curve --perplexity-tokens 2048 --out results/curve\n  kedit bench --model smollm2 --method rome --density high --n 6 --groups 6 --out results/density\n  kedit bench --model smollm2 --method kn --order homogeneous --n 2 --groups 3 --fluency --out results/fluency"
     )]
     Bench {
         #[command(flatten)]
@@ -343,6 +343,30 @@ enum Command {
         /// Tokens per window (each window's first token is context only)
         #[arg(long, default_value_t = kedit_eval::perplexity::DEFAULT_WINDOW)]
         window: usize,
+    },
+    /// Generation fluency, before and after edits: continue each prompt to --max-len tokens in
+    /// all by top-k 5 sampling (EasyEdit's `generate_fast`; seeded by --seed and the prompt, so
+    /// an edited model draws what the unedited one drew) and print each text and its n-gram
+    /// entropy (EasyEdit's `fluency`, ROME's GE ÷ 100; bits), one JSON line per prompt, then
+    /// their mean.
+    #[command(
+        after_help = "Examples:\n  kedit fluency --model smollm2 \"The mother tongue of Danielle Darrieux is\"\n  kedit edit --model smollm2 --method kn --requests fixtures/s2rke-wikidata.json --limit 1 --patch-out kn.safetensors\n  kedit fluency --model smollm2 --patch kn.safetensors \"The mother tongue of Danielle Darrieux is\""
+    )]
+    Fluency {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Apply this patch (`kedit edit --patch-out`) to the model in memory first; repeat to
+        /// apply several, in order. The model's files are not written.
+        #[arg(long)]
+        patch: Vec<PathBuf>,
+        /// Tokens per text, prompt included (EasyEdit's max_out_len)
+        #[arg(long, default_value_t = kedit_eval::fluency::MAX_OUT_LEN)]
+        max_len: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One or more prompts
+        #[arg(required = true)]
+        prompts: Vec<String>,
     },
     /// Per-token log-probabilities of a target continuation after a prompt. The target is
     /// tokenized as given: write the leading space yourself (" Paris").
@@ -822,6 +846,44 @@ impl RunOnBackend for Generate<'_> {
     }
 }
 
+struct Fluency<'a> {
+    patches: &'a [PathBuf],
+    max_len: usize,
+    seed: u64,
+    prompts: &'a [String],
+}
+impl RunOnBackend for Fluency<'_> {
+    fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
+        let lm = patched(LanguageModel::<B>::load(spec, device)?, self.patches)?;
+        for (i, p) in self.prompts.iter().enumerate() {
+            let n = lm.encode(p)?.len();
+            if n == 0 {
+                bail!("prompt {i}: no tokens");
+            }
+            if n >= self.max_len {
+                bail!(
+                    "--max-len {}: prompt {i} already has {n} tokens, so nothing would be generated",
+                    self.max_len
+                );
+            }
+        }
+        let prompts: Vec<&str> = self.prompts.iter().map(String::as_str).collect();
+        let gens = kedit_eval::fluency::generation_entropy(&lm, &prompts, self.max_len, self.seed)?;
+        for (p, g) in prompts.iter().zip(&gens) {
+            println!(
+                "{}",
+                serde_json::json!({ "prompt": p, "entropy": g.entropy, "text": g.text })
+            );
+        }
+        let mean = gens.iter().map(|g| g.entropy).sum::<f64>() / gens.len() as f64;
+        println!(
+            "{}",
+            serde_json::json!({ "mean_entropy": mean, "prompts": gens.len(), "max_len": self.max_len, "seed": self.seed })
+        );
+        Ok(())
+    }
+}
+
 struct Perplexity<'a> {
     patches: &'a [PathBuf],
     corpus: PathBuf,
@@ -1123,6 +1185,21 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(|| PathBuf::from(kedit_locate_edit::stats::DEFAULT_CORPUS)),
                 tokens,
                 window,
+            },
+        ),
+        Command::Fluency {
+            model,
+            patch,
+            max_len,
+            seed,
+            prompts,
+        } => with_backend(
+            &model,
+            Fluency {
+                patches: &patch,
+                max_len,
+                seed,
+                prompts: &prompts,
             },
         ),
         Command::Export { model, patch, out } => export(&model, &patch, &out),

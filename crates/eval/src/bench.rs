@@ -49,6 +49,10 @@ pub struct ResultLine {
     /// same edit carries the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<GroupPerplexity>,
+    /// Generation fluency of this case's rewrite prompt on the model the line was scored on,
+    /// beside the unedited model's (`kedit bench --fluency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fluency: Option<CaseFluency>,
     /// `case_id` and the metrics, as fields of the line itself.
     #[serde(flatten)]
     pub metrics: crate::CaseMetrics,
@@ -65,6 +69,28 @@ pub struct GroupPerplexity {
     /// large an update moved the model this far. Absent in lines written before kedit kept it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_norm: Option<f64>,
+}
+
+/// The n-gram entropy (bits, EasyEdit's `ngram_entropy`) of text generated from a case's rewrite
+/// prompt by the edited model and by the unedited one, with the same random draws
+/// ([`crate::fluency`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CaseFluency {
+    pub edited: f64,
+    pub unedited: f64,
+    /// Tokens per text, prompt included.
+    pub max_len: usize,
+}
+
+/// What else is read off each group's edited model wherever its lines are scored, beside the
+/// unedited model's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readings<'a> {
+    /// Held-out token ids: perplexity (`kedit bench --perplexity-tokens`).
+    pub held_out: Option<&'a [u32]>,
+    /// Generation fluency: each scored case's rewrite prompt continued to this many tokens in all
+    /// (`kedit bench --fluency`).
+    pub fluency_len: Option<usize>,
 }
 
 /// Which line: (group, after, step, case).
@@ -203,10 +229,12 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// Run `plan` (the groups of `shard`), appending to `results`. With `held_out` (token ids), each
-/// group's edited model is also read on those tokens wherever its lines are scored (after its
-/// last edit; in a `curve` plan after every edit), and the unedited model once (at the first
-/// group with work left). `make_editor` is called on the unedited model at the first group with
+/// Run `plan` (the groups of `shard`), appending to `results`. With `readings.held_out` (token
+/// ids), each group's edited model is also read on those tokens wherever its lines are scored
+/// (after its last edit; in a `curve` plan after every edit), and the unedited model once (at the
+/// first group with work left); with `readings.fluency_len`, each scored case's rewrite prompt is
+/// continued by the edited model there, and by the unedited model before the group's first edit
+/// (once per case and run). `make_editor` is called on the unedited model at the first group with
 /// work left, and not at all when every line is written: preparing an editor can cost minutes
 /// (covariance statistics, AlphaEdit's null spaces), which a resume of a finished cell should not
 /// pay. Returns the seconds spent editing, evaluating and reading the held-out text for the groups
@@ -219,11 +247,23 @@ pub fn run_plan<B: Backend>(
     cases: &[EditCase],
     plan: &Plan,
     shard: (usize, usize),
-    held_out: Option<&[u32]>,
+    readings: &Readings<'_>,
     results: &mut Results,
 ) -> Result<f64> {
     let window = crate::perplexity::DEFAULT_WINDOW;
+    let held_out = readings.held_out;
     let mut unedited: Option<f64> = None;
+    let mut unedited_fluency: std::collections::HashMap<String, f64> = Default::default();
+    let fluency_of = |lm: &LanguageModel<B>, cases: &[&EditCase], len: usize| -> Result<Vec<f64>> {
+        let prompts: Vec<String> = cases.iter().map(|c| c.request.full_prompt()).collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        Ok(
+            crate::fluency::generation_entropy(lm, &refs, len, plan.spec.seed)?
+                .into_iter()
+                .map(|g| g.entropy)
+                .collect(),
+        )
+    };
     let by_id: std::collections::HashMap<&str, &EditCase> =
         cases.iter().map(|c| (c.case_id.as_str(), c)).collect();
     let groups: Vec<_> = plan
@@ -277,6 +317,16 @@ pub fn run_plan<B: Backend>(
         if let (Some(ids), None) = (held_out, unedited) {
             unedited = Some(crate::perplexity::perplexity(lm, ids, window)?.perplexity);
         }
+        if let Some(len) = readings.fluency_len {
+            let todo: Vec<&EditCase> = group
+                .iter()
+                .copied()
+                .filter(|c| !unedited_fluency.contains_key(&c.case_id))
+                .collect();
+            for (c, e) in todo.iter().zip(fluency_of(lm, &todo, len)?) {
+                unedited_fluency.insert(c.case_id.clone(), e);
+            }
+        }
         if editor.is_none() {
             editor = Some(make_editor(lm)?);
         }
@@ -315,7 +365,24 @@ pub fn run_plan<B: Backend>(
                     }
                     _ => None,
                 };
-                for (s, m) in todo.into_iter().zip(metrics) {
+                let fluency: Vec<Option<CaseFluency>> = match readings.fluency_len {
+                    Some(len) => {
+                        let scored: Vec<&EditCase> = todo.iter().map(|&s| group[s]).collect();
+                        fluency_of(lm, &scored, len)?
+                            .into_iter()
+                            .zip(&scored)
+                            .map(|(e, c)| {
+                                Some(CaseFluency {
+                                    edited: e,
+                                    unedited: unedited_fluency[&c.case_id],
+                                    max_len: len,
+                                })
+                            })
+                            .collect()
+                    }
+                    None => vec![None; todo.len()],
+                };
+                for ((s, m), fluency) in todo.into_iter().zip(metrics).zip(fluency) {
                     let c = group[s];
                     results.append(ResultLine {
                         method: method.to_owned(),
@@ -336,6 +403,7 @@ pub fn run_plan<B: Backend>(
                         },
                         after,
                         perplexity,
+                        fluency,
                         metrics: m,
                     })?;
                 }

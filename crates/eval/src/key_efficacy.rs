@@ -367,6 +367,7 @@ mod tests {
             key_cos_first: cos,
             after: None,
             perplexity: None,
+            fluency: None,
             metrics: CaseMetrics {
                 case_id: format!("c{group}{step}"),
                 es,

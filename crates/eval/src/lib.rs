@@ -11,6 +11,7 @@
 //!   say which (paper.md, ambiguity 4), so `kedit report --s-mean` offers both.
 
 pub mod bench;
+pub mod fluency;
 pub mod key_efficacy;
 pub mod perplexity;
 pub mod report;

@@ -3,8 +3,9 @@
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
+use kedit_models::sample::top_k_sample;
 use kedit_models::LanguageModel;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// EasyEdit's starters; two samples per starter for each group of ten.
@@ -70,24 +71,4 @@ impl TemplateCache {
         }
         Ok(self.0.clone().expect("sampled"))
     }
-}
-
-/// Sample from the softmax of the `k` largest logits.
-fn top_k_sample(logits: &[f32], k: usize, rng: &mut ChaCha8Rng) -> u32 {
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    let top = logits[idx[0]] as f64;
-    let w: Vec<f64> = idx
-        .iter()
-        .map(|&i| (logits[i] as f64 - top).exp())
-        .collect();
-    let mut r = rng.random::<f64>() * w.iter().sum::<f64>();
-    for (i, wi) in idx.iter().zip(&w) {
-        if r < *wi {
-            return *i as u32;
-        }
-        r -= wi;
-    }
-    idx[k - 1] as u32
 }

@@ -23,6 +23,7 @@ pub mod llama;
 pub mod load;
 pub mod prefix;
 pub mod random;
+pub mod sample;
 pub mod surface;
 pub mod testing;
 pub mod tokenizer;

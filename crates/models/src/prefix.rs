@@ -38,6 +38,42 @@ impl<B: Backend> PrefixCache<B> {
         }
     }
 
+    /// Add one token per row after its prefix (`kv[l]`: that layer's keys and values of the
+    /// rows' suffix of one token, `[b, kv_heads, 1, head_dim]`): written at each row's column
+    /// `prefix_lens[i]`, which then grows by one. Rows of different lengths stay right-padded.
+    pub(crate) fn append(&mut self, kv: Vec<(Tensor<B, 4>, Tensor<B, 4>)>) {
+        assert_eq!(kv.len(), self.kv.len(), "append: one pair per cached layer");
+        let old_w = self.width();
+        let new_w = self.prefix_lens.iter().map(|l| l + 1).max().unwrap_or(1);
+        let b = self.prefix_lens.len();
+        let at: Vec<bool> = self
+            .prefix_lens
+            .iter()
+            .flat_map(|&len| (0..new_w).map(move |t| t == len))
+            .collect();
+        for (cached, new) in self.kv.iter_mut().zip(kv) {
+            let device = new.0.device();
+            let mask = Tensor::<B, 4, Bool>::from_data(
+                TensorData::new(at.clone(), [b, 1, new_w, 1]),
+                &device,
+            );
+            let put = |old: Tensor<B, 4>, x: Tensor<B, 4>| {
+                let [_, heads, _, hd] = x.dims();
+                let old = if new_w > old_w {
+                    Tensor::cat(vec![old, x.clone()], 2)
+                } else {
+                    old
+                };
+                let shape = [b, heads, new_w, hd];
+                old.mask_where(mask.clone().expand(shape), x.expand(shape))
+            };
+            *cached = (put(cached.0.clone(), new.0), put(cached.1.clone(), new.1));
+        }
+        for len in &mut self.prefix_lens {
+            *len += 1;
+        }
+    }
+
     pub(crate) fn width(&self) -> usize {
         self.prefix_lens.iter().copied().max().unwrap_or(0).max(1)
     }

@@ -501,6 +501,56 @@ impl<B: Backend> Transformer<B> {
         })
     }
 
+    /// One step of cached decoding: `h: [b, 1, d]`, each row's next token embedded at its
+    /// position `cache.prefix_lens[i]` ([`Self::embed_at`]), through every block against
+    /// `cache` (which must start at block 0); the tokens' keys and values then join the cache.
+    /// Returns the final norm's output `[b, 1, d]`. Equals a whole-row forward at those
+    /// positions (`cargo test -p kedit-models --test models_tiny decode`).
+    pub fn decode_step(&self, cache: &mut PrefixCache<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        assert_eq!(
+            cache.start, 0,
+            "decode_step: the cache must hold every block"
+        );
+        assert_eq!(cache.suffix_len, 1, "decode_step: one token per row");
+        let c = &self.config;
+        let device = h.device();
+        let rope = cache.rotary(c.head_dim, c.rotary_dim, c.rope_theta, &device);
+        let mask = cache.mask(c.num_heads / c.num_kv_heads, &device);
+        let none = Interventions::none();
+        let mut h = h;
+        let mut new = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let ctx = AttnCtx::Suffix {
+                rope: &rope,
+                mask: &mask,
+                kv: &cache.kv[l],
+            };
+            let (next, kv) = self.block(l, h, &ctx, true, &none, &mut HashMap::new());
+            new.push(kv.expect("kept"));
+            h = next;
+        }
+        cache.append(new);
+        self.norm.apply(h, c.norm_eps)
+    }
+
+    /// Token embeddings of `ids: [b, 1]` with row i at position `positions[i]` (GPT-2's learned
+    /// positions; rotary models take theirs in attention).
+    pub fn embed_at(&self, ids: Tensor<B, 2, Int>, positions: &[usize]) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        assert_eq!((s, positions.len()), (1, b), "embed_at: one token per row");
+        let d = self.config.hidden_size;
+        let tokens = reshape(self.embed.clone().select(0, ids.reshape([b])), [b, 1, d]);
+        match &self.positions {
+            Some(p) => {
+                let idx: Vec<i64> = positions.iter().map(|&x| x as i64).collect();
+                let idx =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &tokens.device());
+                tokens + reshape(p.clone().select(0, idx), [b, 1, d])
+            }
+            None => tokens,
+        }
+    }
+
     /// Blocks `start..` with each layer's attention context, honouring `stop_after`; the final
     /// norm when the whole stack ran.
     fn run_blocks<'a>(

@@ -294,3 +294,33 @@ fn perplexity_names_its_bad_flags() {
         "--perplexity-tokens needs --sequential",
     );
 }
+
+#[test]
+fn fluency_names_its_bad_flags() {
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    assert_one_line_error(
+        &[
+            "fluency",
+            "--model",
+            model,
+            "--max-len",
+            "3",
+            "The capital of France is",
+        ],
+        "--max-len 3",
+    );
+    let out = tempfile::tempdir().unwrap();
+    assert_one_line_error(
+        &[
+            "bench",
+            "--model",
+            model,
+            "--fluency",
+            "1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        "--fluency 1",
+    );
+}

@@ -785,3 +785,135 @@ fn density_runs_reach_the_report_against_low_density() {
     let svg = std::fs::read_to_string(rep.join("density-perplexity-sequential-n6.svg")).unwrap();
     assert!(svg.contains(">unedited</text>"), "{svg}");
 }
+
+/// `--fluency`: every line carries the entropy of its case's rewrite prompt continued by the
+/// edited model and by the unedited one, the latter what `kedit fluency` gives for that prompt
+/// (same seed, same draws); the other fields are a run without it, line for line; the report
+/// has a fluency row per order; a resume without it is refused.
+#[test]
+fn a_bench_run_reads_each_cases_fluency() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.yaml");
+    std::fs::write(&h, HPARAMS).unwrap();
+    let h = h.to_str().unwrap();
+    let run = |out: &str, order: &str, fluency: bool| -> (bool, String, String) {
+        let out = dir.path().join(out);
+        let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), order);
+        args[8] = "2"; // --n 2
+        args[10] = "2"; // --groups 2
+        if fluency {
+            args.extend(["--fluency", "40"]);
+        }
+        kedit(&args)
+    };
+    let lines_of = |out: &str| -> Vec<serde_json::Value> {
+        only_jsonl(&dir.path().join(out))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for order in ["homogeneous", "heterogeneous"] {
+        let (ok, _, err) = run(&format!("fl-{order}"), order, true);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = run("plain", "homogeneous", false);
+    assert!(ok, "{err}");
+
+    // The rewrite prompt of each case, as the dataset gives it.
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("s2rke-wikidata.json")).unwrap())
+            .unwrap();
+    let prompt_of = |case: &str| -> String {
+        let (sid, j) = case[1..].split_once('r').unwrap();
+        let rec = data
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["subjectID"].to_string().trim_matches('"') == sid)
+            .unwrap();
+        let rw = &rec["Star_Topology"][j.parse::<usize>().unwrap()]["requested_rewrite"];
+        rw["prompt"]
+            .as_str()
+            .unwrap()
+            .replace("{}", rec["subject"]["name"].as_str().unwrap())
+    };
+    let with = lines_of("fl-homogeneous");
+    assert_eq!(with.len(), 4, "2 groups of 2");
+    let model = fixture("tiny-llama");
+    for l in &with {
+        let f = &l["fluency"];
+        assert_eq!(f["max_len"], 40);
+        let prompt = prompt_of(l["case_id"].as_str().unwrap());
+        let (ok, out, err) = kedit(&[
+            "fluency",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-len",
+            "40",
+            &prompt,
+        ]);
+        assert!(ok, "{err}");
+        let standalone: serde_json::Value =
+            serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(f["unedited"], standalone["entropy"], "{l}");
+        let edited = f["edited"].as_f64().unwrap();
+        assert!(edited.is_finite() && edited >= 0.0, "{l}");
+    }
+    // Reading fluency changes nothing else.
+    let without: Vec<serde_json::Value> = with
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.as_object_mut().unwrap().remove("fluency");
+            l
+        })
+        .collect();
+    assert_eq!(without, lines_of("plain"));
+
+    // Both orders in one folder: a row per order, Δ = the mean of edited − unedited.
+    let both = dir.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for order in ["homogeneous", "heterogeneous"] {
+        for e in std::fs::read_dir(dir.path().join(format!("fl-{order}"))).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let (ok, md, err) = kedit(&["report", both.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(md.contains("### Generation fluency"), "{md}");
+    let csv = std::fs::read_to_string(both.join("fluency.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert_eq!(
+        &rows[0][..9],
+        [
+            "rome",
+            "sequential",
+            "group",
+            "2",
+            "",
+            "homogeneous",
+            "2",
+            "4",
+            "40"
+        ]
+    );
+    let delta: f64 = with
+        .iter()
+        .map(|l| {
+            l["fluency"]["edited"].as_f64().unwrap() - l["fluency"]["unedited"].as_f64().unwrap()
+        })
+        .sum::<f64>()
+        / 4.0;
+    let got: f64 = rows[0][11].parse().unwrap();
+    assert!((got - delta).abs() < 1e-4, "{got} vs {delta}");
+
+    // A resume that adds fluency to results made without it mixes two kinds of lines: refused.
+    let (ok, _, err) = run("plain", "homogeneous", true);
+    assert!(!ok && err.contains("fluency"), "{err}");
+}

@@ -118,6 +118,7 @@ impl Report {
             }
             files.push(("perplexity.csv".into(), ppl));
         }
+        files.extend(self.fluency_csv());
         files
     }
 }

@@ -22,12 +22,14 @@ use crate::{summarize_as, ScoreMean, Summary};
 mod bootstrap;
 mod csv;
 mod density;
+mod fluency;
 mod markdown;
 mod svg;
 
 use bootstrap::{bootstrap_ci, bootstrap_ci_two};
 pub(crate) use bootstrap::{bootstrap_draws, percentile};
 use density::{density_rows, DensityCells};
+pub use fluency::FluencyRow;
 use markdown::fixed_or_sci;
 pub(crate) use svg::svg_open;
 
@@ -192,6 +194,8 @@ pub struct Report {
     /// A point per group for the key-cosine-against-efficacy figure ([`crate::key_efficacy`]).
     pub key_points: Vec<KeyPoint>,
     pub perplexity: Vec<PerplexityRow>,
+    /// Generation fluency per cell and order, where a run read it (`kedit bench --fluency`).
+    pub fluency: Vec<FluencyRow>,
     /// How S was averaged over each cell's cases.
     pub score_mean: ScoreMean,
 }
@@ -327,9 +331,13 @@ pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
     let mut sd = Vec::new();
     let mut unpaired = Vec::new();
     let mut perplexity = Vec::new();
+    let mut fluency = Vec::new();
     for (cell, [homo, hetero]) in &cells {
         if let Some(row) = perplexity_row(cell, homo, hetero) {
             perplexity.push(row);
+        }
+        for (order, side) in [(Order::Homogeneous, homo), (Order::Heterogeneous, hetero)] {
+            fluency.extend(fluency::fluency_row(cell, order, side));
         }
         for (order, side, other) in [
             (Order::Homogeneous, homo, hetero),
@@ -407,6 +415,7 @@ pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
         keys,
         key_points: key_efficacy::points(lines),
         perplexity,
+        fluency,
         score_mean: how,
     }
 }

@@ -19,6 +19,7 @@ fn line(order: Order, step: usize, es: f64, ps: f64, ns: f64) -> ResultLine {
         key_cos_first: None,
         after: None,
         perplexity: None,
+        fluency: None,
         metrics: CaseMetrics {
             case_id: format!("c{step}"),
             es,

@@ -4,6 +4,7 @@
 //! monomorphises Burn for its backends again, and one per file cost CI minutes.
 
 mod common;
+mod decode;
 mod families;
 mod gradients;
 mod prefix;
