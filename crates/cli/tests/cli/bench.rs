@@ -540,6 +540,54 @@ fn a_resume_with_other_hparams_is_refused_and_a_label_keeps_both_runs() {
     assert!(!ok && err.contains("--label"), "{err}");
 }
 
+/// Runs of 2 groups of 2 edits on the tiny Llama with the short ROME hyperparameters, side by
+/// side in one folder: what the reading tests (perplexity, fluency) compare.
+struct Runs {
+    dir: tempfile::TempDir,
+    h: String,
+}
+
+impl Runs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("h.yaml");
+        std::fs::write(&h, HPARAMS).unwrap();
+        let h = h.to_str().unwrap().to_owned();
+        Self { dir, h }
+    }
+
+    /// `kedit bench` of `order` into `out` (a folder under this one), with `extra` flags.
+    fn run(&self, out: &str, order: &str, extra: &[&str]) -> (bool, String, String) {
+        let out = self.dir.path().join(out);
+        let out = out.to_str().unwrap();
+        let mut args = bench_args(&self.h, out, order);
+        args[8] = "2"; // --n 2
+        args[10] = "2"; // --groups 2
+        args.extend(extra);
+        kedit(&args)
+    }
+
+    fn lines(&self, out: &str) -> Vec<serde_json::Value> {
+        only_jsonl(&self.dir.path().join(out))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The files of the folders `outs` copied into a new folder `name`, for one report.
+    fn merged(&self, name: &str, outs: &[String]) -> std::path::PathBuf {
+        let both = self.dir.path().join(name);
+        std::fs::create_dir(&both).unwrap();
+        for out in outs {
+            for e in std::fs::read_dir(self.dir.path().join(out)).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        both
+    }
+}
+
 /// `--perplexity-tokens`: every line scored after a group's last edit carries that group's edited
 /// model's perplexity on held-out text, beside the unedited model's, which is what `kedit
 /// perplexity` gives; the other fields are a run without it, line for line; the report has a
@@ -548,31 +596,14 @@ fn a_resume_with_other_hparams_is_refused_and_a_label_keeps_both_runs() {
 /// refused.
 #[test]
 fn a_bench_run_reads_each_groups_model_on_held_out_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = dir.path().join("h.yaml");
-    std::fs::write(&h, HPARAMS).unwrap();
-    let h = h.to_str().unwrap();
-    let run = |out: &str, order: &str, perplexity: bool| -> (bool, String, String) {
-        let out = dir.path().join(out);
-        let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), order);
-        args[8] = "2"; // --n 2
-        args[10] = "2"; // --groups 2
-        if perplexity {
-            args.extend(["--perplexity-tokens", "300"]);
-        }
-        kedit(&args)
-    };
-    let lines_of = |out: &str| -> Vec<serde_json::Value> {
-        only_jsonl(&dir.path().join(out))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let runs = Runs::new();
+    let ppl = ["--perplexity-tokens", "300"];
+    let lines_of = |out: &str| runs.lines(out);
     for order in ["homogeneous", "heterogeneous"] {
-        let (ok, _, err) = run(&format!("ppl-{order}"), order, true);
+        let (ok, _, err) = runs.run(&format!("ppl-{order}"), order, &ppl);
         assert!(ok, "{err}");
     }
-    let (ok, _, err) = run("plain", "homogeneous", false);
+    let (ok, _, err) = runs.run("plain", "homogeneous", &[]);
     assert!(ok, "{err}");
 
     let model = fixture("tiny-llama");
@@ -619,15 +650,10 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
     assert_eq!(without, lines_of("plain"));
 
     // Both orders in one folder: a perplexity row over the 2 matched pairs.
-    let both = dir.path().join("both");
-    std::fs::create_dir(&both).unwrap();
-    for order in ["homogeneous", "heterogeneous"] {
-        let from = dir.path().join(format!("ppl-{order}"));
-        for e in std::fs::read_dir(&from).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let both = runs.merged(
+        "both",
+        &["ppl-homogeneous".into(), "ppl-heterogeneous".into()],
+    );
     let (ok, md, err) = kedit(&["report", both.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(md.contains("### Held-out perplexity"), "{md}");
@@ -659,12 +685,11 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
 
     // A curve run reads the model after every edit; after the last, the model is the plain
     // run's, to the bit.
-    let out = dir.path().join("ppl-curve");
-    let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), "homogeneous");
-    args[8] = "2";
-    args[10] = "2";
-    args.extend(["--perplexity-tokens", "300", "--curve"]);
-    let (ok, _, err) = kedit(&args);
+    let (ok, _, err) = runs.run(
+        "ppl-curve",
+        "homogeneous",
+        &[&ppl[..], &["--curve"]].concat(),
+    );
     assert!(ok, "{err}");
     let curve = lines_of("ppl-curve");
     assert_eq!(
@@ -692,7 +717,7 @@ fn a_bench_run_reads_each_groups_model_on_held_out_text() {
     }
 
     // Results made without perplexity are not completed with it.
-    let (ok, _, err) = run("plain", "homogeneous", true);
+    let (ok, _, err) = runs.run("plain", "homogeneous", &ppl);
     assert!(!ok, "adding perplexity to a run made without it must fail");
     assert!(
         err.trim().lines().count() == 1 && err.contains("selection"),
@@ -792,31 +817,14 @@ fn density_runs_reach_the_report_against_low_density() {
 /// has a fluency row per order; a resume without it is refused.
 #[test]
 fn a_bench_run_reads_each_cases_fluency() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = dir.path().join("h.yaml");
-    std::fs::write(&h, HPARAMS).unwrap();
-    let h = h.to_str().unwrap();
-    let run = |out: &str, order: &str, fluency: bool| -> (bool, String, String) {
-        let out = dir.path().join(out);
-        let mut args = bench_args(h, Box::leak(out.to_str().unwrap().into()), order);
-        args[8] = "2"; // --n 2
-        args[10] = "2"; // --groups 2
-        if fluency {
-            args.extend(["--fluency", "40"]);
-        }
-        kedit(&args)
-    };
-    let lines_of = |out: &str| -> Vec<serde_json::Value> {
-        only_jsonl(&dir.path().join(out))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let runs = Runs::new();
+    let fluency = ["--fluency", "40"];
+    let lines_of = |out: &str| runs.lines(out);
     for order in ["homogeneous", "heterogeneous"] {
-        let (ok, _, err) = run(&format!("fl-{order}"), order, true);
+        let (ok, _, err) = runs.run(&format!("fl-{order}"), order, &fluency);
         assert!(ok, "{err}");
     }
-    let (ok, _, err) = run("plain", "homogeneous", false);
+    let (ok, _, err) = runs.run("plain", "homogeneous", &[]);
     assert!(ok, "{err}");
 
     // The rewrite prompt of each case, as the dataset gives it.
@@ -871,14 +879,10 @@ fn a_bench_run_reads_each_cases_fluency() {
     assert_eq!(without, lines_of("plain"));
 
     // Both orders in one folder: a row per order, Δ = the mean of edited − unedited.
-    let both = dir.path().join("both");
-    std::fs::create_dir(&both).unwrap();
-    for order in ["homogeneous", "heterogeneous"] {
-        for e in std::fs::read_dir(dir.path().join(format!("fl-{order}"))).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let both = runs.merged(
+        "both",
+        &["fl-homogeneous".into(), "fl-heterogeneous".into()],
+    );
     let (ok, md, err) = kedit(&["report", both.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(md.contains("### Generation fluency"), "{md}");
@@ -914,6 +918,6 @@ fn a_bench_run_reads_each_cases_fluency() {
     assert!((got - delta).abs() < 1e-4, "{got} vs {delta}");
 
     // A resume that adds fluency to results made without it mixes two kinds of lines: refused.
-    let (ok, _, err) = run("plain", "homogeneous", true);
+    let (ok, _, err) = runs.run("plain", "homogeneous", &fluency);
     assert!(!ok && err.contains("fluency"), "{err}");
 }
