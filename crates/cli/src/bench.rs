@@ -73,7 +73,7 @@ pub struct BenchArgs {
     /// continued to MAX_LEN tokens in all (100 if not given, EasyEdit's; top-k 5 sampling, seeded
     /// by --seed and the prompt) by the edited model and by the unedited one, and each text's
     /// n-gram entropy is kept (EasyEdit's `fluency`, ROME's GE ÷ 100; bits): the report's
-    /// fluency table. About 15 s per reading of 100 tokens (a group's cases in one batch) on
+    /// fluency table (for --order runs; --density runs keep it in their lines). About 15 s per reading of 100 tokens (a group's cases in one batch) on
     /// SmolLM2 on a 2-core CPU: each token reads every weight once
     #[arg(long, value_name = "MAX_LEN", num_args = 0..=1, default_missing_value = "100")]
     pub fluency: Option<usize>,
