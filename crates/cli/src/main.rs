@@ -362,6 +362,8 @@ enum Command {
         /// Tokens per text, prompt included (EasyEdit's max_out_len)
         #[arg(long, default_value_t = kedit_eval::fluency::MAX_OUT_LEN)]
         max_len: usize,
+        /// With the prompt, the seed of each prompt's generator: the same seed gives the same
+        /// text on the same model and backend (`kedit bench --fluency` uses the bench's --seed)
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// One or more prompts
