@@ -14,8 +14,15 @@ use crate::{CausalLm, LanguageModel};
 pub fn top_k_sample(logits: &[f32], k: usize, rng: &mut ChaCha8Rng) -> u32 {
     let k = k.clamp(1, logits.len());
     let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    idx.truncate(k);
+    // The k largest in linear time, then only those sorted, rather than the whole vocabulary
+    // (49k entries on SmolLM2) per row and token. The order is total (ties by id), so the k and
+    // their order are a full sort's: the same draws, token for token.
+    let order = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
     let top = logits[idx[0]] as f64;
     let w: Vec<f64> = idx
         .iter()
@@ -58,16 +65,15 @@ impl<B: Backend> LanguageModel<B> {
             return Ok(out);
         }
         let model = &self.model;
-        let rows: Vec<&Vec<u32>> = live.iter().map(|&i| &prompts[i]).collect();
+        let seqs: Vec<Vec<u32>> = live.iter().map(|&i| prompts[i].clone()).collect();
         // The cache holds each prompt but its last token; every step feeds one token per row.
-        let prefix_lens: Vec<usize> = rows.iter().map(|p| p.len() - 1).collect();
-        let seqs: Vec<Vec<u32>> = rows.iter().map(|p| p.to_vec()).collect();
+        let prefix_lens: Vec<usize> = seqs.iter().map(|p| p.len() - 1).collect();
         let h = model.embed(model.batch(&seqs));
         let mut cache = model.prefix_cache(0, h, &prefix_lens, 1);
-        let mut next: Vec<u32> = rows.iter().map(|p| *p.last().expect("non-empty")).collect();
-        let mut lens: Vec<usize> = rows.iter().map(|p| p.len()).collect();
+        let mut next: Vec<u32> = seqs.iter().map(|p| *p.last().expect("non-empty")).collect();
+        let short = |out: &[Vec<u32>], i: usize| prompts[i].len() + out[i].len() < max_len;
         let d = model.config.hidden_size;
-        while lens.iter().any(|&l| l < max_len) {
+        while live.iter().any(|&i| short(&out, i)) {
             let ids = model.batch(&next.iter().map(|&t| vec![t]).collect::<Vec<_>>());
             let positions = cache.prefix_lens.clone();
             let h = model.embed_at(ids, &positions);
@@ -83,9 +89,8 @@ impl<B: Backend> LanguageModel<B> {
             for (r, &i) in live.iter().enumerate() {
                 let t = top_k_sample(&logits[r * v..(r + 1) * v], top_k, &mut rngs[i]);
                 next[r] = t;
-                if lens[r] < max_len {
+                if short(&out, i) {
                     out[i].push(t);
-                    lens[r] += 1;
                 }
             }
         }

@@ -41,11 +41,7 @@ pub fn normalize(text: &str) -> String {
 /// and trigram frequencies, weighted 2/3 and 4/3, averaged. A sequence too short for any n-gram
 /// adds 0 for that n, as NumPy's empty sum does.
 pub fn n_gram_entropy(words: &[String]) -> f64 {
-    let weighted: Vec<f64> = [(2usize, 2.0 / 3.0), (3, 4.0 / 3.0)]
-        .iter()
-        .map(|&(n, w)| w * entropy_of_ngrams(words, n))
-        .collect();
-    weighted.iter().sum::<f64>() / weighted.len() as f64
+    (2.0 / 3.0 * entropy_of_ngrams(words, 2) + 4.0 / 3.0 * entropy_of_ngrams(words, 3)) / 2.0
 }
 
 fn entropy_of_ngrams(words: &[String], n: usize) -> f64 {
@@ -56,11 +52,10 @@ fn entropy_of_ngrams(words: &[String], n: usize) -> f64 {
     let mut index: HashMap<&[String], usize> = HashMap::new();
     let mut counts: Vec<f64> = Vec::new();
     for g in words.windows(n) {
-        let next = counts.len();
-        let i = *index.entry(g).or_insert(next);
-        if i == counts.len() {
+        let i = *index.entry(g).or_insert_with(|| {
             counts.push(0.0);
-        }
+            counts.len() - 1
+        });
         counts[i] += 1.0;
     }
     let total: f64 = counts.iter().sum();

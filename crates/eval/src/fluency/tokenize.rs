@@ -145,14 +145,12 @@ fn contains_sentbreak(context: &str) -> bool {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let breaks: Vec<bool> = (0..toks.len())
-        .map(|i| sentbreak(toks[i], toks.get(i + 1).copied()))
-        .collect();
-    breaks.iter().take(toks.len().saturating_sub(1)).any(|&b| b)
+    toks.windows(2).any(|w| sentbreak(w[0], w[1]))
 }
 
-/// Whether punkt (untrained) marks `tok` as ending a sentence, given the token after it.
-fn sentbreak(tok: &str, next: Option<&str>) -> bool {
+/// Whether punkt (untrained) marks `tok` as ending a sentence, given the token after it (the
+/// last token's mark is never read).
+fn sentbreak(tok: &str, next: &str) -> bool {
     // First pass: marks end sentences; words ending in a period do unless they are ellipses
     // (no abbreviations are known).
     let first = if [".", "?", "!"].contains(&tok) {
@@ -165,7 +163,6 @@ fn sentbreak(tok: &str, next: Option<&str>) -> bool {
     // Second pass, for words ending in a period: an initial or a number is not an end when the
     // next token is not a sentence starter (punctuation, or lower case), nor an initial before a
     // capital.
-    let Some(next) = next else { return first };
     if !first || !tok.ends_with('.') {
         return first;
     }

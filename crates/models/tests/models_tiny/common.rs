@@ -4,6 +4,14 @@ use burn::tensor::backend::Backend;
 use kedit_models::{CausalLm, Interventions, LanguageModel};
 use serde_json::Value;
 
+/// A tiny random checkpoint under fixtures/ (`tiny-llama`, `tiny-gpt2`, `tiny-gptj`).
+pub fn load_tiny<B: Backend>(name: &str, device: &B::Device) -> LanguageModel<B> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name);
+    LanguageModel::<B>::load_hf(&dir, device).unwrap()
+}
+
 pub fn ids_of(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()

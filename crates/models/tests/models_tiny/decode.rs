@@ -3,20 +3,13 @@
 //! those positions, on the tiny random Llama, GPT-2 (learned positions) and GPT-J (partial
 //! rotary); greedy sampling continues a prompt as `generate` does.
 
-use std::path::PathBuf;
-
 use burn::tensor::backend::Backend;
 use kedit_models::testing::TestDevice;
-use kedit_models::{test_device, CausalLm, Interventions, LanguageModel};
+use kedit_models::{test_device, CausalLm, Interventions};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn load<B: Backend>(name: &str, device: &B::Device) -> LanguageModel<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name);
-    LanguageModel::<B>::load_hf(&dir, device).unwrap()
-}
+use crate::common::load_tiny as load;
 
 test_device!(decode_steps_match_the_whole_rows, all_families);
 fn all_families<B: Backend>(device: &B::Device, dev: TestDevice) {

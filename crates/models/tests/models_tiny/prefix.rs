@@ -2,13 +2,13 @@
 //! intervention at the first suffix token (ROME's v* setting), on the tiny random Llama, GPT-2
 //! (learned positions) and GPT-J (partial rotary).
 
-use std::path::PathBuf;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kedit_models::prefix::suffixes;
 use kedit_models::testing::TestDevice;
-use kedit_models::{test_device, CausalLm, Interventions, LanguageModel, Site};
+use kedit_models::{test_device, CausalLm, Interventions, Site};
+
+use crate::common::load_tiny;
 
 test_device!(suffix_forward_matches_the_whole_rows, all_families);
 fn all_families<B: Backend>(device: &B::Device, dev: TestDevice) {
@@ -21,10 +21,7 @@ fn all_families<B: Backend>(device: &B::Device, dev: TestDevice) {
 }
 
 fn check<B: Backend>(name: &str, device: &B::Device, tol: f32) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name);
-    let lm = LanguageModel::<B>::load_hf(&dir, device).unwrap();
+    let lm = load_tiny::<B>(name, device);
     let seqs: Vec<Vec<u32>> = [
         "Some text before. The capital of France is",
         "The capital of France is",
