@@ -42,6 +42,9 @@ struct Profile {
     /// Each scored case's rewrite prompt continued to this many tokens by the edited and the
     /// unedited model (`kedit bench --fluency`): the report's fluency table.
     fluency: Option<usize>,
+    /// EasyEdit's token accuracies of each scored case (`kedit bench --token-acc`): the report's
+    /// token-accuracy table. One forward pass per case: seconds per cell.
+    token_acc: bool,
 }
 
 /// Seconds per generated token of a fluency reading on SmolLM2 (one batched decoding step reads
@@ -144,6 +147,8 @@ fn profile(name: &str) -> Result<Profile> {
             perplexity_tokens: Some(256),
             // And the fluency path: short texts (about 3 s a reading).
             fluency: Some(24),
+            // And EasyEdit's token accuracies.
+            token_acc: true,
         },
         // ≤ 30 minutes on a 2-core CPU (with the build) with every registered method and its real
         // hyperparameters: sequential editing (the paper's sequential panel), N = 2 (the first
@@ -161,6 +166,8 @@ fn profile(name: &str) -> Result<Profile> {
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
             fluency: None,
+            // EasyEdit's numbers beside ES/PS/NS: a forward pass per case.
+            token_acc: true,
         },
         // The study's central contrast with intervals narrow enough to read on a laptop: two
         // locate-then-edit methods (ROME, MEMIT) against a fine-tuning and a hypernetwork editor
@@ -183,6 +190,7 @@ fn profile(name: &str) -> Result<Profile> {
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
             fluency: None,
+            token_acc: false,
         },
         // The contrast at the paper's largest N: 8 edits of one subject against 8 edits of 8
         // subjects, on the deep set (its 22 subjects have 8-10 records), 8 matched group pairs
@@ -211,6 +219,7 @@ fn profile(name: &str) -> Result<Profile> {
             // (the paper's density figures show perplexity beside NS): about 25 s per group.
             perplexity_tokens: Some(8192),
             fluency: None,
+            token_acc: false,
         },
         // The paper's sequential figure, SD against N (fig4), with its methods (ROME, MEMIT,
         // PMET, FT, KN, MEND) and AlphaEdit on the deep set: N = 1 to 8 from one sequential run of
@@ -303,6 +312,7 @@ fn profile(name: &str) -> Result<Profile> {
             mend_minutes: MEND_TRAIN_MINUTES,
             perplexity_tokens: None,
             fluency: None,
+            token_acc: false,
         },
         // The study's subject-density figures (fig2, fig12; paper.md §6.4): N = 6 edits made of
         // 2 subjects × 3 records (high), 3 × 2 (medium) or 6 × 1 (low), sequential, the
@@ -336,6 +346,7 @@ fn profile(name: &str) -> Result<Profile> {
             groups: 4,
             speed: 1.3,
             fluency: Some(100),
+            token_acc: false,
             ..profile("default")?
         },
         other => {
@@ -554,6 +565,9 @@ pub(crate) fn bench_all(
                     }
                     if let Some(len) = p.fluency {
                         args.extend(["--fluency".into(), len.to_string().into()]);
+                    }
+                    if p.token_acc {
+                        args.push("--token-acc".into());
                     }
                     args.extend(["--out".into(), runs_dir.clone().into()]);
                     let label = format!(

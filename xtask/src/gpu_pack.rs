@@ -15,7 +15,7 @@ const CUDA_PACK_FEATURES: &str = "cuda,kedit-models/cuda-kernels";
 /// The integration tests with burn-cuda instances (`test_device!`) or cuda-only tests.
 const CUDA_TESTS: &[&str] = &[
     "models_tiny",
-    "perplexity",
+    "eval_models",
     "smollm2",
     "patch",
     "locate_edit_tiny",

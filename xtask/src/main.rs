@@ -414,6 +414,12 @@ fn main() -> Result<()> {
                     run(Command::new(&py).arg(root().join("fixtures/reference").join(script)))?
                 );
             }
+            print!(
+                "{}",
+                run(Command::new(&py)
+                    .arg(root().join("fixtures/reference/token_acc.py"))
+                    .arg(&gguf))?
+            );
             run(Command::new(py)
                 .arg(root().join("fixtures/reference/make_reference.py"))
                 .arg(gguf))

@@ -77,6 +77,13 @@ pub struct BenchArgs {
     /// SmolLM2 on a 2-core CPU: each token reads every weight once
     #[arg(long, value_name = "MAX_LEN", num_args = 0..=1, default_missing_value = "100")]
     pub fluency: Option<usize>,
+    /// Also read EasyEdit's teacher-forced token accuracies of each scored case: `rewrite_acc`
+    /// and `rephrase_acc` (the share of target_new's tokens the model's argmax gets right on the
+    /// rewrite and paraphrase prompts) and `locality` (the share of the neighbourhood prompts'
+    /// argmax answers, teacher-forced on target_true, left as the unedited model gave them): the
+    /// report's token-accuracy table, beside ES/PS/NS. One forward pass per case and reading
+    #[arg(long)]
+    pub token_acc: bool,
 }
 
 /// What a results file was made with, kept next to it (`<file>.run.json`): a resume with another
@@ -285,6 +292,16 @@ impl RunOnBackend for BenchArgs {
                 "fluency_len": len,
             })),
         };
+        // Lines with token accuracy and lines without: the same. Runs without it keep their
+        // identity as before.
+        if self.token_acc {
+            let mut selection = identity
+                .selection
+                .take()
+                .unwrap_or_else(|| serde_json::json!({}));
+            selection["token_acc"] = serde_json::Value::Bool(true);
+            identity.selection = Some(selection);
+        }
         check_identity(
             &self.out.join(format!("{file}.run.json")),
             &identity,
@@ -317,6 +334,7 @@ impl RunOnBackend for BenchArgs {
             &Readings {
                 held_out: held_out.as_deref(),
                 fluency_len: self.fluency,
+                token_acc: self.token_acc,
             },
             &mut results,
         )?;
@@ -344,6 +362,16 @@ impl RunOnBackend for BenchArgs {
             all.ns,
             100.0 * all.score
         );
+        if let Some(t) = kedit_eval::token_acc::summarize(
+            results.lines.iter().filter_map(|l| l.metrics.token_acc),
+        ) {
+            println!(
+                "view all, EasyEdit's token accuracy: rewrite_acc {:.3} rephrase_acc {} locality {}",
+                t.rewrite_acc,
+                crate::edit::rate3(t.rephrase_acc),
+                crate::edit::rate3(t.locality)
+            );
+        }
         Ok(())
     }
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
+use kedit_editing::EditCase;
 use kedit_eval::perplexity::DEFAULT_WINDOW;
+use kedit_eval::token_acc::LocalityReference;
 use kedit_models::{LanguageModel, ModelSpec};
 
 use crate::bench::{check_identity, RunIdentity};
@@ -235,12 +237,18 @@ impl RunOnBackend for Edit {
                     "arrange": self.arrange.map(|a| format!("{a:?}")),
                     "skip": self.skip, "limit": self.limit,
                     "one_per_subject": self.one_per_subject,
+                    // Scores saved before kedit read token accuracy lack it.
+                    "token_acc": true,
                 }));
                 Some(Progress::open(report, &identity)?)
             }
             None => None,
         };
-        let pre = kedit_eval::evaluate(&lm, &cases)?;
+        let mut pre = kedit_eval::evaluate(&lm, &cases)?;
+        // EasyEdit's token accuracies, and the unedited model's answers its locality compares
+        // the edited model's with (the unedited model has no locality of its own).
+        let reference = LocalityReference::of(&lm, &cases)?;
+        with_token_acc(&lm, &cases, &mut pre, None)?;
         // The held-out tokens and the unedited model's perplexity on them.
         let held_out = match self.perplexity_tokens {
             Some(n) => {
@@ -299,7 +307,8 @@ impl RunOnBackend for Edit {
                 resuming = false;
                 let t = std::time::Instant::now();
                 let patch = editor.apply(&mut lm, &reqs)?;
-                let m = kedit_eval::evaluate(&lm, chunk)?;
+                let mut m = kedit_eval::evaluate(&lm, chunk)?;
+                with_token_acc(&lm, chunk, &mut m, Some(&reference))?;
                 if let Some(pf) = progress_file.as_mut() {
                     if self.sequential {
                         patch.save(&pf.patch_file(i))?;
@@ -342,7 +351,9 @@ impl RunOnBackend for Edit {
         bar.finish_and_clear();
         // After the last edit: what the earlier edits kept.
         let last = if self.sequential {
-            Some(kedit_eval::evaluate(&lm, &cases)?)
+            let mut last = kedit_eval::evaluate(&lm, &cases)?;
+            with_token_acc(&lm, &cases, &mut last, Some(&reference))?;
+            Some(last)
         } else {
             None
         };
@@ -371,6 +382,30 @@ impl RunOnBackend for Edit {
                 s.es, s.ps, s.ns, s.score
             );
         }
+        let token_acc = |m: &[kedit_eval::CaseMetrics]| {
+            kedit_eval::token_acc::summarize(m.iter().filter_map(|c| c.token_acc))
+        };
+        let mut acc_rows = vec![
+            ("pre-edit", token_acc(&pre)),
+            ("post-edit", token_acc(&post)),
+        ];
+        if let Some(l) = &last {
+            acc_rows.push(("final", token_acc(l)));
+        }
+        println!(
+            "{:<10} {:>11} {:>12} {:>8}  (EasyEdit's token accuracy)",
+            "", "rewrite_acc", "rephrase_acc", "locality"
+        );
+        for (name, t) in &acc_rows {
+            if let Some(t) = t {
+                println!(
+                    "{name:<10} {:>11.3} {:>12} {:>8}",
+                    t.rewrite_acc,
+                    rate3(t.rephrase_acc),
+                    rate3(t.locality)
+                );
+            }
+        }
         if let Some((pre, last)) = &ppl {
             println!(
                 "perplexity: pre-edit {:.3}, final {:.3} ({} tokens of held-out text)",
@@ -393,7 +428,7 @@ impl RunOnBackend for Edit {
                 .enumerate()
                 .map(|(i, (m, p))| -> Result<serde_json::Value> {
                     let mut e = serde_json::to_value(m)?;
-                    e["pre"] = serde_json::json!({"es": p.es, "ps": p.ps, "ns": p.ns});
+                    e["pre"] = serde_json::json!({"es": p.es, "ps": p.ps, "ns": p.ns, "token_acc": p.token_acc});
                     if let Some(f) = last.as_ref().map(|l| &l[i]) {
                         let mut f = serde_json::to_value(f)?;
                         f.as_object_mut().expect("a struct").remove("case_id");
@@ -407,6 +442,10 @@ impl RunOnBackend for Edit {
             if let Some(s) = &s_last {
                 report["final_summary"] = serde_json::to_value(s)?;
             }
+            report["token_acc"] = serde_json::json!(acc_rows
+                .iter()
+                .map(|(name, t)| (name.replace("-edit", ""), t))
+                .collect::<std::collections::BTreeMap<_, _>>());
             if let Some((pre, last)) = &ppl {
                 report["perplexity"] = serde_json::json!({"pre": pre, "final": last});
             }
@@ -420,6 +459,25 @@ impl RunOnBackend for Edit {
         }
         Ok(())
     }
+}
+
+/// Each case's EasyEdit token accuracies on `lm`, into its metrics.
+fn with_token_acc<B: Backend>(
+    lm: &LanguageModel<B>,
+    cases: &[EditCase],
+    metrics: &mut [kedit_eval::CaseMetrics],
+    reference: Option<&LocalityReference>,
+) -> Result<()> {
+    let accs = kedit_eval::token_acc::token_accuracy(lm, cases, reference)?;
+    for (m, a) in metrics.iter_mut().zip(accs) {
+        m.token_acc = Some(a);
+    }
+    Ok(())
+}
+
+/// A token accuracy with three places, `–` where there is none.
+pub(crate) fn rate3(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.3}"))
 }
 
 /// A rate for the log; `–` where the case has no prompt of that kind (a record without

@@ -166,9 +166,10 @@ enum Command {
         #[arg(required = true)]
         prompts: Vec<String>,
     },
-    /// Edit facts and measure the edit: ES/PS/NS before and after. By default each case is edited
-    /// alone on the unedited model, evaluated, then reverted; `--batch` applies all requests in one
-    /// `apply` and evaluates them together; `--sequential` keeps each edit for the next.
+    /// Edit facts and measure the edit: ES/PS/NS before and after, and EasyEdit's teacher-forced
+    /// token accuracies beside them (rewrite_acc, rephrase_acc, locality). By default each case is
+    /// edited alone on the unedited model, evaluated, then reverted; `--batch` applies all requests
+    /// in one `apply` and evaluates them together; `--sequential` keeps each edit for the next.
     #[command(
         after_help = "Examples:\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 30 --report report.json\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --one-per-subject --limit 50 --batch\n  kedit edit --model smollm2 --method memit --requests fixtures/s2rke-wikidata.json --batch-size 5 --arrange same-subject --limit 50\n  kedit edit --model smollm2 --method rome --requests fixtures/s2rke-wikidata.json --limit 10 --sequential --patch-out ten-edits.safetensors"
     )]

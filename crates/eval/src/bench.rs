@@ -91,6 +91,9 @@ pub struct Readings<'a> {
     /// Generation fluency: each scored case's rewrite prompt continued to this many tokens in all
     /// (`kedit bench --fluency`).
     pub fluency_len: Option<usize>,
+    /// EasyEdit's token accuracies of each scored case (`kedit bench --token-acc`), locality
+    /// against the unedited model's answers, read before the group's first edit.
+    pub token_acc: bool,
 }
 
 /// Which line: (group, after, step, case).
@@ -234,7 +237,8 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 /// (after its last edit; in a `curve` plan after every edit), and the unedited model once (at the
 /// first group with work left); with `readings.fluency_len`, each scored case's rewrite prompt is
 /// continued by the edited model there, and by the unedited model before the group's first edit
-/// (once per case and run). `make_editor` is called on the unedited model at the first group with
+/// (once per case and run); with `readings.token_acc`, EasyEdit's token accuracies of each scored
+/// case, its locality against the unedited model's answers read there too. `make_editor` is called on the unedited model at the first group with
 /// work left, and not at all when every line is written: preparing an editor can cost minutes
 /// (covariance statistics, AlphaEdit's null spaces), which a resume of a finished cell should not
 /// pay. Returns the seconds spent editing, evaluating and reading the held-out text for the groups
@@ -254,6 +258,7 @@ pub fn run_plan<B: Backend>(
     let held_out = readings.held_out;
     let mut unedited: Option<f64> = None;
     let mut unedited_fluency: std::collections::HashMap<String, f64> = Default::default();
+    let mut locality_reference = crate::token_acc::LocalityReference::default();
     let fluency_of = |lm: &LanguageModel<B>, cases: &[&EditCase], len: usize| -> Result<Vec<f64>> {
         let prompts: Vec<String> = cases.iter().map(|c| c.request.full_prompt()).collect();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -327,6 +332,9 @@ pub fn run_plan<B: Backend>(
                 unedited_fluency.insert(c.case_id.clone(), e);
             }
         }
+        if readings.token_acc {
+            locality_reference.add(lm, &group)?;
+        }
         if editor.is_none() {
             editor = Some(make_editor(lm)?);
         }
@@ -352,7 +360,14 @@ pub fn run_plan<B: Backend>(
                 // numbers a whole scoring would.
                 let todo = missing(results, k, after);
                 let owned: Vec<EditCase> = todo.iter().map(|&s| group[s].clone()).collect();
-                let metrics = crate::evaluate(lm, &owned)?;
+                let mut metrics = crate::evaluate(lm, &owned)?;
+                if readings.token_acc {
+                    let accs =
+                        crate::token_acc::token_accuracy(lm, &owned, Some(&locality_reference))?;
+                    for (m, a) in metrics.iter_mut().zip(accs) {
+                        m.token_acc = Some(a);
+                    }
+                }
                 let perplexity = match (held_out, unedited) {
                     (Some(ids), Some(unedited)) if !todo.is_empty() => {
                         let p = crate::perplexity::perplexity(lm, ids, window)?;

@@ -376,6 +376,7 @@ mod tests {
                 em: 0.0,
                 pm: None,
                 nm: None,
+                token_acc: None,
             },
         }
     }

@@ -16,6 +16,7 @@ pub mod key_efficacy;
 pub mod perplexity;
 pub mod report;
 pub mod s_bars;
+pub mod token_acc;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
@@ -33,6 +34,10 @@ pub struct CaseMetrics {
     pub em: f64,
     pub pm: Option<f64>,
     pub nm: Option<f64>,
+    /// EasyEdit's token accuracies ([`token_acc`]), where they were read (`kedit edit`, `kedit
+    /// bench --token-acc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_acc: Option<token_acc::TokenAcc>,
 }
 
 /// Means over cases, and S.
@@ -105,6 +110,7 @@ pub fn evaluate<B: Backend>(lm: &LanguageModel<B>, cases: &[EditCase]) -> Result
             pm: ps.map(|x| x.1),
             ns: ns.map(|x| x.0),
             nm: ns.map(|x| x.1),
+            token_acc: None,
         });
     }
     Ok(out)
@@ -221,6 +227,7 @@ mod tests {
                 em: v,
                 pm: None,
                 nm: None,
+                token_acc: None,
             };
             let back: CaseMetrics =
                 serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
@@ -242,6 +249,7 @@ mod tests {
             em: 0.0,
             pm: Some(0.0),
             nm: Some(0.0),
+            token_acc: None,
         };
         let s = summarize(&[c(1.0, 0.5, 1.0), c(1.0, 0.5, 0.0)]);
         assert_eq!((s.es, s.ps, s.ns), (1.0, 0.5, 0.5));

@@ -345,6 +345,32 @@ impl<B: Backend> LanguageModel<B> {
             .collect())
     }
 
+    /// Logits `[positions, vocab]` at `positions` (row, position) of the right-padded batch of
+    /// `seqs`, from one forward pass.
+    fn logits_at_positions(&self, seqs: &[Vec<u32>], positions: &[(usize, usize)]) -> Tensor<B, 2> {
+        let fwd = self
+            .model
+            .forward(self.model.batch(seqs), &Interventions::none());
+        self.model.logits_at(fwd.hidden, positions)
+    }
+
+    /// The most likely next token at each of `positions` (row, position) of the right-padded
+    /// batch of `seqs`, from one forward pass: teacher-forced greedy predictions.
+    pub fn argmax_at(&self, seqs: &[Vec<u32>], positions: &[(usize, usize)]) -> Vec<u32> {
+        if positions.is_empty() {
+            return Vec::new();
+        }
+        self.logits_at_positions(seqs, positions)
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("argmax ids")
+            .into_iter()
+            .map(|t| t as u32)
+            .collect()
+    }
+
     /// log p(`ids[k]`) as the next token at `positions[k]` (row, position) of the right-padded
     /// batch of `seqs`, from one forward pass.
     pub fn logprobs_at(
@@ -353,10 +379,7 @@ impl<B: Backend> LanguageModel<B> {
         positions: &[(usize, usize)],
         ids: &[u32],
     ) -> Vec<f32> {
-        let fwd = self
-            .model
-            .forward(self.model.batch(seqs), &Interventions::none());
-        let logp = activation::log_softmax(self.model.logits_at(fwd.hidden, positions), 1);
+        let logp = activation::log_softmax(self.logits_at_positions(seqs, positions), 1);
         let n = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
         let idx =

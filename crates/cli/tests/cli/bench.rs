@@ -921,3 +921,68 @@ fn a_bench_run_reads_each_cases_fluency() {
     let (ok, _, err) = runs.run("plain", "homogeneous", &fluency);
     assert!(!ok && err.contains("fluency"), "{err}");
 }
+
+/// `--token-acc`: every line carries EasyEdit's token accuracies of its case (locality where it
+/// has neighbourhood prompts, against the unedited model's answers); the other fields are a run
+/// without it, line for line; the report has a token-accuracy row per view whose Δ is the
+/// lines' own; a resume without it is refused.
+#[test]
+fn a_bench_run_reads_each_cases_token_accuracy() {
+    let runs = Runs::new();
+    let flag = ["--token-acc"];
+    for order in ["homogeneous", "heterogeneous"] {
+        let (ok, out, err) = runs.run(&format!("ta-{order}"), order, &flag);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("EasyEdit's token accuracy: rewrite_acc"),
+            "{out}"
+        );
+    }
+    let (ok, _, err) = runs.run("plain", "homogeneous", &[]);
+    assert!(ok, "{err}");
+    let share = |x: &serde_json::Value| x.as_f64().filter(|x| (0.0..=1.0).contains(x));
+    let mut with = runs.lines("ta-homogeneous");
+    assert_eq!(with.len(), 4, "2 groups of 2");
+    for l in &with {
+        let t = &l["token_acc"];
+        assert!(share(&t["rewrite_acc"]).is_some(), "{l}");
+        // Locality where the case has neighbourhood prompts (and so NS), and only there.
+        assert_eq!(share(&t["locality"]).is_some(), !l["ns"].is_null(), "{l}");
+        assert_eq!(t["rephrase_acc"].is_null(), l["ps"].is_null(), "{l}");
+    }
+    assert!(with.iter().any(|l| !l["token_acc"]["locality"].is_null()));
+    // Reading it changes nothing else.
+    for l in &mut with {
+        l.as_object_mut().unwrap().remove("token_acc");
+    }
+    assert_eq!(with, runs.lines("plain"));
+
+    let both = runs.merged(
+        "both",
+        &["ta-homogeneous".into(), "ta-heterogeneous".into()],
+    );
+    let (ok, md, err) = kedit(&["report", both.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(md.contains("### EasyEdit's token accuracy"), "{md}");
+    let csv = std::fs::read_to_string(both.join("token-acc.csv")).unwrap();
+    let all: Vec<&str> = csv
+        .lines()
+        .find(|l| l.contains(",all,"))
+        .unwrap_or_else(|| panic!("{csv}"))
+        .split(',')
+        .collect();
+    let mean_rewrite = |out: &str| {
+        let ls = runs.lines(out);
+        ls.iter()
+            .map(|l| l["token_acc"]["rewrite_acc"].as_f64().unwrap())
+            .sum::<f64>()
+            / ls.len() as f64
+    };
+    let delta = 100.0 * (mean_rewrite("ta-homogeneous") - mean_rewrite("ta-heterogeneous"));
+    let got: f64 = all[9].parse().unwrap();
+    assert!((got - delta).abs() < 1e-4, "{got} vs {delta}: {csv}");
+
+    // A resume that adds token accuracy to results made without it: refused.
+    let (ok, _, err) = runs.run("plain", "homogeneous", &flag);
+    assert!(!ok && err.contains("token_acc"), "{err}");
+}

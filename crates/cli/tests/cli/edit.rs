@@ -828,6 +828,26 @@ fn sequential_edits_keep_each_edit_and_write_them_all() {
     assert!(out.contains("final"), "{out}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert!(r["final_summary"]["es"].is_number(), "{r}");
+    // EasyEdit's token accuracies beside ES/PS/NS, each a share of tokens; the unedited model has
+    // no locality of its own, and these requests have no paraphrase or neighbourhood prompt.
+    assert!(out.contains("(EasyEdit's token accuracy)"), "{out}");
+    for phase in ["pre", "post", "final"] {
+        let t = &r["token_acc"][phase];
+        let rewrite = t["rewrite_acc"].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&rewrite), "{phase}: {t}");
+        assert!(
+            t["rephrase_acc"].is_null() && t["locality"].is_null(),
+            "{t}"
+        );
+    }
+    let per_case: Vec<f64> = r["edits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["final"]["token_acc"]["rewrite_acc"].as_f64().unwrap())
+        .collect();
+    let mean = per_case.iter().sum::<f64>() / per_case.len() as f64;
+    assert!((r["token_acc"]["final"]["rewrite_acc"].as_f64().unwrap() - mean).abs() < 1e-12);
     let first = &r["edits"][0];
     let (right_after, last) = (
         first["em"].as_f64().unwrap(),

@@ -119,6 +119,7 @@ impl Report {
             files.push(("perplexity.csv".into(), ppl));
         }
         files.extend(self.fluency_csv());
+        files.extend(self.token_acc_csv());
         files
     }
 }

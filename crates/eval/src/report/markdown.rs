@@ -46,6 +46,7 @@ impl Report {
         self.curves_markdown(&mut o);
         self.perplexity_markdown(&mut o);
         self.fluency_markdown(&mut o);
+        self.token_acc_markdown(&mut o);
         let _ = writeln!(o, "### Reading\n");
         for r in &self.sd {
             let verdict = if r.ci.1 < 0.0 {

@@ -25,6 +25,7 @@ mod density;
 mod fluency;
 mod markdown;
 mod svg;
+mod token_acc;
 
 use bootstrap::{bootstrap_ci, bootstrap_ci_two};
 pub(crate) use bootstrap::{bootstrap_draws, percentile};
@@ -32,6 +33,7 @@ use density::{density_rows, DensityCells};
 pub use fluency::FluencyRow;
 use markdown::fixed_or_sci;
 pub(crate) use svg::svg_open;
+pub use token_acc::TokenAccRow;
 
 /// Which cases of a group are scored (both after the group's last edit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +198,9 @@ pub struct Report {
     pub perplexity: Vec<PerplexityRow>,
     /// Generation fluency per cell and order, where a run read it (`kedit bench --fluency`).
     pub fluency: Vec<FluencyRow>,
+    /// EasyEdit's token accuracies per cell and view, where a run read them (`kedit bench
+    /// --token-acc`).
+    pub token_acc: Vec<TokenAccRow>,
     /// How S was averaged over each cell's cases.
     pub score_mean: ScoreMean,
 }
@@ -332,6 +337,7 @@ pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
     let mut unpaired = Vec::new();
     let mut perplexity = Vec::new();
     let mut fluency = Vec::new();
+    let mut token_acc = Vec::new();
     for (cell, [homo, hetero]) in &cells {
         if let Some(row) = perplexity_row(cell, homo, hetero) {
             perplexity.push(row);
@@ -368,6 +374,7 @@ pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
             continue;
         }
         for view in [View::All, View::First] {
+            token_acc.extend(token_acc::token_acc_row(cell, view, homo, hetero));
             let pick = |side: &BTreeMap<GroupKey, Vec<&ResultLine>>, gs: &[GroupKey]| {
                 let v: Vec<&ResultLine> = gs
                     .iter()
@@ -416,6 +423,7 @@ pub fn build_as(lines: &[ResultLine], how: ScoreMean) -> Report {
         key_points: key_efficacy::points(lines),
         perplexity,
         fluency,
+        token_acc,
         score_mean: how,
     }
 }

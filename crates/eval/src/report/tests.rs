@@ -28,6 +28,7 @@ fn line(order: Order, step: usize, es: f64, ps: f64, ns: f64) -> ResultLine {
             em: 0.0,
             pm: None,
             nm: None,
+            token_acc: None,
         },
     }
 }
@@ -566,4 +567,73 @@ fn s_averaged_per_case_can_reverse_sd() {
         build_as(&lines, ScoreMean::Case).score_mean,
         ScoreMean::Case
     );
+}
+
+/// EasyEdit's token accuracies: means over each side's cases, Δ of rewrite_acc over matched
+/// pairs, and only pairs whose lines all carry them.
+#[test]
+fn token_accuracy_rows_pair_groups_that_carry_it() {
+    use crate::token_acc::TokenAcc;
+    let acc = |order, group, step, rewrite: f64, locality: Option<f64>| {
+        let mut l = line(order, step, 1.0, 1.0, 1.0);
+        l.group = group;
+        l.metrics.token_acc = Some(TokenAcc {
+            rewrite_acc: rewrite,
+            rephrase_acc: None,
+            locality,
+        });
+        l
+    };
+    let (h, t) = (Order::Homogeneous, Order::Heterogeneous);
+    let mut lines = vec![
+        // Pair 0: the same-subject group lost half its first edit's tokens.
+        acc(h, 0, 0, 0.5, Some(1.0)),
+        acc(h, 0, 1, 1.0, Some(0.5)),
+        acc(t, 0, 0, 1.0, Some(1.0)),
+        acc(t, 0, 1, 1.0, None),
+        // Pair 1: nothing lost.
+        acc(h, 1, 0, 1.0, Some(1.0)),
+        acc(h, 1, 1, 1.0, Some(1.0)),
+        acc(t, 1, 0, 1.0, Some(0.0)),
+        acc(t, 1, 1, 1.0, Some(1.0)),
+    ];
+    // Pair 2: one line without token accuracy (a run that did not read it): left out.
+    lines.push(acc(h, 2, 0, 0.0, None));
+    lines.push(line(h, 1, 1.0, 1.0, 1.0));
+    lines.last_mut().unwrap().group = 2;
+    lines.push(acc(t, 2, 0, 1.0, None));
+    lines.push(acc(t, 2, 1, 1.0, None));
+    let r = build(&lines);
+    assert_eq!(r.token_acc.len(), 2, "{:?}", r.token_acc);
+    let all = r.token_acc.iter().find(|x| x.view == View::All).unwrap();
+    let first = r.token_acc.iter().find(|x| x.view == View::First).unwrap();
+    // View `all` drops pair 2 (one of its lines lacks it); view `first` keeps it, whose first
+    // lines both carry it.
+    assert_eq!((all.groups, first.groups), (2, 3));
+    assert_eq!(all.homogeneous.rewrite_acc, 3.5 / 4.0);
+    assert_eq!(all.heterogeneous.rewrite_acc, 1.0);
+    assert!((all.delta + 12.5).abs() < 1e-9, "{}", all.delta);
+    // Locality over the cases that have it: (1 + 0.5 + 1 + 1) / 4 and (1 + 0 + 1) / 3.
+    assert_eq!(all.homogeneous.locality, Some(0.875));
+    assert!((all.heterogeneous.locality.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(all.homogeneous.rephrase_acc, None);
+    // First edits: 0.5, 1, 0 against 1, 1, 1.
+    assert!((first.delta - 100.0 * (1.5 / 3.0 - 1.0)).abs() < 1e-9);
+    assert!(first.ci.0 <= first.delta && first.delta <= first.ci.1 && first.ci.1 <= 0.0);
+    let md = r.markdown();
+    assert!(md.contains("### EasyEdit's token accuracy"), "{md}");
+    assert!(
+        md.contains("| m | sequential | group | 2 | `all` | 2 | 0.88 / 1.00 | **-12.5** |"),
+        "{md}"
+    );
+    let csv = r.csv();
+    let (_, text) = csv
+        .iter()
+        .find(|(name, _)| name == "token-acc.csv")
+        .expect("token-acc.csv");
+    assert!(text.contains(",all,2,0.87500,1.00000,-12.50000,"), "{text}");
+    // No token accuracy anywhere: no table, no file.
+    let plain = build(&[line(h, 0, 1.0, 1.0, 1.0), line(t, 0, 1.0, 1.0, 1.0)]);
+    assert!(plain.token_acc.is_empty());
+    assert!(!plain.markdown().contains("token accuracy"));
 }

@@ -8,12 +8,7 @@ use kedit_eval::perplexity::{perplexity, tail_ids};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel};
 
-fn tiny<B: Backend>(name: &str, device: &B::Device) -> LanguageModel<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name);
-    LanguageModel::load_hf(&dir, device).unwrap()
-}
+use crate::tiny;
 
 fn corpus() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
