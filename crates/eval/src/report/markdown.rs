@@ -48,19 +48,21 @@ impl Report {
         self.fluency_markdown(&mut o);
         self.token_acc_markdown(&mut o);
         let _ = writeln!(o, "### Reading\n");
-        for r in &self.sd {
-            let verdict = if r.ci.1 < 0.0 {
+        let verdict = |point: f64, ci: (f64, f64)| {
+            if ci.1 < 0.0 {
                 "same-subject editing scores lower, and the 95 % interval excludes 0"
-            } else if r.sd < 0.0 {
+            } else if point < 0.0 {
                 "same-subject editing scores lower, but the interval includes 0 (too few groups to be sure)"
-            } else if r.ci.0 > 0.0 {
+            } else if ci.0 > 0.0 {
                 "same-subject editing scores higher, and the interval excludes 0"
             } else {
                 "no difference the interval can tell from 0"
-            };
-            let _ = writeln!(
+            }
+        };
+        for r in &self.sd {
+            let _ = write!(
                 o,
-                "- {} {} N={} view `{}`: SD {:+.1} [{:+.1}, {:+.1}] over {} group pairs: {verdict}.",
+                "- {} {} N={} view `{}`: SD {:+.1} [{:+.1}, {:+.1}] over {} group pairs: {}.",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.n_label(),
@@ -68,8 +70,27 @@ impl Report {
                 r.sd,
                 r.ci.0,
                 r.ci.1,
-                r.groups
+                r.groups,
+                verdict(r.sd, r.ci)
             );
+            // The same comparison in EasyEdit's count, where the run read it on the same pairs.
+            match self
+                .token_acc
+                .iter()
+                .find(|t| t.cell == r.cell && t.view == r.view && t.groups == r.groups)
+            {
+                Some(t) => {
+                    let _ = writeln!(
+                        o,
+                        " EasyEdit's rewrite_acc: Δ {:+.1} [{:+.1}, {:+.1}]: {}.",
+                        t.delta,
+                        t.ci.0,
+                        t.ci.1,
+                        verdict(t.delta, t.ci)
+                    );
+                }
+                None => o.push('\n'),
+            }
         }
         if !self.unpaired.is_empty() {
             let _ = writeln!(

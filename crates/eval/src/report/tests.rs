@@ -622,6 +622,18 @@ fn token_accuracy_rows_pair_groups_that_carry_it() {
     assert!(first.ci.0 <= first.delta && first.delta <= first.ci.1 && first.ci.1 <= 0.0);
     let md = r.markdown();
     assert!(md.contains("### EasyEdit's token accuracy"), "{md}");
+    // The reading adds the same comparison in EasyEdit's count where the pairs are the same.
+    assert!(
+        md.contains(
+            "view `first`: SD +0.0 [+0.0, +0.0] over 3 group pairs: no difference the interval can tell from 0. EasyEdit's rewrite_acc: Δ -50.0"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.lines()
+            .any(|l| l.contains("view `all`: SD") && !l.contains("rewrite_acc")),
+        "view `all`'s pairs differ (2 with token accuracy, 3 scored): no rewrite_acc there: {md}"
+    );
     assert!(
         md.contains("| m | sequential | group | 2 | `all` | 2 | 0.88 / 1.00 | **-12.5** |"),
         "{md}"
