@@ -385,18 +385,19 @@ impl RunOnBackend for Edit {
         let token_acc = |m: &[kedit_eval::CaseMetrics]| {
             kedit_eval::token_acc::summarize(m.iter().filter_map(|c| c.token_acc))
         };
+        // (printed label, the report's key, means)
         let mut acc_rows = vec![
-            ("pre-edit", token_acc(&pre)),
-            ("post-edit", token_acc(&post)),
+            ("pre-edit", "pre", token_acc(&pre)),
+            ("post-edit", "post", token_acc(&post)),
         ];
         if let Some(l) = &last {
-            acc_rows.push(("final", token_acc(l)));
+            acc_rows.push(("final", "final", token_acc(l)));
         }
         println!(
             "{:<10} {:>11} {:>12} {:>8}  (EasyEdit's token accuracy)",
             "", "rewrite_acc", "rephrase_acc", "locality"
         );
-        for (name, t) in &acc_rows {
+        for (name, _, t) in &acc_rows {
             if let Some(t) = t {
                 println!(
                     "{name:<10} {:>11.3} {:>12} {:>8}",
@@ -444,7 +445,7 @@ impl RunOnBackend for Edit {
             }
             report["token_acc"] = serde_json::json!(acc_rows
                 .iter()
-                .map(|(name, t)| (name.replace("-edit", ""), t))
+                .map(|(_, key, t)| (key, t))
                 .collect::<std::collections::BTreeMap<_, _>>());
             if let Some((pre, last)) = &ppl {
                 report["perplexity"] = serde_json::json!({"pre": pre, "final": last});

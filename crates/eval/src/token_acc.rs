@@ -82,10 +82,10 @@ pub fn teacher_forced<B: Backend>(
     let mut spans = Vec::with_capacity(pairs.len());
     for (i, (prompt, target)) in pairs.iter().enumerate() {
         let prompt_len = lm.encode(prompt)?.len();
-        let seq = lm.encode(&format!("{prompt}{}", spaced(target)))?;
         if prompt_len == 0 {
             anyhow::bail!("pair {i}: the prompt is empty");
         }
+        let seq = lm.encode(&format!("{prompt}{}", spaced(target)))?;
         lm.check_context(&format!("pair {i}: prompt and target"), seq.len())?;
         let start = positions.len();
         // The answer at position p is the prediction of token p + 1.
