@@ -95,7 +95,7 @@ fi
 
 # The binaries find fixtures, data and the kedit binary through paths fixed when they were built
 # (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_kedit): make that checkout path point here.
-for b in tests/models_tiny bin/gpu-edit; do
+for b in tests/models bin/gpu-edit; do
     [ -f "$STAGE/$b" ] || continue
     built=$(strings "$STAGE/$b" | grep -o '/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*/\(crates/models\|benchmarks/\.\./fixtures\)' | sort -u | head -1)
     root=${built%/crates/models}
@@ -114,11 +114,10 @@ fi
 [ -f cubecl.toml ] || printf '[compilation]\ncache = "target"\n' > cubecl.toml
 
 status=0
-tests() { # $1: log name; the rest: test binaries
-    local log=$OUT/tests-$1.log
+tests() { # $1: the phase, tiny or smollm2; the rest: test binaries
+    local phase=$1 log=$OUT/tests-$1.log
     shift
     for t in "$@"; do
-        # `cuda` selects the burn-cuda instances (name::cuda) and the cuda-only tests' names.
         echo "== $t" | tee -a "$log"
         local t0=$SECONDS budget=$(($(left) - 15))
         [ "$budget" -gt "${TEST_TIMEOUT:-240}" ] && budget=${TEST_TIMEOUT:-240}
@@ -127,8 +126,18 @@ tests() { # $1: log name; the rest: test binaries
             status=1
             continue
         fi
+        # The tests whose names say `cuda` (the burn-cuda instances, name::cuda, and the
+        # cuda-only tests); those of the `smollm2` modules (the real model) in their own phase.
+        local names
+        names=$("$STAGE/tests/$t" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep cuda |
+            if [ "$phase" = smollm2 ]; then grep '^smollm2::'; else grep -v '^smollm2::'; fi)
+        if [ -z "$names" ]; then
+            echo "== $t: no $phase cuda tests" | tee -a "$log"
+            continue
+        fi
         # One hung kernel must not take the call's other binaries with it.
-        timeout "$budget" "$STAGE/tests/$t" cuda --test-threads 1 2>&1 | tee -a "$log" || status=1
+        # shellcheck disable=SC2086 # one name per word
+        timeout "$budget" "$STAGE/tests/$t" --exact $names --test-threads 1 2>&1 | tee -a "$log" || status=1
         echo "== $t: $((SECONDS - t0)) s" | tee -a "$log"
     done
 }
@@ -139,9 +148,10 @@ bench() { # $1: model; $2: MEMIT batch
         --gguf "$GGUF" --torch-tf32 \
         2> >(tee -a "$OUT/bench.log" >&2) | tee "$OUT/table-${1//[:]/-}.md" || status=1
 }
-smollm2_tests=(smollm2 rome_smollm2)
+# The binaries with SmolLM2 tests (modules `smollm2::`).
+smollm2_tests=(models locate_edit)
 # The model substrate first, the CLI (many processes) last: what a short call reaches is the core.
-tiny_first=(models_tiny patch locate_edit_tiny gradient_edit_tiny kn_tiny)
+tiny_first=(models patch locate_edit gradient_edit_tiny kn_tiny)
 for phase in "$@"; do
     echo "=== $phase ($(date -u +%T))"
     case $phase in
@@ -150,7 +160,7 @@ for phase in "$@"; do
         tiny=()
         for t in "${tiny_first[@]}"; do [ -f "$STAGE/tests/$t" ] && tiny+=("$t"); done
         for t in "$STAGE"/tests/*; do
-            case " ${smollm2_tests[*]} ${tiny_first[*]} " in *" ${t##*/} "*) ;; *) tiny+=("${t##*/}") ;; esac
+            case " ${tiny_first[*]} " in *" ${t##*/} "*) ;; *) tiny+=("${t##*/}") ;; esac
         done
         tests tiny "${tiny[@]}" ;;
     tests-smollm2)

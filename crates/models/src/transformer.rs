@@ -505,7 +505,7 @@ impl<B: Backend> Transformer<B> {
     /// position `cache.prefix_lens[i]` ([`Self::embed_at`]), through every block against
     /// `cache` (which must start at block 0); the tokens' keys and values then join the cache.
     /// Returns the final norm's output `[b, 1, d]`. Equals a whole-row forward at those
-    /// positions (`cargo test -p kedit-models --test models_tiny decode`).
+    /// positions (`cargo test -p kedit-models --test models decode`).
     pub fn decode_step(&self, cache: &mut PrefixCache<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
         assert_eq!(
             cache.start, 0,
