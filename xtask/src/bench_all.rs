@@ -826,22 +826,22 @@ mod tests {
         .iter()
         .map(|(n, b, o)| serde_json::json!({ "name": n, "batch": b, "batch_only": o }))
         .collect();
-        let cells = |name: &str| {
-            matrix_methods(&profile(name).unwrap(), &registered)
+        let cells = |p: &Profile| {
+            matrix_methods(p, &registered)
                 .into_iter()
                 .map(|(m, s, _)| (m, s))
                 .collect::<Vec<_>>()
         };
         let s = |v: &[&'static str]| v.to_vec();
         assert_eq!(
-            cells("default"),
+            cells(&profile("default").unwrap()),
             [
                 ("rome".into(), s(&["sequential"])),
                 ("memit".into(), s(&["sequential"]))
             ]
         );
         assert_eq!(
-            cells("paper"),
+            cells(&profile("paper").unwrap()),
             [
                 ("rome".into(), s(&["sequential"])),
                 ("memit".into(), s(&["sequential", "batch"])),
@@ -849,15 +849,8 @@ mod tests {
             ]
         );
         // Smoke: batch cells for the methods it names only.
-        let smoke = Profile {
-            methods: None,
-            ..profile("smoke").unwrap()
-        };
         assert_eq!(
-            matrix_methods(&smoke, &registered)
-                .into_iter()
-                .map(|(m, s, _)| (m, s))
-                .collect::<Vec<_>>(),
+            cells(&profile("smoke").unwrap()),
             [
                 ("rome".into(), s(&["sequential"])),
                 ("memit".into(), s(&["sequential", "batch"])),
@@ -885,10 +878,7 @@ mod tests {
             ..profile("paper").unwrap()
         };
         assert_eq!(
-            matrix_methods(&batch_only, &registered)
-                .into_iter()
-                .map(|(m, s, _)| (m, s))
-                .collect::<Vec<_>>(),
+            cells(&batch_only),
             [
                 ("memit".into(), s(&["batch"])),
                 ("memit-merge".into(), s(&["batch"]))
