@@ -23,7 +23,7 @@ pub struct BenchArgs {
     /// model)
     #[arg(long)]
     pub archive: Option<PathBuf>,
-    /// Dataset: S2RKE release format or CounterFact
+    /// Dataset: S2RKE release format, CounterFact, or EasyEdit's flat records (KnowEdit, ZsRE)
     #[arg(long, default_value = "fixtures/s2rke-wikidata.json")]
     pub data: PathBuf,
     /// sequential (one edit per step, the model carried along) or batch (N edits in one apply)

@@ -509,6 +509,7 @@ mod tests {
             },
             paraphrase_prompts: vec![],
             neighborhood_prompts: vec![],
+            neighborhood_targets: vec![],
         }
     }
 

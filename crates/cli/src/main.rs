@@ -414,7 +414,9 @@ struct MethodArgs {
     /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, memit-merge, pmet, alphaedit, ft-m, ft-l, mend, kn
     #[arg(long, default_value = "rome")]
     method: String,
-    /// Requests file: S2RKE release format or CounterFact
+    /// Requests file: S2RKE release format, CounterFact, or EasyEdit's flat records (KnowEdit:
+    /// `prompt`, `subject`, `target_new`, `ground_truth`, `locality`; ZsRE: `src`, `alt`, `answers`,
+    /// `loc`, `loc_ans`), whose locality prompts keep their own answers
     #[arg(long)]
     requests: PathBuf,
     /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
@@ -794,6 +796,7 @@ impl RunOnBackend for KnownBy<'_> {
             let bare = kedit_editing::EditCase {
                 paraphrase_prompts: vec![],
                 neighborhood_prompts: vec![],
+                neighborhood_targets: vec![],
                 ..c.clone()
             };
             if kedit_eval::evaluate(&lm, std::slice::from_ref(&bare))?[0].es == 0.0 {

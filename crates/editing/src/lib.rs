@@ -1,7 +1,8 @@
 //! kedit-editing: the vocabulary every editing method shares.
 //!
 //! - [`EditRequest`] / [`EditCase`]: one requested rewrite, and the prompts that evaluate it.
-//! - [`requests`]: reading the S2RKE release format and CounterFact.
+//! - [`requests`]: reading the S2RKE release format, CounterFact and EasyEdit's flat records
+//!   (KnowEdit, ZsRE).
 //! - [`Editor`]: a method; `apply` returns a [`Patch`] and leaves the model edited.
 //! - [`Patch`]: named weight deltas with metadata; apply and revert are exact; saved as
 //!   safetensors.
@@ -37,13 +38,29 @@ impl EditRequest {
 /// A request with the prompts that evaluate it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EditCase {
-    /// Stable id: `s{subject}r{record}` for S2RKE, the `case_id` for CounterFact.
+    /// Stable id: `s{subject}r{record}` for S2RKE, the `case_id` for CounterFact, the record's
+    /// index for EasyEdit's flat records.
     pub case_id: String,
     /// Cases with the same subject id share a subject (the S2RKE question).
     pub subject_id: String,
     pub request: EditRequest,
     pub paraphrase_prompts: Vec<String>,
     pub neighborhood_prompts: Vec<String>,
+    /// Each neighbourhood prompt's own answer, where the data gives one (EasyEdit's locality
+    /// prompts ask unrelated questions: `loc_ans`, `locality_ground_truth`); empty means every
+    /// neighbourhood prompt's answer is `target_true` (CounterFact and S2RKE neighbours share the
+    /// true object). Either empty or as long as `neighborhood_prompts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighborhood_targets: Vec<String>,
+}
+
+impl EditCase {
+    /// The answer that neighbourhood prompt `i` should keep: NS compares it with `target_new`.
+    pub fn neighborhood_target(&self, i: usize) -> &str {
+        self.neighborhood_targets
+            .get(i)
+            .unwrap_or(&self.request.target_true)
+    }
 }
 
 /// `(layer, key)` for every layer a method writes.

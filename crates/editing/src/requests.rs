@@ -1,6 +1,9 @@
-//! Requests files: the S2RKE release format (one object per subject with a `Star_Topology` list)
-//! and CounterFact (one object per case, targets as `{"str": ...}`). Errors name the file, the
-//! record and the field.
+//! Requests files: the S2RKE release format (one object per subject with a `Star_Topology` list),
+//! CounterFact (one object per case, targets as `{"str": ...}`), and EasyEdit's flat records
+//! (one object per case: KnowEdit and EasyEdit's CounterFact, `prompt` / `target_new` /
+//! `ground_truth`; ZsRE, `src` / `alt` / `answers`), whose locality prompts carry their own
+//! answers. Each record says its format by its fields, so one file may mix them. Errors name the
+//! file, the record and the field.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,16 +32,20 @@ impl Ctx<'_> {
             Some(x) => x.as_str().ok_or_else(|| self.err(field, "is not a string")),
         }
     }
-    /// A target: a plain string (S2RKE) or `{"str": ...}` (CounterFact).
+    /// A target: a plain string (S2RKE, EasyEdit), `{"str": ...}` (CounterFact), or a list whose
+    /// first element is one (ZsRE's `answers`, KnowEdit's `ground_truth`: EasyEdit takes the
+    /// first, however deep the lists go).
     fn target(&self, v: &Value, field: &str) -> Result<String> {
         match v.get(field) {
             None => Err(self.err(field, "is missing")),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(o) => o
-                .get("str")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| self.err(field, "is neither a string nor {\"str\": ...}")),
+            Some(t) => first_string(t).map_err(|what| self.err(field, what)),
+        }
+    }
+    /// A string or a list of strings (EasyEdit's prompts come either way); missing is empty.
+    fn one_or_more(&self, v: &Value, field: &str) -> Result<Vec<String>> {
+        match v.get(field) {
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            _ => self.strings(v, field),
         }
     }
     fn strings(&self, v: &Value, field: &str) -> Result<Vec<String>> {
@@ -56,29 +63,48 @@ impl Ctx<'_> {
         }
     }
     fn request(&self, rw: &Value, subject: Option<&str>) -> Result<EditRequest> {
-        let prompt = self.str(rw, "prompt")?.to_owned();
+        let fields = Fields {
+            prompt: "prompt",
+            target_new: "target_new",
+            target_true: "target_true",
+        };
+        self.request_from(rw, subject, &fields)
+    }
+    fn request_from(
+        &self,
+        rw: &Value,
+        subject: Option<&str>,
+        fields: &Fields,
+    ) -> Result<EditRequest> {
+        let mut prompt = self.str(rw, fields.prompt)?.to_owned();
         let subject = match subject {
             Some(s) => s.to_owned(),
             None => self.str(rw, "subject")?.to_owned(),
         };
+        if subject.trim().is_empty() {
+            return Err(self.err("subject", "is empty"));
+        }
+        // EasyEdit's prompts hold the subject itself; EasyEdit's ROME replaces it with `{}`. Its
+        // first occurrence becomes the template's `{}`, so the filled-in prompt is the same text
+        // and the subject's token positions are the first occurrence's, as in EasyEdit.
+        if !prompt.contains("{}") && prompt.contains(&subject) {
+            prompt = prompt.replacen(&subject, "{}", 1);
+        }
         match prompt.matches("{}").count() {
             0 => {
                 return Err(self.err(
-                    "prompt",
-                    &format!("has no `{{}}` where the subject {subject:?} goes"),
+                    fields.prompt,
+                    &format!("has neither `{{}}` nor the subject {subject:?}"),
                 ))
             }
             1 => {}
             // EasyEdit's `prompt.format(subject)` fails on these too.
             n => {
                 return Err(self.err(
-                    "prompt",
+                    fields.prompt,
                     &format!("has {n} `{{}}`; exactly one marks where the subject goes"),
                 ))
             }
-        }
-        if subject.trim().is_empty() {
-            return Err(self.err("subject", "is empty"));
         }
         let target = |field| -> Result<String> {
             let t = self.target(rw, field)?;
@@ -97,10 +123,126 @@ impl Ctx<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
-            target_new: target("target_new")?,
-            target_true: target("target_true")?,
+            target_new: target(fields.target_new)?,
+            target_true: target(fields.target_true)?,
         })
     }
+}
+
+impl Ctx<'_> {
+    /// One of EasyEdit's flat records (`fields` says which: [`EASYEDIT`] or [`ZSRE`]).
+    fn easyedit(&self, rec: &Value, case_id: String, fields: &Fields) -> Result<EditCase> {
+        let request = self.request_from(rec, None, fields)?;
+        let mut paraphrase_prompts = Vec::new();
+        for field in ["rephrase_prompt", "rephrase"] {
+            paraphrase_prompts.extend(self.one_or_more(rec, field)?);
+        }
+        let (mut neighborhood_prompts, mut neighborhood_targets) = (Vec::new(), Vec::new());
+        for (p, a) in [
+            ("loc", "loc_ans"),
+            ("locality_prompt", "locality_ground_truth"),
+        ] {
+            let prompts = self.one_or_more(rec, p)?;
+            if prompts.is_empty() {
+                continue;
+            }
+            let answers = match rec.get(a) {
+                Some(Value::Array(v)) if prompts.len() > 1 => {
+                    let answers: std::result::Result<Vec<String>, _> =
+                        v.iter().map(first_string).collect();
+                    answers.map_err(|what| self.err(a, what))?
+                }
+                _ => vec![self.target(rec, a)?],
+            };
+            if answers.len() != prompts.len() {
+                return Err(self.err(
+                    a,
+                    &format!(
+                        "has {} answers for {} prompts in `{p}`",
+                        answers.len(),
+                        prompts.len()
+                    ),
+                ));
+            }
+            neighborhood_prompts.extend(prompts);
+            neighborhood_targets.extend(answers);
+        }
+        // KnowEdit: `locality: {"Relation_Specificity": [{"prompt", "ground_truth"}], ...}`,
+        // read as EasyEdit's run_knowedit does: the first answer, however deep the lists go,
+        // and an empty answer dropped.
+        if let Some(loc) = rec.get("locality") {
+            let Value::Object(kinds) = loc else {
+                return Err(self.err("locality", "is not an object of named lists"));
+            };
+            for (kind, items) in kinds {
+                let field = format!("locality.{kind}");
+                let items = match items {
+                    Value::Array(a) => a.as_slice(),
+                    Value::Null => &[],
+                    o => std::slice::from_ref(o),
+                };
+                for (j, item) in items.iter().enumerate() {
+                    let field = format!("{field}[{j}]");
+                    let prompt = self
+                        .target(item, "prompt")
+                        .map_err(|_| self.err(&field, "has no string `prompt`"))?;
+                    let answer = self
+                        .target(item, "ground_truth")
+                        .map_err(|_| self.err(&field, "has no string `ground_truth`"))?;
+                    if answer.trim().is_empty() {
+                        continue;
+                    }
+                    neighborhood_prompts.push(prompt);
+                    neighborhood_targets.push(answer);
+                }
+            }
+        }
+        Ok(EditCase {
+            case_id,
+            subject_id: request.subject.clone(),
+            request,
+            paraphrase_prompts,
+            neighborhood_prompts,
+            neighborhood_targets,
+        })
+    }
+}
+
+/// A target's text: a string, `{"str": ...}`, or a list whose first element is one.
+fn first_string(mut t: &Value) -> std::result::Result<String, &'static str> {
+    while let Value::Array(a) = t {
+        t = a.first().ok_or("is an empty list")?;
+    }
+    match t {
+        Value::String(s) => Ok(s.clone()),
+        o => o
+            .get("str")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or("is neither a string nor {\"str\": ...}"),
+    }
+}
+
+/// EasyEdit's own records (KnowEdit, its CounterFact split, `editor.edit`'s arguments saved).
+const EASYEDIT: Fields = Fields {
+    prompt: "prompt",
+    target_new: "target_new",
+    target_true: "ground_truth",
+};
+
+/// ZsRE as EasyEdit's ZsreDataset reads it: the question, `alt` the new answer, `answers[0]` the
+/// true one.
+const ZSRE: Fields = Fields {
+    prompt: "src",
+    target_new: "alt",
+    target_true: "answers",
+};
+
+/// Where a record format keeps the request's prompt and targets.
+struct Fields {
+    prompt: &'static str,
+    target_new: &'static str,
+    target_true: &'static str,
 }
 
 /// Read a requests file in either format.
@@ -116,6 +258,7 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
     // case_id → the record that gave it: results are keyed by case_id, so a repeat would make
     // two cases' lines indistinguishable (and a resumed run skip one of them).
     let mut seen: HashMap<String, String> = HashMap::new();
+    let mut skipped = Vec::new();
     for (i, rec) in records.iter().enumerate() {
         let before = cases.len();
         if let Some(star) = rec.get("Star_Topology") {
@@ -148,6 +291,7 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                     request: ctx.request(rw, Some(subject))?,
                     paraphrase_prompts: ctx.strings(e, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(e, "neighborhood_prompts")?,
+                    neighborhood_targets: Vec::new(),
                 });
             }
         } else {
@@ -155,20 +299,35 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                 file,
                 record: i.to_string(),
             };
-            let rw = rec
-                .get("requested_rewrite")
-                .ok_or_else(|| ctx.err("requested_rewrite", "is missing"))?;
             let case_id = rec.get("case_id").map_or(i.to_string(), |v| {
                 v.to_string().trim_matches('"').to_owned()
             });
-            let request = ctx.request(rw, None)?;
-            cases.push(EditCase {
-                case_id,
-                subject_id: request.subject.clone(),
-                request,
-                paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
-                neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
-            });
+            let case = if let Some(rw) = rec.get("requested_rewrite") {
+                let request = ctx.request(rw, None)?;
+                EditCase {
+                    case_id,
+                    subject_id: request.subject.clone(),
+                    request,
+                    paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
+                    neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
+                    neighborhood_targets: Vec::new(),
+                }
+            } else if rec.get("src").is_some() {
+                // EasyEdit's ZsreDataset drops these records; so does kedit, and says so.
+                if rec.get("alt").and_then(Value::as_str) == Some("") {
+                    skipped.push(i);
+                    continue;
+                }
+                ctx.easyedit(rec, case_id, &ZSRE)?
+            } else if rec.get("prompt").is_some() {
+                ctx.easyedit(rec, case_id, &EASYEDIT)?
+            } else {
+                return Err(ctx.err(
+                    "requested_rewrite",
+                    "is missing, and the record is not EasyEdit's either (no `prompt` or `src`)",
+                ));
+            };
+            cases.push(case);
         }
         for c in &cases[before..] {
             let field = if rec.get("Star_Topology").is_some() {
@@ -184,6 +343,13 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                 );
             }
         }
+    }
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            "{}: skipped {} ZsRE record(s) with an empty `alt`, as EasyEdit's ZsreDataset does (the first: record {first})",
+            file.display(),
+            skipped.len()
+        );
     }
     Ok(cases)
 }
@@ -239,7 +405,8 @@ mod tests {
         );
         let e = format!("{:#}", load_cases(f.path()).unwrap_err());
         assert!(
-            e.contains("`prompt` has no `{}`") && e.contains(&f.path().display().to_string()),
+            e.contains("`prompt` has neither `{}` nor the subject")
+                && e.contains(&f.path().display().to_string()),
             "{e}"
         );
     }
@@ -277,5 +444,160 @@ mod tests {
             e.contains("record 1: field `subjectID`: case id s7r0 repeats record 0's"),
             "{e}"
         );
+    }
+
+    /// One fact in each of EasyEdit's record formats reads as the same request as in
+    /// CounterFact's, the subject found in the prompt; the locality prompts keep their answers.
+    #[test]
+    fn reads_easyedit_knowedit_and_zsre_records() {
+        let cf = write(
+            r#"[{"case_id": 0, "requested_rewrite": {"prompt": "What university did {} attend?", "subject": "Watts Humphrey",
+            "target_new": "University of Michigan", "target_true": "Illinois Institute of Technology"}}]"#,
+        );
+        let want = load_cases(cf.path()).unwrap().remove(0).request;
+        let f = write(
+            r#"[
+            {"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?",
+             "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"],
+             "rephrase": "What university did Watts Humphrey take part in?",
+             "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"},
+            {"subject": "Watts Humphrey", "src": "Which school did Watts Humphrey attend?", "alt": "", "answers": ["x"]},
+            {"subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
+             "target_new": "University of Michigan", "ground_truth": ["Illinois Institute of Technology"],
+             "rephrase_prompt": "Where did Watts Humphrey study?",
+             "locality_prompt": "The capital of France is", "locality_ground_truth": "Paris"},
+            {"case_id": "k1", "subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
+             "target_new": "University of Michigan", "ground_truth": "Illinois Institute of Technology",
+             "portability": {"Reasoning": [{"prompt": "ignored", "ground_truth": "ignored"}]},
+             "locality": {"Relation_Specificity": [
+                 {"prompt": "The occupation of Watts Humphrey is", "ground_truth": [["software engineer", "engineer"]]},
+                 {"prompt": "Watts Humphrey was born in", "ground_truth": [""]}],
+               "Forgetfulness": [{"prompt": "Watts Humphrey, whose employer is", "ground_truth": "IBM"}]}}
+            ]"#,
+        );
+        let c = load_cases(f.path()).unwrap();
+        // The record with an empty `alt` is dropped, as EasyEdit's ZsreDataset drops it.
+        assert_eq!(c.len(), 3);
+        for case in &c {
+            assert_eq!(case.request, want, "{}", case.case_id);
+            assert_eq!(case.subject_id, "Watts Humphrey");
+            assert_eq!(
+                case.neighborhood_targets.len(),
+                case.neighborhood_prompts.len()
+            );
+        }
+        let ids: Vec<&str> = c.iter().map(|c| c.case_id.as_str()).collect();
+        assert_eq!(ids, ["0", "2", "k1"]);
+        assert_eq!(
+            c[0].paraphrase_prompts,
+            ["What university did Watts Humphrey take part in?"]
+        );
+        assert_eq!(c[0].neighborhood_target(0), "Hugo Weaving");
+        assert_eq!(c[1].paraphrase_prompts, ["Where did Watts Humphrey study?"]);
+        assert_eq!(
+            (
+                c[1].neighborhood_prompts[0].as_str(),
+                c[1].neighborhood_target(0)
+            ),
+            ("The capital of France is", "Paris")
+        );
+        // KnowEdit's locality lists in key order, the empty answer dropped, the first alias kept.
+        assert_eq!(
+            c[2].neighborhood_prompts,
+            [
+                "Watts Humphrey, whose employer is",
+                "The occupation of Watts Humphrey is"
+            ]
+        );
+        assert_eq!(c[2].neighborhood_targets, ["IBM", "software engineer"]);
+        assert!(c[2].paraphrase_prompts.is_empty());
+        // CounterFact's neighbours answer target_true.
+        let cf = load_cases(write(
+            r#"[{"requested_rewrite": {"prompt": "{} plays", "subject": "X", "target_new": "a", "target_true": "b"},
+                "neighborhood_prompts": ["Y plays"]}]"#,
+        ).path()).unwrap();
+        assert_eq!(cf[0].neighborhood_target(0), "b");
+    }
+
+    #[test]
+    fn easyedit_records_errors_name_the_field() {
+        let err = |rec: &str| {
+            let f = write(&format!("[{rec}]"));
+            format!("{:#}", load_cases(f.path()).unwrap_err())
+        };
+        let e =
+            err(r#"{"subject": "Y", "prompt": "X plays", "target_new": "a", "ground_truth": "b"}"#);
+        assert!(
+            e.contains("record 0: field `prompt` has neither `{}` nor the subject \"Y\""),
+            "{e}"
+        );
+        let e = err(r#"{"subject": "X", "src": "X plays?", "alt": "a"}"#);
+        assert!(e.contains("field `answers` is missing"), "{e}");
+        let e =
+            err(r#"{"subject": "X", "prompt": "X plays", "target_new": "a", "ground_truth": []}"#);
+        assert!(e.contains("field `ground_truth` is an empty list"), "{e}");
+        let e = err(
+            r#"{"subject": "X", "prompt": "X plays", "target_new": "a", "ground_truth": "b",
+                "locality_prompt": ["P", "Q"], "locality_ground_truth": ["p"]}"#,
+        );
+        assert!(
+            e.contains("field `locality_ground_truth` has 1 answers for 2 prompts"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"subject": "X", "prompt": "X plays", "target_new": "a", "ground_truth": "b",
+                "locality": {"Forgetfulness": [{"prompt": "P"}]}}"#,
+        );
+        assert!(
+            e.contains("field `locality.Forgetfulness[0]` has no string `ground_truth`"),
+            "{e}"
+        );
+        let e = err(r#"{"subject": "X", "question": "X plays"}"#);
+        assert!(
+            e.contains("`requested_rewrite` is missing, and the record is not EasyEdit's"),
+            "{e}"
+        );
+    }
+
+    /// Every committed S2RKE record, written as EasyEdit's flat record (the subject inside the
+    /// prompt, the neighbours under `locality` answered by target_true), reads back as itself.
+    #[test]
+    fn committed_records_read_the_same_as_easyedit_records() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        for name in ["s2rke-wikidata.json", "s2rke-wikidata-deep.json"] {
+            let cases = load_cases(&dir.join(name)).unwrap();
+            let flat: Vec<Value> = cases
+                .iter()
+                .map(|c| {
+                    let r = &c.request;
+                    let locality: Vec<Value> = c
+                        .neighborhood_prompts
+                        .iter()
+                        .map(|p| serde_json::json!({"prompt": p, "ground_truth": [r.target_true]}))
+                        .collect();
+                    serde_json::json!({
+                        "case_id": c.case_id, "subject": r.subject, "prompt": r.full_prompt(),
+                        "target_new": r.target_new, "ground_truth": r.target_true,
+                        "rephrase_prompt": c.paraphrase_prompts,
+                        "locality": {"Relation_Specificity": locality},
+                    })
+                })
+                .collect();
+            let f = write(&serde_json::to_string(&flat).unwrap());
+            let back = load_cases(f.path()).unwrap();
+            assert_eq!(back.len(), cases.len());
+            for (b, c) in back.iter().zip(&cases) {
+                let r = EditRequest {
+                    relation: String::new(),
+                    ..c.request.clone()
+                };
+                assert_eq!(b.request, r, "{name} {}", c.case_id);
+                assert_eq!(b.paraphrase_prompts, c.paraphrase_prompts);
+                assert_eq!(b.neighborhood_prompts, c.neighborhood_prompts);
+                for i in 0..c.neighborhood_prompts.len() {
+                    assert_eq!(b.neighborhood_target(i), c.neighborhood_target(i));
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! (teacher-forced, with a leading space) and `p = exp(-nll)`.
 //! - ES: on the rewrite prompt, p(target_new) > p(target_true).
 //! - PS: the same on each paraphrase prompt, averaged over them.
-//! - NS: on each neighbourhood prompt, p(target_true) > p(target_new), averaged.
+//! - NS: on each neighbourhood prompt, p(target_true) > p(target_new), averaged; where the data
+//!   gives a neighbourhood prompt its own answer (EasyEdit's `loc_ans`), p(that answer) >
+//!   p(target_new), leaving out a prompt whose answer is target_new itself.
 //! - EM / PM / NM: the matching mean probability differences.
 //! - S: harmonic mean of ES, PS, NS over the case means ([`ScoreMean::Cell`], ROME's way), or
 //!   the mean over cases of each case's harmonic mean ([`ScoreMean::Case`]): the paper does not
@@ -79,11 +81,25 @@ pub fn evaluate<B: Backend>(lm: &LanguageModel<B>, cases: &[EditCase]) -> Result
     for case in cases {
         let r = &case.request;
         let (new, old) = (spaced(&r.target_new), spaced(&r.target_true));
-        let mut prompts = vec![r.full_prompt()];
-        prompts.extend(case.paraphrase_prompts.iter().cloned());
-        prompts.extend(case.neighborhood_prompts.iter().cloned());
+        // (prompt, the answer target_new competes with): target_true on the rewrite and
+        // paraphrase prompts; on a neighbourhood prompt, its own answer where the data gives one.
+        let mut prompts = vec![(r.full_prompt(), old.clone())];
+        prompts.extend(
+            case.paraphrase_prompts
+                .iter()
+                .map(|p| (p.clone(), old.clone())),
+        );
+        // A neighbour whose own answer is target_new itself cannot tell the two apart (p > p
+        // never holds), so NS leaves it out; its token-accuracy locality still reads it.
+        prompts.extend(
+            case.neighborhood_prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), spaced(case.neighborhood_target(i))))
+                .filter(|(_, answer)| answer.trim() != new.trim()),
+        );
         let mut pairs = Vec::with_capacity(prompts.len() * 2);
-        for p in &prompts {
+        for (p, old) in &prompts {
             pairs.push((p.as_str(), new.as_str()));
             pairs.push((p.as_str(), old.as_str()));
         }

@@ -11,7 +11,8 @@
 //! - `rewrite_acc`: the share of the target_new's tokens answered right on the rewrite prompt.
 //!   `rephrase_acc`: the same on each paraphrase prompt, averaged over them.
 //! - `locality`: on each neighbourhood prompt, teacher-forced on target_true (EasyEdit's
-//!   CounterFact runs pass `target_true` as the neighbourhood prompts' `ground_truth`), the share
+//!   CounterFact runs pass `target_true` as the neighbourhood prompts' `ground_truth`), or on the
+//!   prompt's own answer where the data gives one (ZsRE's `loc_ans`, KnowEdit's locality), the share
 //!   of positions where the edited model's answer equals the unedited model's; averaged over the
 //!   prompts. So locality is 1 for an edit that changed none of those answers, whatever they are.
 //!
@@ -104,8 +105,8 @@ pub fn teacher_forced<B: Backend>(
         .collect())
 }
 
-/// The unedited model's answers on each case's neighbourhood prompts, teacher-forced on the
-/// case's target_true: what [`token_accuracy`]'s `locality` compares the edited model's with.
+/// The unedited model's answers on each case's neighbourhood prompts, teacher-forced on each
+/// prompt's answer ([`EditCase::neighborhood_target`]): what [`token_accuracy`]'s `locality` compares the edited model's with.
 #[derive(Debug, Clone, Default)]
 pub struct LocalityReference {
     answers: HashMap<String, Vec<Vec<u32>>>,
@@ -136,11 +137,11 @@ fn neighbourhood_answers<B: Backend>(
     lm: &LanguageModel<B>,
     case: &EditCase,
 ) -> Result<Vec<Vec<u32>>> {
-    let t = case.request.target_true.as_str();
     let pairs: Vec<(&str, &str)> = case
         .neighborhood_prompts
         .iter()
-        .map(|p| (p.as_str(), t))
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), case.neighborhood_target(i)))
         .collect();
     Ok(teacher_forced(lm, &pairs)?
         .into_iter()
@@ -150,7 +151,7 @@ fn neighbourhood_answers<B: Backend>(
 
 /// Each case's token accuracies on `lm`, its `locality` against `reference` (None: not read).
 /// One padded batch per case: the rewrite and paraphrase prompts with target_new, the
-/// neighbourhood prompts with target_true.
+/// neighbourhood prompts with their answers (target_true unless the data gives each its own).
 pub fn token_accuracy<B: Backend>(
     lm: &LanguageModel<B>,
     cases: &[EditCase],
@@ -170,7 +171,8 @@ pub fn token_accuracy<B: Backend>(
             pairs.extend(
                 case.neighborhood_prompts
                     .iter()
-                    .map(|p| (p.as_str(), r.target_true.as_str())),
+                    .enumerate()
+                    .map(|(i, p)| (p.as_str(), case.neighborhood_target(i))),
             );
         }
         let forced = teacher_forced(lm, &pairs)

@@ -116,12 +116,13 @@ struct ValExample {
     has_para: bool,
 }
 
-/// The locality prompt of case `i`: its first neighbourhood prompt (another subject, the same
-/// relation and true object: what NS scores), else the next case's prompt.
+/// The locality prompt of case `i` and its answer: its first neighbourhood prompt (another
+/// subject, the same relation and true object: what NS scores; or, in EasyEdit's data, an
+/// unrelated question with its own answer), else the next case's prompt.
 fn locality(cases: &[EditCase], i: usize) -> (String, String) {
     let c = &cases[i];
     match c.neighborhood_prompts.first() {
-        Some(p) => (p.clone(), c.request.target_true.clone()),
+        Some(p) => (p.clone(), c.neighborhood_target(0).to_owned()),
         None => {
             let o = &cases[(i + 1) % cases.len()].request;
             (o.full_prompt(), o.target_true.clone())

@@ -86,7 +86,7 @@ impl Report {
         let _ = writeln!(o, "### EasyEdit's token accuracy (`--token-acc`)\n");
         let _ = writeln!(
             o,
-            "What EasyEdit prints, teacher-forced: `rewrite_acc` and `rephrase_acc`, the share of target_new's tokens the model's argmax gets right on the rewrite and paraphrase prompts; `locality`, the share of the neighbourhood prompts' argmax answers (teacher-forced on target_true) the edit left as the unedited model gave them. Means over cases; Δ = rewrite_acc(same subject) − rewrite_acc(different subjects) in points, 95 % interval over matched group pairs.\n"
+            "What EasyEdit prints, teacher-forced: `rewrite_acc` and `rephrase_acc`, the share of target_new's tokens the model's argmax gets right on the rewrite and paraphrase prompts; `locality`, the share of the neighbourhood prompts' argmax answers (teacher-forced on target_true, or on a prompt's own answer where the data gives one) the edit left as the unedited model gave them. Means over cases; Δ = rewrite_acc(same subject) − rewrite_acc(different subjects) in points, 95 % interval over matched group pairs.\n"
         );
         let _ = writeln!(o, "| method | strategy | design | N | view | groups | rewrite_acc homo / hetero | Δ (points) | 95 % CI | rephrase_acc homo / hetero | locality homo / hetero |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");

@@ -79,6 +79,7 @@ fn case(id: &str) -> EditCase {
             "Michel Rocard is a native speaker of".into(),
             "The native language of Montesquieu is".into(),
         ],
+        neighborhood_targets: vec![],
     }
 }
 
@@ -160,6 +161,92 @@ fn accuracies_and_locality_count_tokens() {
     // A case the reference never read is an error naming it, not a silent 1.
     let err = token_accuracy(&b, &[case("c9")], Some(&reference)).unwrap_err();
     assert!(format!("{err:#}").contains("case c9"), "{err:#}");
+}
+
+/// A neighbourhood prompt with its own answer (EasyEdit's `loc_ans`, KnowEdit's locality): NS
+/// compares p(that answer) with p(target_new), and locality teacher-forces that answer.
+#[test]
+fn own_neighbour_answers_are_what_ns_and_locality_read() {
+    let device = Default::default();
+    let (a, b) = (
+        LanguageModel::<Cpu>::random("llama-tiny", 1, &device).unwrap(),
+        LanguageModel::<Cpu>::random("llama-tiny", 2, &device).unwrap(),
+    );
+    let mut own = case("c0");
+    own.neighborhood_targets = vec![
+        "Paris".into(),
+        "guitar player".into(),
+        "the Holy Roman Empire".into(),
+    ];
+    let plain = kedit_eval::evaluate(&b, &[case("c0")]).unwrap().remove(0);
+    let got = kedit_eval::evaluate(&b, std::slice::from_ref(&own))
+        .unwrap()
+        .remove(0);
+    // The same rewrite and paraphrase numbers; NS from each prompt's own answer, p from the
+    // model's own scores of those pairs.
+    assert_eq!((got.es, got.ps), (plain.es, plain.ps));
+    let new = kedit_eval::spaced(&own.request.target_new);
+    let answers: Vec<String> = (0..3)
+        .map(|i| kedit_eval::spaced(own.neighborhood_target(i)))
+        .collect();
+    let mut pairs = Vec::new();
+    for (p, answer) in own.neighborhood_prompts.iter().zip(&answers) {
+        pairs.push((p.as_str(), answer.as_str()));
+        pairs.push((p.as_str(), new.as_str()));
+    }
+    let p: Vec<f64> = b
+        .score(&pairs)
+        .unwrap()
+        .iter()
+        .map(|s| (-s.mean_nll() as f64).exp())
+        .collect();
+    let margins: Vec<f64> = p.chunks(2).map(|x| x[0] - x[1]).collect();
+    let nm = margins.iter().sum::<f64>() / 3.0;
+    assert!((got.nm.unwrap() - nm).abs() < 1e-6, "{:?} vs {nm}", got.nm);
+    assert!(
+        (got.nm.unwrap() - plain.nm.unwrap()).abs() > 1e-6,
+        "NS read target_true"
+    );
+    // Wins, where no margin is a near-tie that batching could flip.
+    if margins.iter().all(|m| m.abs() > 1e-5) {
+        let wins = margins.iter().filter(|m| **m > 0.0).count() as f64 / 3.0;
+        assert_eq!(got.ns, Some(wins));
+    }
+    // A neighbour answered by target_new itself cannot tell the two apart: NS leaves it out.
+    let mut same = own.clone();
+    same.neighborhood_targets[0] = format!(" {}", own.request.target_new);
+    let m = kedit_eval::evaluate(&b, &[same]).unwrap().remove(0);
+    let nm2 = (margins[1] + margins[2]) / 2.0;
+    assert!((m.nm.unwrap() - nm2).abs() < 1e-6, "{:?} vs {nm2}", m.nm);
+    // Locality: `a`'s answers on the prompts teacher-forced on their own answers, against `b`'s.
+    let reference = LocalityReference::of(&a, std::slice::from_ref(&own)).unwrap();
+    let acc = token_accuracy(&b, std::slice::from_ref(&own), Some(&reference)).unwrap()[0];
+    let forced = |lm: &LanguageModel<Cpu>| {
+        let pairs: Vec<(&str, &str)> = own
+            .neighborhood_prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str(), own.neighborhood_target(i)))
+            .collect();
+        teacher_forced(lm, &pairs).unwrap()
+    };
+    let (pre, post) = (forced(&a), forced(&b));
+    assert_eq!(pre[2].labels.len(), post[2].answers.len());
+    assert!(pre[2].labels.len() >= 3, "{:?}", pre[2].labels);
+    let expected = pre
+        .iter()
+        .zip(&post)
+        .map(|(x, y)| {
+            x.answers
+                .iter()
+                .zip(&y.answers)
+                .filter(|(p, q)| p == q)
+                .count() as f64
+                / x.answers.len() as f64
+        })
+        .sum::<f64>()
+        / 3.0;
+    assert!((acc.locality.unwrap() - expected).abs() < 1e-12);
 }
 
 /// SmolLM2 against transformers (fixtures/token-acc.json, `fixtures/reference/token_acc.py`:
