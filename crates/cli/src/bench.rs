@@ -365,8 +365,11 @@ impl RunOnBackend for BenchArgs {
         if let Some(t) = kedit_eval::token_acc::summarize(
             results.lines.iter().filter_map(|l| l.metrics.token_acc),
         ) {
+            let portability = t
+                .portability
+                .map_or(String::new(), |p| format!(" portability {p:.3}"));
             println!(
-                "view all, EasyEdit's token accuracy: rewrite_acc {:.3} rephrase_acc {} locality {}",
+                "view all, EasyEdit's token accuracy: rewrite_acc {:.3} rephrase_acc {} locality {}{portability}",
                 t.rewrite_acc,
                 crate::edit::rate3(t.rephrase_acc),
                 crate::edit::rate3(t.locality)

@@ -393,18 +393,30 @@ impl RunOnBackend for Edit {
         if let Some(l) = &last {
             acc_rows.push(("final", "final", token_acc(l)));
         }
-        println!(
-            "{:<10} {:>11} {:>12} {:>8}  (EasyEdit's token accuracy)",
+        // Portability only where the data has it (EasyEdit's KnowEdit and ZsRE records).
+        let portability = acc_rows
+            .iter()
+            .any(|(_, _, t)| t.is_some_and(|t| t.portability.is_some()));
+        let mut head = format!(
+            "{:<10} {:>11} {:>12} {:>8}",
             "", "rewrite_acc", "rephrase_acc", "locality"
         );
+        if portability {
+            head.push_str(&format!(" {:>11}", "portability"));
+        }
+        println!("{head}  (EasyEdit's token accuracy)");
         for (name, _, t) in &acc_rows {
             if let Some(t) = t {
-                println!(
+                let mut row = format!(
                     "{name:<10} {:>11.3} {:>12} {:>8}",
                     t.rewrite_acc,
                     rate3(t.rephrase_acc),
                     rate3(t.locality)
                 );
+                if portability {
+                    row.push_str(&format!(" {:>11}", rate3(t.portability)));
+                }
+                println!("{row}");
             }
         }
         if let Some((pre, last)) = &ppl {
@@ -510,6 +522,8 @@ mod tests {
             paraphrase_prompts: vec![],
             neighborhood_prompts: vec![],
             neighborhood_targets: vec![],
+            portability_prompts: vec![],
+            portability_targets: vec![],
         }
     }
 

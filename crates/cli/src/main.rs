@@ -797,6 +797,8 @@ impl RunOnBackend for KnownBy<'_> {
                 paraphrase_prompts: vec![],
                 neighborhood_prompts: vec![],
                 neighborhood_targets: vec![],
+                portability_prompts: vec![],
+                portability_targets: vec![],
                 ..c.clone()
             };
             if kedit_eval::evaluate(&lm, std::slice::from_ref(&bare))?[0].es == 0.0 {

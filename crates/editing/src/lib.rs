@@ -52,6 +52,13 @@ pub struct EditCase {
     /// true object). Either empty or as long as `neighborhood_prompts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighborhood_targets: Vec<String>,
+    /// EasyEdit's portability: questions whose answers should follow from the edit (KnowEdit's
+    /// reasoning, subject-aliasing and logical-generalisation prompts, ZsRE's one-hop question),
+    /// each with its answer in `portability_targets` (as long).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability_prompts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability_targets: Vec<String>,
 }
 
 impl EditCase {

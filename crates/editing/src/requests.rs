@@ -167,34 +167,27 @@ impl Ctx<'_> {
             neighborhood_prompts.extend(prompts);
             neighborhood_targets.extend(answers);
         }
-        // KnowEdit: `locality: {"Relation_Specificity": [{"prompt", "ground_truth"}], ...}`,
-        // read as EasyEdit's run_knowedit does: the first answer, however deep the lists go,
-        // and an empty answer dropped.
-        if let Some(loc) = rec.get("locality") {
-            let Value::Object(kinds) = loc else {
-                return Err(self.err("locality", "is not an object of named lists"));
-            };
-            for (kind, items) in kinds {
-                let field = format!("locality.{kind}");
-                let items = match items {
-                    Value::Array(a) => a.as_slice(),
-                    Value::Null => &[],
-                    o => std::slice::from_ref(o),
-                };
-                for (j, item) in items.iter().enumerate() {
-                    let field = format!("{field}[{j}]");
-                    let prompt = self
-                        .target(item, "prompt")
-                        .map_err(|_| self.err(&field, "has no string `prompt`"))?;
-                    let answer = self
-                        .target(item, "ground_truth")
-                        .map_err(|_| self.err(&field, "has no string `ground_truth`"))?;
-                    if answer.trim().is_empty() {
-                        continue;
-                    }
-                    neighborhood_prompts.push(prompt);
-                    neighborhood_targets.push(answer);
-                }
+        for (prompt, answer) in self.named_lists(rec, "locality")? {
+            neighborhood_prompts.push(prompt);
+            neighborhood_targets.push(answer);
+        }
+        let (mut portability_prompts, mut portability_targets) = (Vec::new(), Vec::new());
+        // ZsRE's one-hop question: `portability: {"New Question", "New Answer"}`.
+        let zsre_hop = rec
+            .get("portability")
+            .filter(|p| p.get("New Question").is_some());
+        if let Some(hop) = zsre_hop {
+            let question = hop["New Question"]
+                .as_str()
+                .ok_or_else(|| self.err("portability.New Question", "is not a string"))?;
+            let answer = first_string(hop.get("New Answer").unwrap_or(&Value::Null))
+                .map_err(|what| self.err("portability.New Answer", what))?;
+            portability_prompts.push(question.to_owned());
+            portability_targets.push(answer);
+        } else {
+            for (prompt, answer) in self.named_lists(rec, "portability")? {
+                portability_prompts.push(prompt);
+                portability_targets.push(answer);
             }
         }
         Ok(EditCase {
@@ -204,7 +197,42 @@ impl Ctx<'_> {
             paraphrase_prompts,
             neighborhood_prompts,
             neighborhood_targets,
+            portability_prompts,
+            portability_targets,
         })
+    }
+
+    /// KnowEdit's `locality` and `portability`: `{"Relation_Specificity": [{"prompt",
+    /// "ground_truth"}], ...}`, read as EasyEdit's run_knowedit does: the first answer, however
+    /// deep the lists go, and an item with an empty answer dropped. Kinds in name order.
+    fn named_lists(&self, rec: &Value, field: &str) -> Result<Vec<(String, String)>> {
+        let Some(v) = rec.get(field) else {
+            return Ok(Vec::new());
+        };
+        let Value::Object(kinds) = v else {
+            return Err(self.err(field, "is not an object of named lists"));
+        };
+        let mut out = Vec::new();
+        for (kind, items) in kinds {
+            let items = match items {
+                Value::Array(a) => a.as_slice(),
+                Value::Null => &[],
+                o => std::slice::from_ref(o),
+            };
+            for (j, item) in items.iter().enumerate() {
+                let at = format!("{field}.{kind}[{j}]");
+                let prompt = self
+                    .target(item, "prompt")
+                    .map_err(|_| self.err(&at, "has no string `prompt`"))?;
+                let answer = self
+                    .target(item, "ground_truth")
+                    .map_err(|_| self.err(&at, "has no string `ground_truth`"))?;
+                if !answer.trim().is_empty() {
+                    out.push((prompt, answer));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -292,6 +320,8 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                     paraphrase_prompts: ctx.strings(e, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(e, "neighborhood_prompts")?,
                     neighborhood_targets: Vec::new(),
+                    portability_prompts: Vec::new(),
+                    portability_targets: Vec::new(),
                 });
             }
         } else {
@@ -311,6 +341,8 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                     paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
                     neighborhood_targets: Vec::new(),
+                    portability_prompts: Vec::new(),
+                    portability_targets: Vec::new(),
                 }
             } else if rec.get("src").is_some() {
                 // EasyEdit's ZsreDataset drops these records; so does kedit, and says so.
@@ -460,7 +492,8 @@ mod tests {
             {"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?",
              "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"],
              "rephrase": "What university did Watts Humphrey take part in?",
-             "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"},
+             "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving",
+             "portability": {"New Question": "In which state is the university Watts Humphrey attended?", "New Answer": "Michigan"}},
             {"subject": "Watts Humphrey", "src": "Which school did Watts Humphrey attend?", "alt": "", "answers": ["x"]},
             {"subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
              "target_new": "University of Michigan", "ground_truth": ["Illinois Institute of Technology"],
@@ -468,7 +501,8 @@ mod tests {
              "locality_prompt": "The capital of France is", "locality_ground_truth": "Paris"},
             {"case_id": "k1", "subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
              "target_new": "University of Michigan", "ground_truth": "Illinois Institute of Technology",
-             "portability": {"Reasoning": [{"prompt": "ignored", "ground_truth": "ignored"}]},
+             "portability": {"Reasoning": [{"prompt": "The university Watts Humphrey attended is in the state of", "ground_truth": ["Michigan"]}],
+               "Subject_Aliasing": [{"prompt": "What university did Watts S. Humphrey attend?", "ground_truth": "University of Michigan"}]},
              "locality": {"Relation_Specificity": [
                  {"prompt": "The occupation of Watts Humphrey is", "ground_truth": [["software engineer", "engineer"]]},
                  {"prompt": "Watts Humphrey was born in", "ground_truth": [""]}],
@@ -510,6 +544,29 @@ mod tests {
             ]
         );
         assert_eq!(c[2].neighborhood_targets, ["IBM", "software engineer"]);
+        // Portability: ZsRE's one-hop question; KnowEdit's kinds in name order.
+        assert_eq!(
+            (
+                c[0].portability_prompts.as_slice(),
+                c[0].portability_targets.as_slice()
+            ),
+            (
+                &["In which state is the university Watts Humphrey attended?".to_owned()][..],
+                &["Michigan".to_owned()][..]
+            )
+        );
+        assert!(c[1].portability_prompts.is_empty());
+        assert_eq!(
+            c[2].portability_prompts,
+            [
+                "The university Watts Humphrey attended is in the state of",
+                "What university did Watts S. Humphrey attend?"
+            ]
+        );
+        assert_eq!(
+            c[2].portability_targets,
+            ["Michigan", "University of Michigan"]
+        );
         assert!(c[2].paraphrase_prompts.is_empty());
         // CounterFact's neighbours answer target_true.
         let cf = load_cases(write(
@@ -550,6 +607,14 @@ mod tests {
         );
         assert!(
             e.contains("field `locality.Forgetfulness[0]` has no string `ground_truth`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"subject": "X", "src": "X plays?", "alt": "a", "answers": ["b"],
+                "portability": {"New Question": "Y?", "New Answer": 3}}"#,
+        );
+        assert!(
+            e.contains("field `portability.New Answer` is neither"),
             "{e}"
         );
         let e = err(r#"{"subject": "X", "question": "X plays"}"#);

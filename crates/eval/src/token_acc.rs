@@ -1,6 +1,6 @@
-//! EasyEdit's teacher-forced token accuracy: `rewrite_acc`, `rephrase_acc` and `locality`, the
-//! numbers EasyEdit prints (as Reliability, Generalization and Locality) where kedit's ES, PS and
-//! NS compare probabilities. Named as EasyEdit names them, so the two kinds are never mixed up
+//! EasyEdit's teacher-forced token accuracy: `rewrite_acc`, `rephrase_acc`, `locality` and
+//! `portability`, the numbers EasyEdit prints (as Reliability, Generalization, Locality and
+//! Portability) where kedit's ES, PS and NS compare probabilities. Named as EasyEdit names them, so the two kinds are never mixed up
 //! (methods.md, "Evaluation metrics").
 //!
 //! As EasyEdit's `test_prediction_acc` computes them (read at 14cea82):
@@ -15,6 +15,8 @@
 //!   prompt's own answer where the data gives one (ZsRE's `loc_ans`, KnowEdit's locality), the share
 //!   of positions where the edited model's answer equals the unedited model's; averaged over the
 //!   prompts. So locality is 1 for an edit that changed none of those answers, whatever they are.
+//! - `portability`: where the data gives portability questions (KnowEdit, ZsRE's one-hop), the
+//!   share of each answer's tokens answered right, averaged over the questions.
 //!
 //! Where kedit differs, and why: kedit's tokenizer calls add no special tokens (the whole of kedit
 //! scores that way; EasyEdit's `tok(...)` adds the tokenizer's BOS where it has one, which
@@ -43,6 +45,10 @@ pub struct TokenAcc {
     /// None where the case has no neighbourhood prompt, or no unedited model to compare with
     /// (the unedited model itself).
     pub locality: Option<f64>,
+    /// The share of each portability answer's tokens answered right, averaged over the case's
+    /// portability prompts (EasyEdit's `portability`); None where the case has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portability: Option<f64>,
 }
 
 /// The greedy answers and the labels at a target's positions, teacher-forced.
@@ -175,6 +181,13 @@ pub fn token_accuracy<B: Backend>(
                     .map(|(i, p)| (p.as_str(), case.neighborhood_target(i))),
             );
         }
+        let portability_from = pairs.len();
+        pairs.extend(
+            case.portability_prompts
+                .iter()
+                .zip(&case.portability_targets)
+                .map(|(p, t)| (p.as_str(), t.as_str())),
+        );
         let forced = teacher_forced(lm, &pairs)
             .with_context(|| format!("case {}: token accuracy", case.case_id))?;
         let np = case.paraphrase_prompts.len();
@@ -184,7 +197,7 @@ pub fn token_accuracy<B: Backend>(
                     format!("case {}: no unedited answers to compare with", case.case_id)
                 })?;
                 mean(
-                    forced[1 + np..]
+                    forced[1 + np..portability_from]
                         .iter()
                         .zip(pre)
                         .filter_map(|(post, pre)| share_equal(&post.answers, pre)),
@@ -202,6 +215,11 @@ pub fn token_accuracy<B: Backend>(
             rewrite_acc,
             rephrase_acc: mean(forced[1..1 + np].iter().filter_map(Forced::accuracy)),
             locality,
+            portability: mean(
+                forced[portability_from..]
+                    .iter()
+                    .filter_map(Forced::accuracy),
+            ),
         });
     }
     Ok(out)
@@ -215,5 +233,6 @@ pub fn summarize(accs: impl IntoIterator<Item = TokenAcc>) -> Option<TokenAcc> {
         rewrite_acc: mean(accs.iter().map(|a| a.rewrite_acc))?,
         rephrase_acc: mean(accs.iter().filter_map(|a| a.rephrase_acc)),
         locality: mean(accs.iter().filter_map(|a| a.locality)),
+        portability: mean(accs.iter().filter_map(|a| a.portability)),
     })
 }

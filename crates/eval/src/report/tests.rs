@@ -581,6 +581,7 @@ fn token_accuracy_rows_pair_groups_that_carry_it() {
             rewrite_acc: rewrite,
             rephrase_acc: None,
             locality,
+            portability: None,
         });
         l
     };
@@ -644,6 +645,30 @@ fn token_accuracy_rows_pair_groups_that_carry_it() {
         .find(|(name, _)| name == "token-acc.csv")
         .expect("token-acc.csv");
     assert!(text.contains(",all,2,0.87500,1.00000,-12.50000,"), "{text}");
+    // No case with portability questions: no portability column.
+    assert!(!md.contains("portability homo") && !text.contains("portability"));
+    // One line with portability: its column appears, means over the lines that have it.
+    lines[0].metrics.token_acc.as_mut().unwrap().portability = Some(0.25);
+    lines[1].metrics.token_acc.as_mut().unwrap().portability = Some(0.75);
+    let r = build(&lines);
+    let md = r.markdown();
+    assert!(
+        md.contains("| locality homo / hetero | portability homo / hetero |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| m | sequential | group | 2 | `all` | 2 | 0.88 / 1.00 | **-12.5** |")
+            && md.contains("| 0.50 / – |"),
+        "{md}"
+    );
+    let csv = r.csv();
+    let text = &csv.iter().find(|(n, _)| n == "token-acc.csv").unwrap().1;
+    assert!(text
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",portability_homo,portability_hetero"));
+    assert!(text.contains(",0.50000,\n"), "{text}");
     // No token accuracy anywhere: no table, no file.
     let plain = build(&[line(h, 0, 1.0, 1.0, 1.0), line(t, 0, 1.0, 1.0, 1.0)]);
     assert!(plain.token_acc.is_empty());

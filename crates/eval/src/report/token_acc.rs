@@ -78,6 +78,12 @@ fn opt_csv(x: Option<f64>) -> String {
 }
 
 impl Report {
+    fn has_portability(&self) -> bool {
+        self.token_acc
+            .iter()
+            .any(|r| r.homogeneous.portability.is_some() || r.heterogeneous.portability.is_some())
+    }
+
     /// The token-accuracy rows, where a run read them.
     pub(super) fn token_acc_markdown(&self, o: &mut String) {
         if self.token_acc.is_empty() {
@@ -86,15 +92,30 @@ impl Report {
         let _ = writeln!(o, "### EasyEdit's token accuracy (`--token-acc`)\n");
         let _ = writeln!(
             o,
-            "What EasyEdit prints, teacher-forced: `rewrite_acc` and `rephrase_acc`, the share of target_new's tokens the model's argmax gets right on the rewrite and paraphrase prompts; `locality`, the share of the neighbourhood prompts' argmax answers (teacher-forced on target_true, or on a prompt's own answer where the data gives one) the edit left as the unedited model gave them. Means over cases; Δ = rewrite_acc(same subject) − rewrite_acc(different subjects) in points, 95 % interval over matched group pairs.\n"
+            "What EasyEdit prints, teacher-forced: `rewrite_acc` and `rephrase_acc`, the share of target_new's tokens the model's argmax gets right on the rewrite and paraphrase prompts; `locality`, the share of the neighbourhood prompts' argmax answers (teacher-forced on target_true, or on a prompt's own answer where the data gives one) the edit left as the unedited model gave them; `portability` (where the data has it), the share of each portability answer's tokens answered right. Means over cases; Δ = rewrite_acc(same subject) − rewrite_acc(different subjects) in points, 95 % interval over matched group pairs.\n"
         );
-        let _ = writeln!(o, "| method | strategy | design | N | view | groups | rewrite_acc homo / hetero | Δ (points) | 95 % CI | rephrase_acc homo / hetero | locality homo / hetero |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+        // Portability only where the data has it (EasyEdit's KnowEdit and ZsRE records).
+        let portability = self.has_portability();
+        let _ = writeln!(
+            o,
+            "| method | strategy | design | N | view | groups | rewrite_acc homo / hetero | Δ (points) | 95 % CI | rephrase_acc homo / hetero | locality homo / hetero |{}",
+            if portability { " portability homo / hetero |" } else { "" }
+        );
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|{}",
+            if portability { "---|" } else { "" }
+        );
         for r in &self.token_acc {
             let (h, t) = (&r.homogeneous, &r.heterogeneous);
+            let extra = if portability {
+                format!(" {} / {} |", opt(h.portability), opt(t.portability))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | `{}` | {} | {:.2} / {:.2} | **{:+.1}** | [{:+.1}, {:+.1}] | {} / {} | {} / {} |",
+                "| {} | {} | {} | {} | `{}` | {} | {:.2} / {:.2} | **{:+.1}** | [{:+.1}, {:+.1}] | {} / {} | {} / {} |{extra}",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.design.name(),
@@ -120,14 +141,25 @@ impl Report {
         if self.token_acc.is_empty() {
             return None;
         }
+        let portability = self.has_portability();
         let mut out = String::from(
-            "method,strategy,design,n,of,view,groups,rewrite_acc_homo,rewrite_acc_hetero,delta,ci_low,ci_high,rephrase_acc_homo,rephrase_acc_hetero,locality_homo,locality_hetero\n",
+            "method,strategy,design,n,of,view,groups,rewrite_acc_homo,rewrite_acc_hetero,delta,ci_low,ci_high,rephrase_acc_homo,rephrase_acc_hetero,locality_homo,locality_hetero",
         );
+        out.push_str(if portability {
+            ",portability_homo,portability_hetero\n"
+        } else {
+            "\n"
+        });
         for r in &self.token_acc {
             let (h, t) = (&r.homogeneous, &r.heterogeneous);
+            let extra = if portability {
+                format!(",{},{}", opt_csv(h.portability), opt_csv(t.portability))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.5},{:.5},{},{},{},{}",
+                "{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.5},{:.5},{},{},{},{}{extra}",
                 r.cell.method,
                 r.cell.strategy.name(),
                 r.cell.design.name(),

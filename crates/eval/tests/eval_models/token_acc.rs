@@ -80,6 +80,8 @@ fn case(id: &str) -> EditCase {
             "The native language of Montesquieu is".into(),
         ],
         neighborhood_targets: vec![],
+        portability_prompts: vec![],
+        portability_targets: vec![],
     }
 }
 
@@ -247,6 +249,37 @@ fn own_neighbour_answers_are_what_ns_and_locality_read() {
         .sum::<f64>()
         / 3.0;
     assert!((acc.locality.unwrap() - expected).abs() < 1e-12);
+}
+
+/// Portability (KnowEdit's and ZsRE's questions that should follow from the edit): each answer
+/// teacher-forced, the share of its tokens answered right, averaged over the questions; absent
+/// where the case has none, and without effect on the other accuracies.
+#[test]
+fn portability_is_each_answers_token_accuracy() {
+    let lm = LanguageModel::<Cpu>::random("llama-tiny", 3, &Default::default()).unwrap();
+    let mut c = case("c0");
+    c.portability_prompts = vec![
+        "Danielle Darrieux's mother tongue is".into(),
+        "The language Danielle Darrieux writes in is".into(),
+    ];
+    c.portability_targets = vec!["English".into(), "the English language".into()];
+    let plain = token_accuracy(&lm, &[case("c0")], None).unwrap()[0];
+    let got = token_accuracy(&lm, std::slice::from_ref(&c), None).unwrap()[0];
+    assert_eq!(plain.portability, None);
+    assert_eq!(
+        (got.rewrite_acc, got.rephrase_acc, got.locality),
+        (plain.rewrite_acc, plain.rephrase_acc, plain.locality)
+    );
+    let pairs: Vec<(&str, &str)> = c
+        .portability_prompts
+        .iter()
+        .zip(&c.portability_targets)
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let forced = teacher_forced(&lm, &pairs).unwrap();
+    assert!(forced[1].labels.len() >= 3, "{:?}", forced[1].labels);
+    let expected = forced.iter().map(|f| f.accuracy().unwrap()).sum::<f64>() / 2.0;
+    assert!((got.portability.unwrap() - expected).abs() < 1e-12);
 }
 
 /// SmolLM2 against transformers (fixtures/token-acc.json, `fixtures/reference/token_acc.py`:
