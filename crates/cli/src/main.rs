@@ -49,6 +49,25 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum DataCommand {
+    /// Write a requests file (S2RKE, CounterFact or EasyEdit's) as EasyEdit's flat records, the
+    /// shape its KnowEdit loader and `run_knowedit` read: the subject inside `prompt`,
+    /// `ground_truth`, `rephrase_prompt`, the neighbours under `locality` (answered by
+    /// target_true: `Relation_Specificity`; with their own answers: `Forgetfulness`), and
+    /// kedit's `case_id`, `subject_id` and `relation`, which EasyEdit ignores. The same facts can
+    /// then be edited with EasyEdit and with kedit; kedit reads the file back as the same cases,
+    /// and refuses a record it could not (a prompt whose text before the subject's place
+    /// already holds the subject's name).
+    #[command(
+        after_help = "Example:\n  kedit data convert --requests fixtures/s2rke-wikidata.json --out s2rke-wikidata.easyedit.json\n  kedit edit --model smollm2 --requests s2rke-wikidata.easyedit.json --limit 5"
+    )]
+    Convert {
+        /// The requests file to convert
+        #[arg(long)]
+        requests: PathBuf,
+        /// The EasyEdit-format file to write (JSON list)
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build an S2RKE-format dataset (release format) from Wikidata facts: ParaRel's
     /// trex_lms_vocab and/or KAMEL folders (facts), ParaRel's patterns (prompts, paraphrases).
     /// Prints the statistics table. Same inputs and seed, same bytes.
@@ -257,9 +276,10 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         samples: usize,
     },
-    /// Datasets: `kedit data build` makes an S2RKE-format set from Wikidata facts.
+    /// Datasets: `kedit data build` makes an S2RKE-format set from Wikidata facts; `kedit data
+    /// convert` writes any requests file as EasyEdit's records.
     #[command(
-        after_help = "Example:\n  kedit data build --facts data/pararel/trex_lms_vocab --facts data/kamel/KAMEL --relations data/pararel/pattern_data/graphs_json --out s2rke.json --seed 0"
+        after_help = "Examples:\n  kedit data build --facts data/pararel/trex_lms_vocab --facts data/kamel/KAMEL --relations data/pararel/pattern_data/graphs_json --out s2rke.json --seed 0\n  kedit data convert --requests fixtures/s2rke-wikidata.json --out s2rke-wikidata.easyedit.json"
     )]
     Data {
         #[command(subcommand)]
@@ -1070,6 +1090,41 @@ fn run(cli: Cli) -> Result<()> {
                 samples,
             },
         ),
+        Command::Data {
+            command: DataCommand::Convert { requests, out },
+        } => {
+            check_output("--out", &out)?;
+            let cases = kedit_editing::requests::load_cases(&requests)?;
+            let text =
+                serde_json::to_string_pretty(&kedit_editing::requests::to_easyedit(&cases))? + "\n";
+            // Written beside --out and read back before it takes --out's name: a case EasyEdit's
+            // form cannot carry (the subject's name earlier in the prompt than its place) is an
+            // error, not a silently different file.
+            let tmp = out.with_extension("checking");
+            std::fs::write(&tmp, &text)
+                .with_context(|| format!("--out {}: cannot write", out.display()))?;
+            let back = kedit_editing::requests::load_cases(&tmp);
+            let _ = std::fs::remove_file(&tmp);
+            for (b, c) in back?.iter().zip(&cases) {
+                if b != c {
+                    bail!(
+                        "{}: case {}: prompt {:?} holds the subject {:?} before its `{{}}`; EasyEdit's records mark the subject by its first occurrence, so this case cannot be written as one",
+                        requests.display(),
+                        c.case_id,
+                        c.request.prompt,
+                        c.request.subject
+                    );
+                }
+            }
+            write_atomic("--out", &out, &text)?;
+            println!(
+                "{} cases from {} -> {} (EasyEdit's records)",
+                cases.len(),
+                requests.display(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Data {
             command:
                 DataCommand::Build {

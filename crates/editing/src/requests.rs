@@ -190,9 +190,23 @@ impl Ctx<'_> {
                 portability_targets.push(answer);
             }
         }
+        // Canonical: no own answers where every neighbour answers target_true (CounterFact's
+        // neighbours written as EasyEdit's), so such a case is the case it was written from.
+        if neighborhood_targets
+            .iter()
+            .all(|a| *a == request.target_true)
+        {
+            neighborhood_targets.clear();
+        }
+        // `subject_id`: kedit's own field (EasyEdit ignores it), so that two subjects with one
+        // name (S2RKE's homonyms) stay apart through `kedit data convert`.
+        let subject_id = match rec.get("subject_id") {
+            None => request.subject.clone(),
+            Some(v) => v.to_string().trim_matches('"').to_owned(),
+        };
         Ok(EditCase {
             case_id,
-            subject_id: request.subject.clone(),
+            subject_id,
             request,
             paraphrase_prompts,
             neighborhood_prompts,
@@ -234,6 +248,63 @@ impl Ctx<'_> {
         }
         Ok(out)
     }
+}
+
+/// `cases` as EasyEdit's flat records, in the shape its KnowEdit loader and `run_knowedit` read
+/// (`subject`, `prompt` with the subject in it, `target_new`, `ground_truth`, `locality` and
+/// `portability` as named lists of `{prompt, ground_truth}`), with the paraphrases as
+/// `rephrase_prompt` (a string where there is one, EasyEdit's CounterFact form) and kedit's
+/// `case_id`, `subject_id` and `relation`, which EasyEdit ignores. Neighbours answered by
+/// target_true go under `Relation_Specificity` (CounterFact's neighbours: the same relation and
+/// true object), those with their own answers under `Forgetfulness`, so [`load_cases`] reads
+/// the records back as the same cases.
+pub fn to_easyedit(cases: &[EditCase]) -> Vec<Value> {
+    let item = |p: &String, a: &str| serde_json::json!({"prompt": p, "ground_truth": [a]});
+    cases
+        .iter()
+        .map(|c| {
+            let r = &c.request;
+            let (mut same, mut own) = (Vec::new(), Vec::new());
+            for (i, p) in c.neighborhood_prompts.iter().enumerate() {
+                match c.neighborhood_targets.get(i) {
+                    Some(a) => own.push(item(p, a)),
+                    None => same.push(item(p, &r.target_true)),
+                }
+            }
+            let mut locality = serde_json::Map::new();
+            if !same.is_empty() {
+                locality.insert("Relation_Specificity".into(), same.into());
+            }
+            if !own.is_empty() {
+                locality.insert("Forgetfulness".into(), own.into());
+            }
+            let mut rec = serde_json::json!({
+                "case_id": c.case_id,
+                "subject_id": c.subject_id,
+                "subject": r.subject,
+                "relation": r.relation,
+                "prompt": r.full_prompt(),
+                "target_new": r.target_new,
+                "ground_truth": r.target_true,
+                "locality": locality,
+            });
+            match c.paraphrase_prompts.as_slice() {
+                [] => {}
+                [one] => rec["rephrase_prompt"] = one.clone().into(),
+                many => rec["rephrase_prompt"] = many.into(),
+            }
+            if !c.portability_prompts.is_empty() {
+                let items: Vec<Value> = c
+                    .portability_prompts
+                    .iter()
+                    .zip(&c.portability_targets)
+                    .map(|(p, a)| item(p, a))
+                    .collect();
+                rec["portability"] = serde_json::json!({ "Reasoning": items });
+            }
+            rec
+        })
+        .collect()
 }
 
 /// A target's text: a string, `{"str": ...}`, or a list whose first element is one.
@@ -624,44 +695,35 @@ mod tests {
         );
     }
 
-    /// Every committed S2RKE record, written as EasyEdit's flat record (the subject inside the
-    /// prompt, the neighbours under `locality` answered by target_true), reads back as itself.
+    /// Every committed S2RKE record, written as EasyEdit's flat record by [`to_easyedit`] (the
+    /// subject inside the prompt, the neighbours under `locality` answered by target_true), reads
+    /// back as itself; so do EasyEdit's own records with their own answers and portability.
     #[test]
-    fn committed_records_read_the_same_as_easyedit_records() {
+    fn easyedit_records_written_read_back_as_the_same_cases() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-        for name in ["s2rke-wikidata.json", "s2rke-wikidata-deep.json"] {
-            let cases = load_cases(&dir.join(name)).unwrap();
-            let flat: Vec<Value> = cases
-                .iter()
-                .map(|c| {
-                    let r = &c.request;
-                    let locality: Vec<Value> = c
-                        .neighborhood_prompts
-                        .iter()
-                        .map(|p| serde_json::json!({"prompt": p, "ground_truth": [r.target_true]}))
-                        .collect();
-                    serde_json::json!({
-                        "case_id": c.case_id, "subject": r.subject, "prompt": r.full_prompt(),
-                        "target_new": r.target_new, "ground_truth": r.target_true,
-                        "rephrase_prompt": c.paraphrase_prompts,
-                        "locality": {"Relation_Specificity": locality},
-                    })
-                })
-                .collect();
+        let easyedit = write(
+            r#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?",
+             "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"],
+             "rephrase": "What university did Watts Humphrey take part in?",
+             "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving",
+             "portability": {"New Question": "In which state is the university Watts Humphrey attended?", "New Answer": "Michigan"}}]"#,
+        );
+        for file in [
+            dir.join("s2rke-wikidata.json"),
+            dir.join("s2rke-wikidata-deep.json"),
+            easyedit.path().to_owned(),
+        ] {
+            let cases = load_cases(&file).unwrap();
+            let flat = to_easyedit(&cases);
+            assert!(flat.iter().all(|r| r["prompt"]
+                .as_str()
+                .unwrap()
+                .contains(r["subject"].as_str().unwrap())));
             let f = write(&serde_json::to_string(&flat).unwrap());
             let back = load_cases(f.path()).unwrap();
             assert_eq!(back.len(), cases.len());
             for (b, c) in back.iter().zip(&cases) {
-                let r = EditRequest {
-                    relation: String::new(),
-                    ..c.request.clone()
-                };
-                assert_eq!(b.request, r, "{name} {}", c.case_id);
-                assert_eq!(b.paraphrase_prompts, c.paraphrase_prompts);
-                assert_eq!(b.neighborhood_prompts, c.neighborhood_prompts);
-                for i in 0..c.neighborhood_prompts.len() {
-                    assert_eq!(b.neighborhood_target(i), c.neighborhood_target(i));
-                }
+                assert_eq!(b, c, "{}", file.display());
             }
         }
     }

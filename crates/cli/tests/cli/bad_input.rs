@@ -324,3 +324,57 @@ fn fluency_names_its_bad_flags() {
         "--fluency 1",
     );
 }
+
+/// `kedit data convert` writes EasyEdit's records (the subject inside each prompt), and refuses,
+/// in one line and without writing --out, a case whose prompt holds the subject's name before
+/// its place, which EasyEdit's form would read as another case.
+#[test]
+fn data_convert_writes_easyedit_records_or_refuses_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("easyedit.json");
+    let data = fixture("s2rke-wikidata.json");
+    let (ok, stdout, err) = kedit(&[
+        "data",
+        "convert",
+        "--requests",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("1075 cases"), "{stdout}");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(records.len(), 1075);
+    for r in &records {
+        let (prompt, subject) = (
+            r["prompt"].as_str().unwrap(),
+            r["subject"].as_str().unwrap(),
+        );
+        assert!(prompt.contains(subject) && !prompt.contains("{}"), "{r}");
+        assert!(
+            r["ground_truth"].is_string() && r["locality"].is_object(),
+            "{r}"
+        );
+    }
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"case_id": 1, "requested_rewrite": {"prompt": "Paris, like {}, is in", "subject": "Paris", "target_new": "a", "target_true": "b"}}]"#,
+    )
+    .unwrap();
+    let refused = tmp.path().join("refused.json");
+    assert_one_line_error(
+        &[
+            "data",
+            "convert",
+            "--requests",
+            bad.to_str().unwrap(),
+            "--out",
+            refused.to_str().unwrap(),
+        ],
+        "case 1: prompt \"Paris, like {}, is in\" holds the subject \"Paris\" before its `{}`",
+    );
+    assert!(!refused.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+}
