@@ -186,7 +186,8 @@ enum Command {
         prompts: Vec<String>,
     },
     /// Edit facts and measure the edit: ES/PS/NS before and after, and EasyEdit's teacher-forced
-    /// token accuracies beside them (rewrite_acc, rephrase_acc, locality). By default each case is
+    /// token accuracies beside them (rewrite_acc, rephrase_acc, locality; portability where the
+    /// data has it: EasyEdit's KnowEdit and ZsRE records). By default each case is
     /// edited alone on the unedited model, evaluated, then reverted; `--batch` applies all requests
     /// in one `apply` and evaluates them together; `--sequential` keeps each edit for the next.
     #[command(
