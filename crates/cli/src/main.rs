@@ -122,7 +122,7 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum MendCommand {
-    /// Meta-train MEND's gradient transform for a model on an S2RKE-format training file (split
+    /// Meta-train MEND's gradient transform for a model on a training file of facts (split
     /// by subject into training and validation facts; keep it disjoint by subject from every
     /// evaluation set: fixtures/mend-train.json is). Validates and checkpoints every
     /// `val_interval` steps, stops early, writes the best archive (safetensors with its
@@ -133,7 +133,8 @@ enum MendCommand {
     Train {
         #[command(flatten)]
         model: ModelArgs,
-        /// Training facts (S2RKE release format)
+        /// Training facts: any requests file (S2RKE, CounterFact, or EasyEdit's records, e.g. ZsRE's
+        /// `zsre_mend_train.json`, MEND's own training set, whose `loc` / `loc_ans` is the locality)
         #[arg(long, default_value = "fixtures/mend-train.json")]
         data: PathBuf,
         /// The archive (default: the cache, where `kedit edit --method mend` looks)
