@@ -819,8 +819,10 @@ impl RunOnBackend for KnownBy<'_> {
                 paraphrase_prompts: vec![],
                 neighborhood_prompts: vec![],
                 neighborhood_targets: vec![],
+                neighborhood_kinds: vec![],
                 portability_prompts: vec![],
                 portability_targets: vec![],
+                portability_kinds: vec![],
                 ..c.clone()
             };
             if kedit_eval::evaluate(&lm, std::slice::from_ref(&bare))?[0].es == 0.0 {

@@ -52,6 +52,11 @@ pub struct EditCase {
     /// true object). Either empty or as long as `neighborhood_prompts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighborhood_targets: Vec<String>,
+    /// Each neighbourhood prompt's kind, where the data names two or more (KnowEdit's
+    /// `Relation_Specificity` and `Forgetfulness`): EasyEdit averages locality within each kind,
+    /// then over the kinds. Empty: one kind. Either empty or as long as `neighborhood_prompts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighborhood_kinds: Vec<String>,
     /// EasyEdit's portability: questions whose answers should follow from the edit (KnowEdit's
     /// reasoning, subject-aliasing and logical-generalisation prompts, ZsRE's one-hop question),
     /// each with its answer in `portability_targets` (as long).
@@ -59,6 +64,10 @@ pub struct EditCase {
     pub portability_prompts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub portability_targets: Vec<String>,
+    /// Each portability prompt's kind, as `neighborhood_kinds` (KnowEdit's `Reasoning`,
+    /// `Subject_Aliasing`, `Logical_Generalization`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability_kinds: Vec<String>,
 }
 
 impl EditCase {

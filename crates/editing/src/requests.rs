@@ -137,7 +137,9 @@ impl Ctx<'_> {
         for field in ["rephrase_prompt", "rephrase"] {
             paraphrase_prompts.extend(self.one_or_more(rec, field)?);
         }
-        let (mut neighborhood_prompts, mut neighborhood_targets) = (Vec::new(), Vec::new());
+        // (kind, prompt, answer): `loc` and `locality_prompt` are EasyEdit's `neighborhood`
+        // kind (run_zsre's key).
+        let mut locality: Vec<(String, String, String)> = Vec::new();
         for (p, a) in [
             ("loc", "loc_ans"),
             ("locality_prompt", "locality_ground_truth"),
@@ -164,32 +166,32 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            neighborhood_prompts.extend(prompts);
-            neighborhood_targets.extend(answers);
+            locality.extend(
+                prompts
+                    .into_iter()
+                    .zip(answers)
+                    .map(|(p, a)| ("neighborhood".to_owned(), p, a)),
+            );
         }
-        for (prompt, answer) in self.named_lists(rec, "locality")? {
-            neighborhood_prompts.push(prompt);
-            neighborhood_targets.push(answer);
-        }
-        let (mut portability_prompts, mut portability_targets) = (Vec::new(), Vec::new());
+        locality.extend(self.named_lists(rec, "locality")?);
         // ZsRE's one-hop question: `portability: {"New Question", "New Answer"}`.
         let zsre_hop = rec
             .get("portability")
             .filter(|p| p.get("New Question").is_some());
-        if let Some(hop) = zsre_hop {
-            let question = hop["New Question"]
-                .as_str()
-                .ok_or_else(|| self.err("portability.New Question", "is not a string"))?;
-            let answer = first_string(hop.get("New Answer").unwrap_or(&Value::Null))
-                .map_err(|what| self.err("portability.New Answer", what))?;
-            portability_prompts.push(question.to_owned());
-            portability_targets.push(answer);
-        } else {
-            for (prompt, answer) in self.named_lists(rec, "portability")? {
-                portability_prompts.push(prompt);
-                portability_targets.push(answer);
+        let portability = match zsre_hop {
+            Some(hop) => {
+                let question = hop["New Question"]
+                    .as_str()
+                    .ok_or_else(|| self.err("portability.New Question", "is not a string"))?;
+                let answer = first_string(hop.get("New Answer").unwrap_or(&Value::Null))
+                    .map_err(|what| self.err("portability.New Answer", what))?;
+                vec![("one_hop".to_owned(), question.to_owned(), answer)]
             }
-        }
+            None => self.named_lists(rec, "portability")?,
+        };
+        let (neighborhood_kinds, neighborhood_prompts, mut neighborhood_targets) =
+            by_kind(locality);
+        let (portability_kinds, portability_prompts, portability_targets) = by_kind(portability);
         // Canonical: no own answers where every neighbour answers target_true (CounterFact's
         // neighbours written as EasyEdit's), so such a case is the case it was written from.
         if neighborhood_targets
@@ -211,15 +213,17 @@ impl Ctx<'_> {
             paraphrase_prompts,
             neighborhood_prompts,
             neighborhood_targets,
+            neighborhood_kinds,
             portability_prompts,
             portability_targets,
+            portability_kinds,
         })
     }
 
     /// KnowEdit's `locality` and `portability`: `{"Relation_Specificity": [{"prompt",
     /// "ground_truth"}], ...}`, read as EasyEdit's run_knowedit does: the first answer, however
     /// deep the lists go, and an item with an empty answer dropped. Kinds in name order.
-    fn named_lists(&self, rec: &Value, field: &str) -> Result<Vec<(String, String)>> {
+    fn named_lists(&self, rec: &Value, field: &str) -> Result<Vec<(String, String, String)>> {
         let Some(v) = rec.get(field) else {
             return Ok(Vec::new());
         };
@@ -242,7 +246,7 @@ impl Ctx<'_> {
                     .target(item, "ground_truth")
                     .map_err(|_| self.err(&at, "has no string `ground_truth`"))?;
                 if !answer.trim().is_empty() {
-                    out.push((prompt, answer));
+                    out.push((kind.clone(), prompt, answer));
                 }
             }
         }
@@ -250,34 +254,63 @@ impl Ctx<'_> {
     }
 }
 
+/// (kinds, prompts, answers), ordered by kind (a stable sort: in each kind, the data's order);
+/// the kinds left empty where there are fewer than two, which average as one.
+fn by_kind(mut items: Vec<(String, String, String)>) -> (Vec<String>, Vec<String>, Vec<String>) {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut kinds, mut prompts, mut answers) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, p, a) in items {
+        kinds.push(k);
+        prompts.push(p);
+        answers.push(a);
+    }
+    if kinds.iter().all(|k| *k == kinds[0]) {
+        kinds.clear();
+    }
+    (kinds, prompts, answers)
+}
+
 /// `cases` as EasyEdit's flat records, in the shape its KnowEdit loader and `run_knowedit` read
 /// (`subject`, `prompt` with the subject in it, `target_new`, `ground_truth`, `locality` and
 /// `portability` as named lists of `{prompt, ground_truth}`), with the paraphrases as
 /// `rephrase_prompt` (a string where there is one, EasyEdit's CounterFact form) and kedit's
-/// `case_id`, `subject_id` and `relation`, which EasyEdit ignores. Neighbours answered by
-/// target_true go under `Relation_Specificity` (CounterFact's neighbours: the same relation and
-/// true object), those with their own answers under `Forgetfulness`, so [`load_cases`] reads
-/// the records back as the same cases.
+/// `case_id`, `subject_id` and `relation`, which EasyEdit ignores. Neighbours and portability
+/// questions go under their kinds; without kinds, neighbours answered by target_true go under
+/// `Relation_Specificity` (CounterFact's neighbours: the same relation and true object), those
+/// with their own answers under `Forgetfulness`, portability under `Reasoning`. [`load_cases`]
+/// reads the records back as the same cases.
 pub fn to_easyedit(cases: &[EditCase]) -> Vec<Value> {
-    let item = |p: &String, a: &str| serde_json::json!({"prompt": p, "ground_truth": [a]});
+    // {kind: [{prompt, ground_truth}]}, kinds in the order met (the reader sorts them by name).
+    fn named(items: impl Iterator<Item = (String, String, String)>) -> Value {
+        let mut out = serde_json::Map::new();
+        for (kind, prompt, answer) in items {
+            let item = serde_json::json!({"prompt": prompt, "ground_truth": [answer]});
+            match out.get_mut(&kind) {
+                Some(Value::Array(list)) => list.push(item),
+                _ => {
+                    out.insert(kind, Value::Array(vec![item]));
+                }
+            }
+        }
+        Value::Object(out)
+    }
     cases
         .iter()
         .map(|c| {
             let r = &c.request;
-            let (mut same, mut own) = (Vec::new(), Vec::new());
-            for (i, p) in c.neighborhood_prompts.iter().enumerate() {
-                match c.neighborhood_targets.get(i) {
-                    Some(a) => own.push(item(p, a)),
-                    None => same.push(item(p, &r.target_true)),
-                }
-            }
-            let mut locality = serde_json::Map::new();
-            if !same.is_empty() {
-                locality.insert("Relation_Specificity".into(), same.into());
-            }
-            if !own.is_empty() {
-                locality.insert("Forgetfulness".into(), own.into());
-            }
+            let default_kind = if c.neighborhood_targets.is_empty() {
+                "Relation_Specificity"
+            } else {
+                "Forgetfulness"
+            };
+            let locality = named(c.neighborhood_prompts.iter().enumerate().map(|(i, p)| {
+                let kind = c.neighborhood_kinds.get(i).map_or(default_kind, |k| k);
+                (
+                    kind.to_owned(),
+                    p.clone(),
+                    c.neighborhood_target(i).to_owned(),
+                )
+            }));
             let mut rec = serde_json::json!({
                 "case_id": c.case_id,
                 "subject_id": c.subject_id,
@@ -294,13 +327,16 @@ pub fn to_easyedit(cases: &[EditCase]) -> Vec<Value> {
                 many => rec["rephrase_prompt"] = many.into(),
             }
             if !c.portability_prompts.is_empty() {
-                let items: Vec<Value> = c
+                let items = c
                     .portability_prompts
                     .iter()
                     .zip(&c.portability_targets)
-                    .map(|(p, a)| item(p, a))
-                    .collect();
-                rec["portability"] = serde_json::json!({ "Reasoning": items });
+                    .enumerate()
+                    .map(|(i, (p, a))| {
+                        let kind = c.portability_kinds.get(i).map_or("Reasoning", |k| k);
+                        (kind.to_owned(), p.clone(), a.clone())
+                    });
+                rec["portability"] = named(items);
             }
             rec
         })
@@ -391,8 +427,10 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                     paraphrase_prompts: ctx.strings(e, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(e, "neighborhood_prompts")?,
                     neighborhood_targets: Vec::new(),
+                    neighborhood_kinds: Vec::new(),
                     portability_prompts: Vec::new(),
                     portability_targets: Vec::new(),
+                    portability_kinds: Vec::new(),
                 });
             }
         } else {
@@ -412,8 +450,10 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                     paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
                     neighborhood_targets: Vec::new(),
+                    neighborhood_kinds: Vec::new(),
                     portability_prompts: Vec::new(),
                     portability_targets: Vec::new(),
+                    portability_kinds: Vec::new(),
                 }
             } else if rec.get("src").is_some() {
                 // EasyEdit's ZsreDataset drops these records; so does kedit, and says so.
@@ -615,6 +655,14 @@ mod tests {
             ]
         );
         assert_eq!(c[2].neighborhood_targets, ["IBM", "software engineer"]);
+        // Two kinds, which EasyEdit averages apart; one kind needs no name.
+        assert_eq!(
+            c[2].neighborhood_kinds,
+            ["Forgetfulness", "Relation_Specificity"]
+        );
+        assert!(c[0].neighborhood_kinds.is_empty() && c[1].neighborhood_kinds.is_empty());
+        assert_eq!(c[2].portability_kinds, ["Reasoning", "Subject_Aliasing"]);
+        assert!(c[0].portability_kinds.is_empty());
         // Portability: ZsRE's one-hop question; KnowEdit's kinds in name order.
         assert_eq!(
             (
@@ -706,7 +754,13 @@ mod tests {
              "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"],
              "rephrase": "What university did Watts Humphrey take part in?",
              "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving",
-             "portability": {"New Question": "In which state is the university Watts Humphrey attended?", "New Answer": "Michigan"}}]"#,
+             "portability": {"New Question": "In which state is the university Watts Humphrey attended?", "New Answer": "Michigan"}},
+            {"subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
+             "target_new": "University of Michigan", "ground_truth": "Illinois Institute of Technology",
+             "loc": "The capital of France is", "loc_ans": "Paris",
+             "portability": {"Reasoning": [{"prompt": "R?", "ground_truth": "r"}], "Logical_Generalization": [{"prompt": "L?", "ground_truth": "l"}]},
+             "locality": {"Relation_Specificity": [{"prompt": "The occupation of Watts Humphrey is", "ground_truth": "engineer"}],
+               "Forgetfulness": [{"prompt": "Watts Humphrey, whose employer is", "ground_truth": "IBM"}]}}]"#,
         );
         for file in [
             dir.join("s2rke-wikidata.json"),
@@ -722,6 +776,12 @@ mod tests {
             let f = write(&serde_json::to_string(&flat).unwrap());
             let back = load_cases(f.path()).unwrap();
             assert_eq!(back.len(), cases.len());
+            if file == easyedit.path() {
+                assert_eq!(
+                    back[1].neighborhood_kinds,
+                    ["Forgetfulness", "Relation_Specificity", "neighborhood"]
+                );
+            }
             for (b, c) in back.iter().zip(&cases) {
                 assert_eq!(b, c, "{}", file.display());
             }

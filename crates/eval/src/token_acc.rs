@@ -14,9 +14,12 @@
 //!   CounterFact runs pass `target_true` as the neighbourhood prompts' `ground_truth`), or on the
 //!   prompt's own answer where the data gives one (ZsRE's `loc_ans`, KnowEdit's locality), the share
 //!   of positions where the edited model's answer equals the unedited model's; averaged over the
-//!   prompts. So locality is 1 for an edit that changed none of those answers, whatever they are.
+//!   prompts (within each kind first, then over the kinds, where the data names kinds: KnowEdit's
+//!   `Relation_Specificity` and `Forgetfulness`, as EasyEdit's summary averages). So locality is
+//!   1 for an edit that changed none of those answers, whatever they are.
 //! - `portability`: where the data gives portability questions (KnowEdit, ZsRE's one-hop), the
-//!   share of each answer's tokens answered right, averaged over the questions.
+//!   share of each answer's tokens answered right, averaged over the questions (by kind first, as
+//!   locality).
 //!
 //! Where kedit differs, and why: kedit's tokenizer calls add no special tokens (the whole of kedit
 //! scores that way; EasyEdit's `tok(...)` adds the tokenizer's BOS where it has one, which
@@ -76,6 +79,27 @@ fn share_equal(a: &[u32], b: &[u32]) -> Option<f64> {
 fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| s / n as f64)
+}
+
+/// The mean within each kind, then over the kinds, as EasyEdit's summaries average a case's
+/// locality and portability (per key, then over keys); one kind where `kinds` is empty. A prompt
+/// without a value (no target token) is left out.
+fn mean_by_kind(values: impl Iterator<Item = Option<f64>>, kinds: &[String]) -> Option<f64> {
+    let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
+    for (i, v) in values.enumerate() {
+        if let Some(v) = v {
+            let kind = kinds.get(i).map_or("", String::as_str);
+            by_kind.entry(kind).or_default().push(v);
+        }
+    }
+    let mut kinds: Vec<_> = by_kind.into_iter().collect();
+    // A fixed order, so that the sum's rounding does not depend on the hash.
+    kinds.sort_by(|a, b| a.0.cmp(b.0));
+    mean(
+        kinds
+            .into_iter()
+            .map(|(_, v)| v.iter().sum::<f64>() / v.len() as f64),
+    )
 }
 
 /// Each (prompt, target) pair teacher-forced in one padded batch: the model's answers at the
@@ -196,11 +220,12 @@ pub fn token_accuracy<B: Backend>(
                 let pre = reference.answers.get(&case.case_id).with_context(|| {
                     format!("case {}: no unedited answers to compare with", case.case_id)
                 })?;
-                mean(
+                mean_by_kind(
                     forced[1 + np..portability_from]
                         .iter()
                         .zip(pre)
-                        .filter_map(|(post, pre)| share_equal(&post.answers, pre)),
+                        .map(|(post, pre)| share_equal(&post.answers, pre)),
+                    &case.neighborhood_kinds,
                 )
             }
             None => None,
@@ -215,10 +240,9 @@ pub fn token_accuracy<B: Backend>(
             rewrite_acc,
             rephrase_acc: mean(forced[1..1 + np].iter().filter_map(Forced::accuracy)),
             locality,
-            portability: mean(
-                forced[portability_from..]
-                    .iter()
-                    .filter_map(Forced::accuracy),
+            portability: mean_by_kind(
+                forced[portability_from..].iter().map(Forced::accuracy),
+                &case.portability_kinds,
             ),
         });
     }
@@ -235,4 +259,29 @@ pub fn summarize(accs: impl IntoIterator<Item = TokenAcc>) -> Option<TokenAcc> {
         locality: mean(accs.iter().filter_map(|a| a.locality)),
         portability: mean(accs.iter().filter_map(|a| a.portability)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_by_kind;
+
+    /// EasyEdit's summary: within each kind, then over the kinds; no kinds, one mean; a prompt
+    /// without a value is left out, and so is a kind with none.
+    #[test]
+    fn means_by_kind_then_over_kinds() {
+        let k = |ks: &[&str]| ks.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let v = [Some(1.0), Some(0.0), Some(0.5), None];
+        let kinds = k(&[
+            "Relation_Specificity",
+            "Forgetfulness",
+            "Forgetfulness",
+            "Other",
+        ]);
+        assert_eq!(
+            mean_by_kind(v.into_iter(), &kinds),
+            Some((1.0 + 0.25) / 2.0)
+        );
+        assert_eq!(mean_by_kind(v.into_iter(), &[]), Some(0.5));
+        assert_eq!(mean_by_kind([None].into_iter(), &k(&["a"])), None);
+    }
 }

@@ -80,8 +80,10 @@ fn case(id: &str) -> EditCase {
             "The native language of Montesquieu is".into(),
         ],
         neighborhood_targets: vec![],
+        neighborhood_kinds: vec![],
         portability_prompts: vec![],
         portability_targets: vec![],
+        portability_kinds: vec![],
     }
 }
 
@@ -262,7 +264,13 @@ fn portability_is_each_answers_token_accuracy() {
         "Danielle Darrieux's mother tongue is".into(),
         "The language Danielle Darrieux writes in is".into(),
     ];
-    c.portability_targets = vec!["English".into(), "the English language".into()];
+    c.portability_prompts
+        .push("Danielle Darrieux wrote her memoirs in".into());
+    c.portability_targets = vec![
+        "English".into(),
+        "the English language".into(),
+        "English".into(),
+    ];
     let plain = token_accuracy(&lm, &[case("c0")], None).unwrap()[0];
     let got = token_accuracy(&lm, std::slice::from_ref(&c), None).unwrap()[0];
     assert_eq!(plain.portability, None);
@@ -278,8 +286,18 @@ fn portability_is_each_answers_token_accuracy() {
         .collect();
     let forced = teacher_forced(&lm, &pairs).unwrap();
     assert!(forced[1].labels.len() >= 3, "{:?}", forced[1].labels);
-    let expected = forced.iter().map(|f| f.accuracy().unwrap()).sum::<f64>() / 2.0;
+    let acc: Vec<f64> = forced.iter().map(|f| f.accuracy().unwrap()).collect();
+    let expected = acc.iter().sum::<f64>() / 3.0;
     assert!((got.portability.unwrap() - expected).abs() < 1e-12);
+    // With kinds, EasyEdit's average: within each kind, then over the kinds.
+    c.portability_kinds = vec![
+        "Reasoning".into(),
+        "Subject_Aliasing".into(),
+        "Subject_Aliasing".into(),
+    ];
+    let by_kind = token_accuracy(&lm, std::slice::from_ref(&c), None).unwrap()[0];
+    let expected = (acc[0] + (acc[1] + acc[2]) / 2.0) / 2.0;
+    assert!((by_kind.portability.unwrap() - expected).abs() < 1e-12);
 }
 
 /// SmolLM2 against transformers (fixtures/token-acc.json, `fixtures/reference/token_acc.py`:
