@@ -521,11 +521,7 @@ mod tests {
             },
             paraphrase_prompts: vec![],
             neighborhood_prompts: vec![],
-            neighborhood_targets: vec![],
-            neighborhood_kinds: vec![],
-            portability_prompts: vec![],
-            portability_targets: vec![],
-            portability_kinds: vec![],
+            ..Default::default()
         }
     }
 

@@ -133,8 +133,9 @@ enum MendCommand {
     Train {
         #[command(flatten)]
         model: ModelArgs,
-        /// Training facts: any requests file (S2RKE, CounterFact, or EasyEdit's records, e.g. ZsRE's
-        /// `zsre_mend_train.json`, MEND's own training set, whose `loc` / `loc_ans` is the locality)
+        /// Training facts: any requests file (S2RKE, CounterFact, or EasyEdit's records, e.g.
+        /// ZsRE's `zsre_mend_train.json`, MEND's own training set, whose `loc` / `loc_ans` is the
+        /// locality)
         #[arg(long, default_value = "fixtures/mend-train.json")]
         data: PathBuf,
         /// The archive (default: the cache, where `kedit edit --method mend` looks)
@@ -437,8 +438,8 @@ struct MethodArgs {
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format, CounterFact, or EasyEdit's flat records (KnowEdit:
-    /// `prompt`, `subject`, `target_new`, `ground_truth`, `locality`; ZsRE: `src`, `alt`, `answers`,
-    /// `loc`, `loc_ans`), whose locality prompts keep their own answers
+    /// `prompt`, `subject`, `target_new`, `ground_truth`, `locality`; ZsRE: `src`, `alt`,
+    /// `answers`, `loc`, `loc_ans`), whose locality prompts keep their own answers
     #[arg(long)]
     requests: PathBuf,
     /// EasyEdit-style YAML hyperparameters (default: the bundled ones for SmolLM2)
@@ -804,26 +805,19 @@ struct KnownBy<'a> {
 impl RunOnBackend for KnownBy<'_> {
     fn run<B: Backend>(self, spec: &ModelSpec, device: &B::Device) -> Result<()> {
         let lm = LanguageModel::<B>::load(spec, device)?;
-        let text = serde_json::to_string(&*self.data)?;
-        let tmp = std::env::temp_dir().join(format!("kedit-known-by-{}.json", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        let cases = kedit_editing::requests::load_cases(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        let cases = cases?;
+        let cases = kedit_editing::requests::parse_cases(
+            std::path::Path::new("the built set"),
+            &serde_json::Value::Array(self.data.clone()),
+        )?;
         let mut known = std::collections::HashSet::new();
         let bar = progress(cases.len(), "--known-by", "records");
         for c in &cases {
             bar.inc(1);
             // Only the rewrite prompt matters here.
             let bare = kedit_editing::EditCase {
-                paraphrase_prompts: vec![],
-                neighborhood_prompts: vec![],
-                neighborhood_targets: vec![],
-                neighborhood_kinds: vec![],
-                portability_prompts: vec![],
-                portability_targets: vec![],
-                portability_kinds: vec![],
-                ..c.clone()
+                case_id: c.case_id.clone(),
+                request: c.request.clone(),
+                ..Default::default()
             };
             if kedit_eval::evaluate(&lm, std::slice::from_ref(&bare))?[0].es == 0.0 {
                 known.insert(c.case_id.clone());
@@ -1099,17 +1093,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             check_output("--out", &out)?;
             let cases = kedit_editing::requests::load_cases(&requests)?;
-            let text =
-                serde_json::to_string_pretty(&kedit_editing::requests::to_easyedit(&cases))? + "\n";
-            // Written beside --out and read back before it takes --out's name: a case EasyEdit's
-            // form cannot carry (the subject's name earlier in the prompt than its place) is an
-            // error, not a silently different file.
-            let tmp = out.with_extension("checking");
-            std::fs::write(&tmp, &text)
-                .with_context(|| format!("--out {}: cannot write", out.display()))?;
-            let back = kedit_editing::requests::load_cases(&tmp);
-            let _ = std::fs::remove_file(&tmp);
-            for (b, c) in back?.iter().zip(&cases) {
+            let records = serde_json::Value::Array(kedit_editing::requests::to_easyedit(&cases));
+            // Read back before anything is written: a case EasyEdit's form cannot carry (the
+            // subject's name earlier in the prompt than its place) is an error, not a silently
+            // different file.
+            let back = kedit_editing::requests::parse_cases(
+                std::path::Path::new("the EasyEdit records"),
+                &records,
+            )?;
+            for (b, c) in back.iter().zip(&cases) {
                 if b != c {
                     bail!(
                         "{}: case {}: prompt {:?} holds the subject {:?} before its `{{}}`; EasyEdit's records mark the subject by its first occurrence, so this case cannot be written as one",
@@ -1120,7 +1112,11 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            write_atomic("--out", &out, &text)?;
+            write_atomic(
+                "--out",
+                &out,
+                &(serde_json::to_string_pretty(&records)? + "\n"),
+            )?;
             println!(
                 "{} cases from {} -> {} (EasyEdit's records)",
                 cases.len(),

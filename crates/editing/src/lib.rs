@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use patch::{Matrix, Patch, PatchEntry, Snapshot};
 
 /// One requested rewrite of a fact: `prompt` holds `{}` where the subject goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EditRequest {
     pub prompt: String,
     pub subject: String,
@@ -36,7 +36,7 @@ impl EditRequest {
 }
 
 /// A request with the prompts that evaluate it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EditCase {
     /// Stable id: `s{subject}r{record}` for S2RKE, the `case_id` for CounterFact, the record's
     /// index for EasyEdit's flat records.

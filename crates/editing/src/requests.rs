@@ -62,20 +62,7 @@ impl Ctx<'_> {
             Some(_) => Err(self.err(field, "is not a list of strings")),
         }
     }
-    fn request(&self, rw: &Value, subject: Option<&str>) -> Result<EditRequest> {
-        let fields = Fields {
-            prompt: "prompt",
-            target_new: "target_new",
-            target_true: "target_true",
-        };
-        self.request_from(rw, subject, &fields)
-    }
-    fn request_from(
-        &self,
-        rw: &Value,
-        subject: Option<&str>,
-        fields: &Fields,
-    ) -> Result<EditRequest> {
+    fn request(&self, rw: &Value, subject: Option<&str>, fields: &Fields) -> Result<EditRequest> {
         let mut prompt = self.str(rw, fields.prompt)?.to_owned();
         let subject = match subject {
             Some(s) => s.to_owned(),
@@ -132,7 +119,7 @@ impl Ctx<'_> {
 impl Ctx<'_> {
     /// One of EasyEdit's flat records (`fields` says which: [`EASYEDIT`] or [`ZSRE`]).
     fn easyedit(&self, rec: &Value, case_id: String, fields: &Fields) -> Result<EditCase> {
-        let request = self.request_from(rec, None, fields)?;
+        let request = self.request(rec, None, fields)?;
         let mut paraphrase_prompts = Vec::new();
         for field in ["rephrase_prompt", "rephrase"] {
             paraphrase_prompts.extend(self.one_or_more(rec, field)?);
@@ -204,7 +191,7 @@ impl Ctx<'_> {
         // name (S2RKE's homonyms) stay apart through `kedit data convert`.
         let subject_id = match rec.get("subject_id") {
             None => request.subject.clone(),
-            Some(v) => v.to_string().trim_matches('"').to_owned(),
+            Some(v) => id_of(v),
         };
         Ok(EditCase {
             case_id,
@@ -343,6 +330,11 @@ pub fn to_easyedit(cases: &[EditCase]) -> Vec<Value> {
         .collect()
 }
 
+/// An id as written, number or string (`7` and `"7"` are the same id).
+fn id_of(v: &Value) -> String {
+    v.to_string().trim_matches('"').to_owned()
+}
+
 /// A target's text: a string, `{"str": ...}`, or a list whose first element is one.
 fn first_string(mut t: &Value) -> std::result::Result<String, &'static str> {
     while let Value::Array(a) = t {
@@ -357,6 +349,13 @@ fn first_string(mut t: &Value) -> std::result::Result<String, &'static str> {
             .ok_or("is neither a string nor {\"str\": ...}"),
     }
 }
+
+/// S2RKE's and CounterFact's `requested_rewrite`.
+const COUNTERFACT: Fields = Fields {
+    prompt: "prompt",
+    target_new: "target_new",
+    target_true: "target_true",
+};
 
 /// EasyEdit's own records (KnowEdit, its CounterFact split, `editor.edit`'s arguments saved).
 const EASYEDIT: Fields = Fields {
@@ -380,12 +379,17 @@ struct Fields {
     target_true: &'static str,
 }
 
-/// Read a requests file in either format.
+/// Read a requests file in any of the formats.
 pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("{}: cannot read requests file", file.display()))?;
     let json: Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", file.display()))?;
+    parse_cases(file, &json)
+}
+
+/// The cases of a requests file's JSON, already read; `file` names it in errors.
+pub fn parse_cases(file: &Path, json: &Value) -> Result<Vec<EditCase>> {
     let Value::Array(records) = json else {
         bail!("{}: expected a JSON list of records", file.display());
     };
@@ -397,9 +401,7 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
     for (i, rec) in records.iter().enumerate() {
         let before = cases.len();
         if let Some(star) = rec.get("Star_Topology") {
-            let sid = rec.get("subjectID").map_or(i.to_string(), |v| {
-                v.to_string().trim_matches('"').to_owned()
-            });
+            let sid = rec.get("subjectID").map_or(i.to_string(), id_of);
             let ctx = Ctx {
                 file,
                 record: format!("{i} (subjectID {sid})"),
@@ -423,14 +425,10 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                 cases.push(EditCase {
                     case_id: format!("s{sid}r{j}"),
                     subject_id: sid.clone(),
-                    request: ctx.request(rw, Some(subject))?,
+                    request: ctx.request(rw, Some(subject), &COUNTERFACT)?,
                     paraphrase_prompts: ctx.strings(e, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(e, "neighborhood_prompts")?,
-                    neighborhood_targets: Vec::new(),
-                    neighborhood_kinds: Vec::new(),
-                    portability_prompts: Vec::new(),
-                    portability_targets: Vec::new(),
-                    portability_kinds: Vec::new(),
+                    ..Default::default()
                 });
             }
         } else {
@@ -438,22 +436,16 @@ pub fn load_cases(file: &Path) -> Result<Vec<EditCase>> {
                 file,
                 record: i.to_string(),
             };
-            let case_id = rec.get("case_id").map_or(i.to_string(), |v| {
-                v.to_string().trim_matches('"').to_owned()
-            });
+            let case_id = rec.get("case_id").map_or(i.to_string(), id_of);
             let case = if let Some(rw) = rec.get("requested_rewrite") {
-                let request = ctx.request(rw, None)?;
+                let request = ctx.request(rw, None, &COUNTERFACT)?;
                 EditCase {
                     case_id,
                     subject_id: request.subject.clone(),
                     request,
                     paraphrase_prompts: ctx.strings(rec, "paraphrase_prompts")?,
                     neighborhood_prompts: ctx.strings(rec, "neighborhood_prompts")?,
-                    neighborhood_targets: Vec::new(),
-                    neighborhood_kinds: Vec::new(),
-                    portability_prompts: Vec::new(),
-                    portability_targets: Vec::new(),
-                    portability_kinds: Vec::new(),
+                    ..Default::default()
                 }
             } else if rec.get("src").is_some() {
                 // EasyEdit's ZsreDataset drops these records; so does kedit, and says so.

@@ -1,7 +1,7 @@
 //! EasyEdit's teacher-forced token accuracy: `rewrite_acc`, `rephrase_acc`, `locality` and
 //! `portability`, the numbers EasyEdit prints (as Reliability, Generalization, Locality and
-//! Portability) where kedit's ES, PS and NS compare probabilities. Named as EasyEdit names them, so the two kinds are never mixed up
-//! (methods.md, "Evaluation metrics").
+//! Portability) where kedit's ES, PS and NS compare probabilities. Named as EasyEdit names
+//! them, so the two kinds are never mixed up (methods.md, "Evaluation metrics").
 //!
 //! As EasyEdit's `test_prediction_acc` computes them (read at 14cea82):
 //! - The prompt and its target are tokenized together, `prompt + " " + target`; the target's
@@ -11,12 +11,13 @@
 //! - `rewrite_acc`: the share of the target_new's tokens answered right on the rewrite prompt.
 //!   `rephrase_acc`: the same on each paraphrase prompt, averaged over them.
 //! - `locality`: on each neighbourhood prompt, teacher-forced on target_true (EasyEdit's
-//!   CounterFact runs pass `target_true` as the neighbourhood prompts' `ground_truth`), or on the
-//!   prompt's own answer where the data gives one (ZsRE's `loc_ans`, KnowEdit's locality), the share
-//!   of positions where the edited model's answer equals the unedited model's; averaged over the
-//!   prompts (within each kind first, then over the kinds, where the data names kinds: KnowEdit's
-//!   `Relation_Specificity` and `Forgetfulness`, as EasyEdit's summary averages). So locality is
-//!   1 for an edit that changed none of those answers, whatever they are.
+//!   CounterFact runs pass `target_true` as the neighbourhood prompts' `ground_truth`), or on
+//!   the prompt's own answer where the data gives one (ZsRE's `loc_ans`, KnowEdit's locality),
+//!   the share of positions where the edited model's answer equals the unedited model's;
+//!   averaged over the prompts (within each kind first, then over the kinds, where the data names
+//!   kinds: KnowEdit's `Relation_Specificity` and `Forgetfulness`, as EasyEdit's summary
+//!   averages). So locality is 1 for an edit that changed none of those answers, whatever they
+//!   are.
 //! - `portability`: where the data gives portability questions (KnowEdit, ZsRE's one-hop), the
 //!   share of each answer's tokens answered right, averaged over the questions (by kind first, as
 //!   locality).
@@ -29,7 +30,7 @@
 //! does) has no answer to check; EasyEdit's `np.mean` of nothing is NaN, which it drops from
 //! `rephrase_acc`, and kedit drops it from both. A rewrite prompt without one is an error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
@@ -85,20 +86,18 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
 /// locality and portability (per key, then over keys); one kind where `kinds` is empty. A prompt
 /// without a value (no target token) is left out.
 fn mean_by_kind(values: impl Iterator<Item = Option<f64>>, kinds: &[String]) -> Option<f64> {
-    let mut by_kind: HashMap<&str, Vec<f64>> = HashMap::new();
+    // Ordered by kind, so that the sum's rounding is the same on every run.
+    let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (i, v) in values.enumerate() {
         if let Some(v) = v {
             let kind = kinds.get(i).map_or("", String::as_str);
             by_kind.entry(kind).or_default().push(v);
         }
     }
-    let mut kinds: Vec<_> = by_kind.into_iter().collect();
-    // A fixed order, so that the sum's rounding does not depend on the hash.
-    kinds.sort_by(|a, b| a.0.cmp(b.0));
     mean(
-        kinds
-            .into_iter()
-            .map(|(_, v)| v.iter().sum::<f64>() / v.len() as f64),
+        by_kind
+            .values()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64),
     )
 }
 
@@ -136,7 +135,8 @@ pub fn teacher_forced<B: Backend>(
 }
 
 /// The unedited model's answers on each case's neighbourhood prompts, teacher-forced on each
-/// prompt's answer ([`EditCase::neighborhood_target`]): what [`token_accuracy`]'s `locality` compares the edited model's with.
+/// prompt's answer ([`EditCase::neighborhood_target`]): what [`token_accuracy`]'s `locality`
+/// compares the edited model's with.
 #[derive(Debug, Clone, Default)]
 pub struct LocalityReference {
     answers: HashMap<String, Vec<Vec<u32>>>,

@@ -79,11 +79,7 @@ fn case(id: &str) -> EditCase {
             "Michel Rocard is a native speaker of".into(),
             "The native language of Montesquieu is".into(),
         ],
-        neighborhood_targets: vec![],
-        neighborhood_kinds: vec![],
-        portability_prompts: vec![],
-        portability_targets: vec![],
-        portability_kinds: vec![],
+        ..Default::default()
     }
 }
 
