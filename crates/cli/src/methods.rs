@@ -71,6 +71,15 @@ pub const METHODS: &[MethodInfo] = &[
         batch_only: false,
     },
     MethodInfo {
+        name: "emmet",
+        batch: true,
+        // Rough (2026-12-07): the default profile's two cells of 6 edits took 217 s and 258 s,
+        // beside two other kedit processes on the 2 cores.
+        sec_per_edit: 20.0,
+        about: "EMMET: MEMIT's targets, each key's output moved by exactly its residual (ROME's equality constraint for a batch)",
+        batch_only: false,
+    },
+    MethodInfo {
         name: "ft-m",
         batch: true,
         sec_per_edit: 7.0,
@@ -143,7 +152,7 @@ fn build<B: Backend>(
             lm.model.config.num_layers,
         )
     };
-    // C at every edit layer of MEMIT, MEMIT-Merge, PMET and AlphaEdit.
+    // C at every edit layer of MEMIT, MEMIT-Merge, PMET, AlphaEdit and EMMET.
     let memit_stats = |hp: &MemitHparams| {
         stats::load_or_compute_layers(
             lm,
@@ -169,6 +178,16 @@ fn build<B: Backend>(
             let m = memit_stats(&hp)?;
             return Ok(Box::new(
                 kedit_locate_edit::alphaedit(hp, &m).with_context(|| source(hparams))?,
+            ));
+        }
+        "emmet" => {
+            let hp = load(hparams, MemitHparams::smollm2_emmet)?;
+            layers("layers", &hp.layers)?;
+            let m = memit_stats(&hp)?;
+            return Ok(Box::new(
+                kedit_locate_edit::emmet(hp)
+                    .with_context(|| source(hparams))?
+                    .with_second_moments(m),
             ));
         }
         "memit" | "memit-merge" | "pmet" => {
@@ -259,6 +278,7 @@ pub fn resolved_hparams(name: &str, hparams: Option<&Path>) -> Result<serde_json
         "memit" | "memit-merge" => json(hparams, MemitHparams::smollm2),
         "pmet" => json(hparams, MemitHparams::smollm2_pmet),
         "alphaedit" => json(hparams, MemitHparams::smollm2_alphaedit),
+        "emmet" => json(hparams, MemitHparams::smollm2_emmet),
         "ft-m" | "ft-l" => json(hparams, FtHparams::smollm2),
         "mend" => json(hparams, MendHparams::smollm2),
         "kn" => json(hparams, KnHparams::smollm2),
@@ -290,5 +310,21 @@ pub fn check(name: &str) -> Result<()> {
         Ok(())
     } else {
         bail!("--method {name}: unknown method ({})", names())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered method has bundled hyperparameters that a results file can record (a
+    /// method left out of `resolved_hparams` would fail every `kedit bench` run of it).
+    #[test]
+    fn every_registered_method_resolves_its_bundled_hparams() {
+        for m in METHODS {
+            let h = resolved_hparams(m.name, None).unwrap_or_else(|e| panic!("{}: {e:#}", m.name));
+            assert!(h.is_object(), "{}: {h}", m.name);
+        }
+        assert!(resolved_hparams("nope", None).is_err());
     }
 }

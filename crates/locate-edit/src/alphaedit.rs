@@ -21,12 +21,12 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
 use crate::hparams::MemitHparams;
-use crate::memit::{Flavor, Memit, MEMIT};
+use crate::memit::{Flavor, Memit, Update, MEMIT};
 use crate::stats::SecondMoment;
 
 pub const ALPHAEDIT: Flavor = Flavor {
     name: "alphaedit",
-    null_space: true,
+    update: Update::NullSpace,
     ..MEMIT
 };
 

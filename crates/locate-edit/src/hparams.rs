@@ -69,7 +69,7 @@ impl Hparams for RomeHparams {
     }
 }
 
-/// MEMIT, PMET and AlphaEdit hyperparameters under EasyEdit's key names (their YAML files load).
+/// MEMIT, PMET, AlphaEdit and EMMET hyperparameters under EasyEdit's key names (their YAML files load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemitHparams {
@@ -121,6 +121,14 @@ pub struct MemitHparams {
     /// before they existed still resume.
     #[serde(default, rename = "L2", skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
+    /// EMMET: μ, the ridge on `Kᵀ (λC + νI)⁻¹ K` against ill-conditioned batches (EasyEdit's
+    /// key; 0.1 in every released file). Left out of the recorded JSON when absent, as
+    /// AlphaEdit's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emmet_lambda: Option<f64>,
+    /// EMMET: ν, added to `λC` (EasyEdit's key; 0 in every released file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_norm_lambda: Option<f64>,
 }
 
 fn memit_templates() -> Vec<[usize; 2]> {
@@ -141,6 +149,11 @@ impl MemitHparams {
     /// AlphaEdit's defaults for SmolLM2-135M (see hparams/alphaedit-smollm2.yaml).
     pub fn smollm2_alphaedit() -> Self {
         bundled!("alphaedit-smollm2.yaml")
+    }
+
+    /// EMMET's defaults for SmolLM2-135M (see hparams/emmet-smollm2.yaml).
+    pub fn smollm2_emmet() -> Self {
+        bundled!("emmet-smollm2.yaml")
     }
 
     /// `fact_token`, checked when the file was read.

@@ -1,5 +1,5 @@
 //! kedit-locate-edit: locate-then-edit methods: ROME (and its R-ROME fix), MEMIT (and
-//! MEMIT-Merge), PMET and AlphaEdit.
+//! MEMIT-Merge), PMET, AlphaEdit and EMMET.
 //!
 //! ROME rewrites one MLP output projection with a rank-one update `ΔW = u ⊗ r`: `u` is the
 //! (normalised) key the subject produces at that layer, `r` moves the layer's output for that key
@@ -41,12 +41,14 @@
 //! ```
 
 //!
-//! MEMIT, PMET and AlphaEdit write many facts at once over several layers (`Memit::new`,
-//! `pmet::pmet`, `alphaedit::alphaedit`); they share with ROME the template prompts and keys
-//! (`kv`), the target optimisation (`z`) and the statistics (`stats`), and add an f64
-//! least-squares update (`solve`; AlphaEdit's, in the null space of C, in `alphaedit`).
+//! MEMIT, PMET, AlphaEdit and EMMET write many facts at once over several layers (`Memit::new`,
+//! `pmet::pmet`, `alphaedit::alphaedit`, `emmet::emmet`); they share with ROME the template
+//! prompts and keys (`kv`), the target optimisation (`z`) and the statistics (`stats`), and add
+//! an f64 update (`solve`: MEMIT's least squares, EMMET's equality constraints; AlphaEdit's, in
+//! the null space of C, in `alphaedit`).
 
 pub mod alphaedit;
+pub mod emmet;
 pub mod hparams;
 pub mod kv;
 pub mod memit;
@@ -59,6 +61,7 @@ pub mod templates;
 pub mod z;
 
 pub use alphaedit::alphaedit;
+pub use emmet::emmet;
 pub use hparams::{MemitHparams, RomeHparams};
 pub use memit::Memit;
 pub use memit_merge::memit_merge;

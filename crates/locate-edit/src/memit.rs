@@ -3,8 +3,8 @@
 //! model, the residual between z and what the model now gives is divided among the layers left
 //! and written with one f64 least-squares update per layer ([`crate::solve`]). PMET is the same
 //! procedure with another target and spread ([`crate::pmet`]), MEMIT-Merge with targets shared
-//! by subject ([`crate::memit_merge`]), AlphaEdit with another update ([`crate::alphaedit`]), so
-//! all run through [`Memit`].
+//! by subject ([`crate::memit_merge`]), AlphaEdit and EMMET with other updates
+//! ([`crate::alphaedit`], [`crate::emmet`]), so all run through [`Memit`].
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
@@ -36,9 +36,20 @@ pub struct Flavor {
     pub spread: fn(layers_left: usize) -> f64,
     /// One target offset for all of a batch's requests about one subject (MEMIT-Merge).
     pub merge_subjects: bool,
-    /// AlphaEdit's update: in the null space of C, sparing earlier edits' keys, instead of
-    /// MEMIT's `(λC + K Kᵀ)⁻¹` ([`crate::alphaedit`]).
-    pub null_space: bool,
+    /// How each layer's update is solved from its keys and residuals.
+    pub update: Update,
+}
+
+/// The layer update of a [`Flavor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// MEMIT's least squares, `(λC + K Kᵀ)⁻¹ K Rᵀ` ([`crate::solve::update`]).
+    LeastSquares,
+    /// AlphaEdit's: in the null space of C, sparing earlier edits' keys ([`crate::alphaedit`]).
+    NullSpace,
+    /// EMMET's: each key's output moved by its residual, an equality constraint
+    /// ([`crate::solve::equality_update`], [`crate::emmet`]).
+    Equality,
 }
 
 /// MEMIT: z on the residual stream, residual divided evenly over the layers left.
@@ -49,7 +60,7 @@ pub const MEMIT: Flavor = Flavor {
     adaptive: false,
     spread: |left| left as f64,
     merge_subjects: false,
-    null_space: false,
+    update: Update::LeastSquares,
 };
 
 pub struct Memit {
@@ -98,8 +109,11 @@ impl Memit {
         if let Some(l) = h.layers.iter().find(|&&l| l >= n) {
             bail!("hparams field `layers`: layer {l} but the model has {n}");
         }
+        if self.flavor.update == Update::Equality {
+            crate::emmet::check(h)?;
+        }
         // AlphaEdit's update reads only the null spaces, which it keeps instead of C.
-        let (have, what, hint): (Vec<usize>, _, _) = if self.flavor.null_space {
+        let (have, what, hint): (Vec<usize>, _, _) = if self.flavor.update == Update::NullSpace {
             (
                 self.null_spaces.iter().map(|s| s.layer).collect(),
                 "null space of C",
@@ -292,11 +306,22 @@ impl Memit {
                         .collect()
                 })
                 .collect();
-            let delta = if self.flavor.null_space {
-                let l2 = h.l2.expect("checked by alphaedit::alphaedit");
-                self.null_spaces[i].update(l2, &keys, &resid)?
-            } else {
-                solve::update(&self.mom2[i], h.mom2_update_weight, &keys, &resid)?
+            let delta = match self.flavor.update {
+                Update::NullSpace => {
+                    let l2 = h.l2.expect("checked by alphaedit::alphaedit");
+                    self.null_spaces[i].update(l2, &keys, &resid)?
+                }
+                Update::LeastSquares => {
+                    solve::update(&self.mom2[i], h.mom2_update_weight, &keys, &resid)?
+                }
+                Update::Equality => solve::equality_update(
+                    &self.mom2[i],
+                    h.mom2_update_weight,
+                    h.update_norm_lambda.unwrap_or(0.0),
+                    h.emmet_lambda.expect("checked by emmet::emmet"),
+                    &keys,
+                    &resid,
+                )?,
             };
             let entry = PatchEntry {
                 layer,
@@ -322,7 +347,7 @@ impl Memit {
                 self.flavor.name
             );
         }
-        if self.flavor.null_space {
+        if self.flavor.update == Update::NullSpace {
             self.preserve_keys(lm, &prompts)?;
         }
         self.last_timing = Some((targets_s, started.elapsed().as_secs_f64() - targets_s));
@@ -385,7 +410,7 @@ impl<B: Backend> Editor<B> for Memit {
     }
 
     fn replay(&mut self, lm: &LanguageModel<B>, requests: &[EditRequest]) -> Result<()> {
-        if self.flavor.null_space && !requests.is_empty() {
+        if self.flavor.update == Update::NullSpace && !requests.is_empty() {
             let prompts = self.prompts(lm, requests)?;
             self.preserve_keys(lm, &prompts)?;
         }

@@ -5,7 +5,7 @@
 //! spread by the square root of the layers left.
 
 use crate::hparams::MemitHparams;
-use crate::memit::{Flavor, Memit};
+use crate::memit::{Flavor, Memit, Update};
 use kedit_models::Site;
 
 pub const PMET: Flavor = Flavor {
@@ -15,7 +15,7 @@ pub const PMET: Flavor = Flavor {
     adaptive: true,
     spread: |left| (left as f64).sqrt(),
     merge_subjects: false,
-    null_space: false,
+    update: Update::LeastSquares,
 };
 
 /// A PMET editor (a [`Memit`] with PMET's flavour).

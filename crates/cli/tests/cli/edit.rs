@@ -247,9 +247,9 @@ fn tiny_ft_hparams(dir: &std::path::Path) -> std::path::PathBuf {
 const MEMIT_HPARAMS: &str = "alg_name: MEMIT\nlayers: [0, 1]\nfact_token: subject_last\nv_num_grad_steps: 4\nv_lr: 0.5\n\
 v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_update_weight: 100\nmom2_n_samples: 3000\n\
 context_template_length_params: [[3, 2]]\n\
-nullspace_threshold: 1.0e+3\nL2: 1.0e-4\n";
+nullspace_threshold: 1.0e+3\nL2: 1.0e-4\nemmet_lambda: 0.1\n";
 
-/// MEMIT, PMET and AlphaEdit (whose keys MEMIT and PMET ignore; a threshold above every
+/// MEMIT, PMET, AlphaEdit and EMMET (whose keys MEMIT and PMET ignore; a threshold above every
 /// eigenvalue of the random models' C, so that all of it is null space) in batch on every family
 /// (statistics computed from the bundled corpus), and
 /// `kedit keys --method memit` with a cosine matrix per edit layer.
@@ -261,7 +261,7 @@ fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
     std::fs::write(&r, REQUESTS).unwrap();
     for family in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
         let model = fixture(family);
-        for method in ["memit", "pmet", "alphaedit"] {
+        for method in ["memit", "pmet", "alphaedit", "emmet"] {
             let (ok, out, err) = kedit(&[
                 "edit",
                 "--model",
@@ -355,7 +355,7 @@ fn every_model_command_agrees(first: &str, second: &str) {
     for k in ["es", "ps", "ns"] {
         assert_eq!(a[k], b[k], "ROME summary.{k}: {first} {a} vs {second} {b}");
     }
-    for method in ["memit", "pmet", "alphaedit"] {
+    for method in ["memit", "pmet", "alphaedit", "emmet"] {
         let rq = r.to_str().unwrap();
         let hp = hm.to_str().unwrap();
         both(&[

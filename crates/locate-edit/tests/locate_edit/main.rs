@@ -1,4 +1,4 @@
-//! The locate-then-edit tests on the tiny random Llama (ROME, MEMIT, PMET, AlphaEdit, the
+//! The locate-then-edit tests on the tiny random Llama (ROME, MEMIT, PMET, AlphaEdit, EMMET, the
 //! statistics) and ROME on the real default model (`smollm2`, fetched on first use).
 //!
 //! One test binary for these files, not one binary each: every binary links and
@@ -7,6 +7,7 @@
 
 mod alphaedit;
 mod common;
+mod emmet;
 mod memit;
 mod rome_tiny;
 mod smollm2;
