@@ -3,7 +3,7 @@
 //! (the equality constraint MEMIT does not have); EasyEdit's EMMET file loads; a wrong EMMET
 //! setting is one line naming the field.
 
-use crate::common::{assert_saved_patch_is_the_edit, requests, tiny_on};
+use crate::common::{assert_batch_edit_takes_and_reproduces, requests, tiny_on};
 use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::stats::SecondMoment;
@@ -33,36 +33,10 @@ fn editor<B: Backend>(lm: &LanguageModel<B>, mu: f64) -> Memit {
     emmet(h).unwrap().with_second_moments(m)
 }
 
-fn nll_new<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<f32> {
-    reqs.iter()
-        .map(|r| {
-            let p = r.full_prompt();
-            lm.score(&[(&p, &format!(" {}", r.target_new))]).unwrap()[0].mean_nll()
-        })
-        .collect()
-}
-
 // NLL movements of ≥ 0.1 nats and bit-equality on one backend: they hold on every backend.
 test_device!(emmet_batch_edit_takes_and_reproduces, batch);
 fn batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
-    let reqs = requests();
-    let mut lm = tiny_on::<B>(device);
-    let before = nll_new(&lm, &reqs);
-    let patch = editor(&lm, 0.0).apply(&mut lm, &reqs).unwrap();
-    let after = nll_new(&lm, &reqs);
-    for (b, a) in before.iter().zip(&after) {
-        assert!(
-            a < &(b - 0.1),
-            "p(new) must rise for every request: NLL(new) {before:?} -> {after:?}"
-        );
-    }
-    assert_eq!(patch.entries.len(), 1);
-    assert_saved_patch_is_the_edit(&patch, &lm, device);
-    let mut lm2 = tiny_on::<B>(device);
-    assert!(
-        editor(&lm2, 0.0).apply(&mut lm2, &reqs).unwrap() == patch,
-        "the same inputs must give the same patch"
-    );
+    assert_batch_edit_takes_and_reproduces(device, |lm: &LanguageModel<B>| editor(lm, 0.0));
 }
 
 /// `ΔWᵀ k`: what the patch adds to the edited MLP's output for key `k`.
