@@ -73,9 +73,9 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "emmet",
         batch: true,
-        // Rough (2026-12-07): the default profile's two cells of 6 edits took 217 s and 258 s,
-        // beside two other kedit processes on the 2 cores.
-        sec_per_edit: 20.0,
+        // Measured 2026-12-07 (release, two cells side by side in a whole default run): 83 s and
+        // 87 s for a default-profile cell's 6 edits and their evaluation.
+        sec_per_edit: 14.0,
         about: "EMMET: MEMIT's targets, each key's output moved by exactly its residual (ROME's equality constraint for a batch)",
         batch_only: false,
     },
