@@ -125,7 +125,6 @@ impl NullSpace {
     /// null space, keeping the preserved keys' outputs, with ridge `l2`.
     pub fn update(&self, l2: f64, keys: &[Vec<f32>], resid: &[Vec<f64>]) -> Result<Vec<f32>> {
         ensure!(keys.len() == resid.len(), "one residual per key");
-        let d = self.basis.nrows();
         let r = self.rank();
         let d_out = resid.first().map_or(0, Vec::len);
         let uk = self.project(keys)?;
@@ -139,11 +138,7 @@ impl NullSpace {
             anyhow::anyhow!("Uᵀ(KKᵀ + K_pK_pᵀ)U + αI is not positive definite: {e:?}")
         })?;
         let y = llt.solve(&rhs);
-        let dw = &self.basis * &y;
-        Ok((0..d)
-            .flat_map(|i| (0..d_out).map(move |o| (i, o)))
-            .map(|(i, o)| dw[(i, o)] as f32)
-            .collect())
+        Ok(crate::solve::row_major_f32(&(&self.basis * &y)))
     }
 
     /// Add keys an edit wrote to `K_p`.

@@ -81,10 +81,14 @@ pub fn update(
     let xm = Mat::<f64>::from_fn(c.dim, n, |i, j| x[j][i]);
     let rm = Mat::<f64>::from_fn(n, d_out, |j, o| resid[j][o]);
     let dw = &xm * &rm;
-    Ok((0..c.dim)
-        .flat_map(|i| (0..d_out).map(move |o| (i, o)))
-        .map(|(i, o)| dw[(i, o)] as f32)
-        .collect())
+    Ok(row_major_f32(&dw))
+}
+
+/// A `ΔW` as the patch stores it: row-major f32.
+pub(crate) fn row_major_f32(m: &Mat<f64>) -> Vec<f32> {
+    (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |o| m[(i, o)] as f32))
+        .collect()
 }
 
 /// EMMET's update (Gupta et al. 2024; EasyEdit's `emmet_main.py`), `[d_in, d_out]` row-major f32:
@@ -119,15 +123,12 @@ pub fn equality_update(
     let x = cholesky(a, "λC + νI")?.solve(&km);
     let kx = km.transpose() * &x;
     // Kᵀ A⁻¹ K is symmetric in exact arithmetic; made so in f64 before factoring.
-    let gram = Mat::<f64>::from_fn(n, n, |i, j| {
-        0.5 * (kx[(i, j)] + kx[(j, i)]) + if i == j { emmet_lambda } else { 0.0 }
-    });
+    let sym = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (kx[(i, j)] + kx[(j, i)]));
     let rm = Mat::<f64>::from_fn(n, d_out, |j, o| resid[j][o]);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // How nearly the keys coincide, as the solve sees them: same-subject keys leave an
         // eigenvalue near 0 per extra fact, and in those directions μ outweighs the keys.
-        let bare = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (kx[(i, j)] + kx[(j, i)]));
-        if let Ok(mut ev) = bare.self_adjoint_eigenvalues(faer::Side::Lower) {
+        if let Ok(mut ev) = sym.self_adjoint_eigenvalues(faer::Side::Lower) {
             ev.sort_by(f64::total_cmp);
             let shown: Vec<String> = ev.iter().take(16).map(|x| format!("{x:.2e}")).collect();
             tracing::debug!(
@@ -138,6 +139,9 @@ pub fn equality_update(
             );
         }
     }
+    let gram = Mat::<f64>::from_fn(n, n, |i, j| {
+        sym[(i, j)] + if i == j { emmet_lambda } else { 0.0 }
+    });
     // Undamped, two keys of one subject make the matrix singular up to rounding, where a
     // Cholesky factor may exist and be meaningless: the pseudo-inverse instead.
     let y = if emmet_lambda > 0.0 {
@@ -146,10 +150,7 @@ pub fn equality_update(
         pseudo_inverse(&gram)? * &rm
     };
     let dw = &x * &y;
-    Ok((0..d)
-        .flat_map(|i| (0..d_out).map(move |o| (i, o)))
-        .map(|(i, o)| dw[(i, o)] as f32)
-        .collect())
+    Ok(row_major_f32(&dw))
 }
 
 /// The pseudo-inverse of a symmetric positive semi-definite `m`: eigenvalues below
