@@ -434,7 +434,7 @@ pub(crate) trait RunOnBackend {
 /// The method, its hyperparameters and the requests: shared by every command that edits.
 #[derive(clap::Args)]
 struct MethodArgs {
-    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, memit-merge, pmet, alphaedit, emmet, ft-m, ft-l, mend, kn
+    /// Editing method (`kedit methods` lists them): rome (the default), r-rome, memit, memit-merge, pmet, alphaedit, emmet, emmet-merge, ft-m, ft-l, mend, kn
     #[arg(long, default_value = "rome")]
     method: String,
     /// Requests file: S2RKE release format, CounterFact, or EasyEdit's flat records (KnowEdit:

@@ -80,6 +80,14 @@ pub const METHODS: &[MethodInfo] = &[
         batch_only: false,
     },
     MethodInfo {
+        name: "emmet-merge",
+        batch: true,
+        // As MEMIT-Merge's (rough): one offset carries a subject's facts in a same-subject batch.
+        sec_per_edit: 45.0,
+        about: "EMMET-Merge: EMMET with one target optimised per subject for all its requests in a batch (EMMET on one request)",
+        batch_only: true,
+    },
+    MethodInfo {
         name: "ft-m",
         batch: true,
         sec_per_edit: 7.0,
@@ -180,12 +188,17 @@ fn build<B: Backend>(
                 kedit_locate_edit::alphaedit(hp, &m).with_context(|| source(hparams))?,
             ));
         }
-        "emmet" => {
+        "emmet" | "emmet-merge" => {
             let hp = load(hparams, MemitHparams::smollm2_emmet)?;
             layers("layers", &hp.layers)?;
             let m = memit_stats(&hp)?;
+            let make = if name == "emmet" {
+                kedit_locate_edit::emmet
+            } else {
+                kedit_locate_edit::emmet_merge
+            };
             return Ok(Box::new(
-                kedit_locate_edit::emmet(hp)
+                make(hp)
                     .with_context(|| source(hparams))?
                     .with_second_moments(m),
             ));
@@ -278,7 +291,7 @@ pub fn resolved_hparams(name: &str, hparams: Option<&Path>) -> Result<serde_json
         "memit" | "memit-merge" => json(hparams, MemitHparams::smollm2),
         "pmet" => json(hparams, MemitHparams::smollm2_pmet),
         "alphaedit" => json(hparams, MemitHparams::smollm2_alphaedit),
-        "emmet" => json(hparams, MemitHparams::smollm2_emmet),
+        "emmet" | "emmet-merge" => json(hparams, MemitHparams::smollm2_emmet),
         "ft-m" | "ft-l" => json(hparams, FtHparams::smollm2),
         "mend" => json(hparams, MendHparams::smollm2),
         "kn" => json(hparams, KnHparams::smollm2),

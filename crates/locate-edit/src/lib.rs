@@ -42,13 +42,15 @@
 
 //!
 //! MEMIT, PMET, AlphaEdit and EMMET write many facts at once over several layers (`Memit::new`,
-//! `pmet::pmet`, `alphaedit::alphaedit`, `emmet::emmet`); they share with ROME the template
+//! `pmet::pmet`, `alphaedit::alphaedit`, `emmet::emmet`; MEMIT-Merge and EMMET-Merge share one
+//! target per subject in a batch, `memit_merge`, `emmet_merge`); they share with ROME the template
 //! prompts and keys (`kv`), the target optimisation (`z`) and the statistics (`stats`), and add
 //! an f64 update (`solve`: MEMIT's least squares, EMMET's equality constraints; AlphaEdit's, in
 //! the null space of C, in `alphaedit`).
 
 pub mod alphaedit;
 pub mod emmet;
+pub mod emmet_merge;
 pub mod hparams;
 pub mod kv;
 pub mod memit;
@@ -62,6 +64,7 @@ pub mod z;
 
 pub use alphaedit::alphaedit;
 pub use emmet::emmet;
+pub use emmet_merge::emmet_merge;
 pub use hparams::{MemitHparams, RomeHparams};
 pub use memit::Memit;
 pub use memit_merge::memit_merge;

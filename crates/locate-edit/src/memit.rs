@@ -4,7 +4,8 @@
 //! and written with one f64 least-squares update per layer ([`crate::solve`]). PMET is the same
 //! procedure with another target and spread ([`crate::pmet`]), MEMIT-Merge with targets shared
 //! by subject ([`crate::memit_merge`]), AlphaEdit and EMMET with other updates
-//! ([`crate::alphaedit`], [`crate::emmet`]), so all run through [`Memit`].
+//! ([`crate::alphaedit`], [`crate::emmet`]; EMMET-Merge both, [`crate::emmet_merge`]), so all run
+//! through [`Memit`].
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
@@ -34,7 +35,8 @@ pub struct Flavor {
     pub adaptive: bool,
     /// The divisor of the residual when `layers_left` layers remain (this one included).
     pub spread: fn(layers_left: usize) -> f64,
-    /// One target offset for all of a batch's requests about one subject (MEMIT-Merge).
+    /// One target offset for all of a batch's requests about one subject (MEMIT-Merge,
+    /// EMMET-Merge).
     pub merge_subjects: bool,
     /// How each layer's update is solved from its keys and residuals.
     pub update: Update,

@@ -249,7 +249,7 @@ v_weight_decay: 0.001\nclamp_norm_factor: 4\nkl_factor: 0.0625\nmom2_update_weig
 context_template_length_params: [[3, 2]]\n\
 nullspace_threshold: 1.0e+3\nL2: 1.0e-4\nemmet_lambda: 0.1\n";
 
-/// MEMIT, PMET, AlphaEdit and EMMET (whose keys MEMIT and PMET ignore; a threshold above every
+/// MEMIT, PMET, AlphaEdit, EMMET and EMMET-Merge (whose keys MEMIT and PMET ignore; a threshold above every
 /// eigenvalue of the random models' C, so that all of it is null space) in batch on every family
 /// (statistics computed from the bundled corpus), and
 /// `kedit keys --method memit` with a cosine matrix per edit layer.
@@ -261,7 +261,7 @@ fn memit_and_pmet_batch_edit_every_family_and_keys_per_layer() {
     std::fs::write(&r, REQUESTS).unwrap();
     for family in ["tiny-llama", "tiny-gpt2", "tiny-gptj"] {
         let model = fixture(family);
-        for method in ["memit", "pmet", "alphaedit", "emmet"] {
+        for method in ["memit", "pmet", "alphaedit", "emmet", "emmet-merge"] {
             let (ok, out, err) = kedit(&[
                 "edit",
                 "--model",

@@ -29,6 +29,17 @@ pub fn requests() -> Vec<EditRequest> {
     ]
 }
 
+/// Two facts about one subject and one about another, as a same-subject batch holds them. Both
+/// of the subject's prompts begin with it, so their keys are one vector (the key is read at the
+/// subject's last token, which sees only the context and the subject).
+pub fn same_subject_requests() -> Vec<EditRequest> {
+    vec![
+        r("{} plays the", "Toko Yasuda", "piano", "guitar"),
+        r("{} was born in", "Toko Yasuda", "Rome", "Tokyo"),
+        r("The capital of {} is", "France", "Rome", "Paris"),
+    ]
+}
+
 /// The next-token logits after one fixed prompt: equal vectors mean the same model.
 pub fn logits<B: Backend>(lm: &LanguageModel<B>) -> Vec<f32> {
     let ids = lm.encode("The capital of France is").unwrap();
@@ -50,7 +61,7 @@ pub fn assert_saved_patch_is_the_edit<B: Backend>(
 }
 
 /// NLL of `target_new` after each request's full prompt.
-fn nll_new<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<f32> {
+pub fn nll_new<B: Backend>(lm: &LanguageModel<B>, reqs: &[EditRequest]) -> Vec<f32> {
     reqs.iter()
         .map(|r| {
             let p = r.full_prompt();

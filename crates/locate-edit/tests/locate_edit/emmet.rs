@@ -1,13 +1,16 @@
 //! EMMET on the tiny random Llama (C = I, as MEMIT's tests): the batch edit takes and
 //! reproduces; each request's key gets exactly its own residual whatever else the batch holds
 //! (the equality constraint MEMIT does not have); EasyEdit's EMMET file loads; a wrong EMMET
-//! setting is one line naming the field.
+//! setting is one line naming the field. EMMET-Merge: EMMET on distinct subjects; on one
+//! subject's facts, whose keys coincide, one target where EMMET writes a compromise.
 
-use crate::common::{assert_batch_edit_takes_and_reproduces, requests, tiny_on};
+use crate::common::{
+    assert_batch_edit_takes_and_reproduces, nll_new, requests, same_subject_requests, tiny_on,
+};
 use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor, Patch};
 use kedit_locate_edit::stats::SecondMoment;
-use kedit_locate_edit::{emmet, Memit, MemitHparams};
+use kedit_locate_edit::{emmet, emmet_merge, Memit, MemitHparams};
 use kedit_models::testing::TestDevice;
 use kedit_models::{test_device, Cpu, LanguageModel};
 
@@ -23,6 +26,14 @@ fn hparams(mu: f64) -> MemitHparams {
 }
 
 fn editor<B: Backend>(lm: &LanguageModel<B>, mu: f64) -> Memit {
+    with(emmet, lm, mu)
+}
+
+fn with<B: Backend>(
+    make: fn(MemitHparams) -> anyhow::Result<Memit>,
+    lm: &LanguageModel<B>,
+    mu: f64,
+) -> Memit {
     let h = hparams(mu);
     let d = lm.model.config.intermediate_size;
     let m = h
@@ -30,7 +41,7 @@ fn editor<B: Backend>(lm: &LanguageModel<B>, mu: f64) -> Memit {
         .iter()
         .map(|&l| SecondMoment::identity(l, d))
         .collect();
-    emmet(h).unwrap().with_second_moments(m)
+    make(h).unwrap().with_second_moments(m)
 }
 
 // NLL movements of ≥ 0.1 nats and bit-equality on one backend: they hold on every backend.
@@ -99,6 +110,87 @@ fn each_key_gets_its_own_residual_whatever_the_batch() {
     assert!(
         damped < 0.9 * undamped,
         "damping must shrink the write: {damped} vs {undamped}"
+    );
+}
+
+// With one request per subject nothing is merged: EMMET's patch, bit for bit.
+test_device!(emmet_merge_of_distinct_subjects_is_emmet, merge_distinct);
+fn merge_distinct<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let run = |make: fn(MemitHparams) -> anyhow::Result<Memit>| {
+        let mut lm = tiny_on::<B>(device);
+        Editor::<B>::apply(&mut with(make, &lm, 0.01), &mut lm, &requests())
+            .unwrap()
+            .entries
+    };
+    assert_eq!(run(emmet_merge), run(emmet));
+}
+
+// One subject's two facts and another subject's in one batch all take (NLL movements of ≥ 0.1
+// nats: every backend), with another patch than EMMET's.
+test_device!(emmet_merge_batch_of_one_subject_takes, merge_takes);
+fn merge_takes<B: Backend>(device: &B::Device, _dev: TestDevice) {
+    let reqs = same_subject_requests();
+    let mut lm = tiny_on::<B>(device);
+    let before = nll_new(&lm, &reqs);
+    let patch = Editor::<B>::apply(&mut with(emmet_merge, &lm, 0.0), &mut lm, &reqs).unwrap();
+    let after = nll_new(&lm, &reqs);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a < &(b - 0.1),
+            "p(new) must rise for every request: NLL(new) {before:?} -> {after:?}"
+        );
+    }
+    let mut lm = tiny_on::<B>(device);
+    let plain = Editor::<B>::apply(&mut editor(&lm, 0.0), &mut lm, &reqs).unwrap();
+    assert_ne!(patch.entries, plain.entries);
+}
+
+/// The failure EMMET-Merge is for. Two facts whose prompts begin with their subject have one
+/// key; EMMET asks it for both residuals and, undamped, writes their mean, which is neither
+/// fact's (each fact's own is what EMMET writes for it alone). EMMET-Merge asks the key for one
+/// output, optimised for both facts at once, and serves them better than the mean does.
+#[test]
+fn emmet_writes_the_mean_at_a_shared_key_and_emmet_merge_one_target() {
+    let reqs = same_subject_requests();
+    let lm0 = tiny_on::<Cpu>(&Default::default());
+    let mut keyer = editor(&lm0, 0.0);
+    let mut key = |r: &EditRequest| keyer.layer_keys(&lm0, r).unwrap().remove(0).1;
+    let k = key(&reqs[0]);
+    let k1 = key(&reqs[1]);
+    let diff: f64 = k.iter().zip(&k1).map(|(a, b)| (a - b).abs() as f64).sum();
+    assert!(diff < 1e-6 * k.len() as f64, "one key: differs by {diff}");
+    let edit = |make, reqs: &[EditRequest]| {
+        let mut lm = tiny_on::<Cpu>(&Default::default());
+        let p = Editor::<Cpu>::apply(&mut with(make, &lm, 0.0), &mut lm, reqs).unwrap();
+        (p, nll_new(&lm, reqs))
+    };
+    let alone: Vec<Vec<f64>> = (0..2)
+        .map(|i| written(&edit(emmet, &reqs[i..i + 1]).0, &k))
+        .collect();
+    let mean: Vec<f64> = alone[0]
+        .iter()
+        .zip(&alone[1])
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    let (together, nll_emmet) = edit(emmet, &reqs);
+    let w = written(&together, &k);
+    assert!(
+        rel(&w, &mean) < 1e-2,
+        "EMMET writes the mean: {:e}",
+        rel(&w, &mean)
+    );
+    for (i, a) in alone.iter().enumerate() {
+        assert!(rel(&w, a) > 0.05, "neither fact's own output: request {i}");
+    }
+    let (_, nll_merge) = edit(emmet_merge, &reqs);
+    // The subject's two facts.
+    let (e, m) = (
+        nll_emmet[..2].iter().sum::<f32>(),
+        nll_merge[..2].iter().sum::<f32>(),
+    );
+    assert!(
+        m < e - 0.1,
+        "one target serves the two facts better than the mean of theirs: NLL(new) {nll_merge:?} vs EMMET's {nll_emmet:?}"
     );
 }
 

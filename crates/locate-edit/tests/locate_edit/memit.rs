@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::common::{assert_saved_patch_is_the_edit, r, requests, tiny_on};
+use crate::common::{assert_saved_patch_is_the_edit, requests, same_subject_requests, tiny_on};
 use burn::tensor::backend::Backend;
 use kedit_editing::{EditRequest, Editor};
 use kedit_locate_edit::kv::{at_lookup, request_keys, template_prompts, Average, FactToken};
@@ -202,15 +202,6 @@ fn memit_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
 test_device!(pmet_batch_edit_takes_and_reproduces, pmet_batch);
 fn pmet_batch<B: Backend>(device: &B::Device, _dev: TestDevice) {
     check_batch_edit::<B>(pmet, device);
-}
-
-/// Two facts about one subject and one about another, as a same-subject batch holds them.
-fn same_subject_requests() -> Vec<EditRequest> {
-    vec![
-        r("{} plays the", "Toko Yasuda", "piano", "guitar"),
-        r("{} was born in", "Toko Yasuda", "Rome", "Tokyo"),
-        r("The capital of {} is", "France", "Rome", "Paris"),
-    ]
 }
 
 // With distinct subjects nothing is merged: the same patch as MEMIT's, bit for bit.
